@@ -1,0 +1,42 @@
+"""Exceptions raised by featcache.
+
+Every error says what came in, what was expected and how to fix it.
+"""
+
+__all__ = [
+    "FeatcacheError",
+    "UnknownBackboneError",
+    "WeightsError",
+    "LayerError",
+    "InputError",
+    "CacheError",
+    "CacheCorruptError",
+]
+
+
+class FeatcacheError(Exception):
+    """Base class of every error featcache raises on purpose."""
+
+
+class UnknownBackboneError(FeatcacheError, ValueError):
+    """A backbone name that no registry (featcache, torchvision, timm) knows."""
+
+
+class WeightsError(FeatcacheError):
+    """Weights that cannot be found, loaded, or that do not fit the architecture."""
+
+
+class LayerError(FeatcacheError, ValueError):
+    """A ``layer`` or ``pooling`` that does not fit the chosen backbone."""
+
+
+class InputError(FeatcacheError, ValueError):
+    """An input that cannot be turned into an image (names its index and path)."""
+
+
+class CacheError(FeatcacheError):
+    """The feature cache cannot be read or written."""
+
+
+class CacheCorruptError(CacheError):
+    """A cache shard whose contents do not match its recorded checksum or shape."""
