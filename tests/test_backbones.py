@@ -1,0 +1,218 @@
+"""Tests for featcache.backbones and featcache.weights: registry, loading, fingerprint."""
+
+import urllib.error
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_sample_image
+
+from featcache.backbones import (
+    fingerprint,
+    get_backbone,
+    layer_names,
+    list_backbones,
+    load_backbone,
+)
+from featcache.exceptions import LayerError, UnknownBackboneError, WeightsError
+from featcache.weights import load_checkpoint, map_state_dict_by_order
+
+# ImageNet-1k classes a pretrained network may give scikit-learn's sample images.
+CHINA_CLASSES = {698: "palace", 663: "monastery", 442: "bell cote", 483: "castle", 975: "lakeside",
+                 449: "boathouse", 497: "church", 832: "stupa", 668: "mosque"}
+DAISY = 985
+
+
+def _random(model, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return load_backbone(model, weights=None, **kw)
+
+
+def _imagenet_top1(network, image, mean, std, size=224):
+    x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255
+    h, w = x.shape[-2:]
+    scale = size / min(h, w)
+    x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bilinear", antialias=True)
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    x = x[..., top:top + size, left:left + size]
+    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        return int(network(x).argmax())
+
+
+def test_registry_lists_the_offline_default_and_library_models():
+    assert list_backbones() == ["efficientnet_lite0"]
+    everything = list_backbones("all")
+    assert "torchvision:resnet50" in everything and "timm:convnext_tiny" in everything
+    with pytest.raises(ValueError, match="source must be one of"):
+        list_backbones("keras")
+
+
+@pytest.mark.parametrize("name, canonical", [
+    ("efficientnet_lite0", "efficientnet_lite0"),
+    ("resnet50", "torchvision:resnet50"),
+    ("torchvision:vit_b_16", "torchvision:vit_b_16"),
+    ("timm:convnext_tiny", "timm:convnext_tiny"),
+])
+def test_get_backbone_resolves_every_source(name, canonical):
+    spec = get_backbone(name)
+    assert spec.name == canonical
+    assert spec.preprocessing.image_size > 0 and len(spec.preprocessing.mean) == 3
+
+
+def test_unknown_backbone_suggests_close_matches():
+    with pytest.raises(UnknownBackboneError, match=r"unknown backbone 'resnet5'.*resnet50"):
+        get_backbone("resnet5")
+    with pytest.raises(UnknownBackboneError, match="efficientnet_lite0"):
+        get_backbone("efficientnet-lite0")
+
+
+def test_default_weights_are_really_imagenet_pretrained():
+    loaded = load_backbone()
+    network, pre = loaded.extractor.model, loaded.preprocessing
+    china = _imagenet_top1(network, load_sample_image("china.jpg"), pre.mean, pre.std)
+    flower = _imagenet_top1(network, load_sample_image("flower.jpg"), pre.mean, pre.std)
+    assert china in CHINA_CLASSES, f"china.jpg -> ImageNet class {china}"
+    assert flower == DAISY, f"flower.jpg -> ImageNet class {flower}"
+    assert loaded.dims == {"default": 1280}
+    assert loaded.config["weights"] == "IMAGENET1K"
+
+
+def test_order_mapping_checks_every_shape():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    good = {"a": torch.zeros(3, 4), "b": torch.zeros(3), "c": torch.zeros(2, 3), "d": torch.zeros(2)}
+    assert list(map_state_dict_by_order(good, model, source="x")) == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    bad = dict(good, c=torch.zeros(3, 2))
+    with pytest.raises(WeightsError, match=r"'c' \(3, 2\) pairs with '1.weight' \(2, 3\)"):
+        map_state_dict_by_order(bad, model, source="x")
+    with pytest.raises(WeightsError, match="has 3 tensors but the architecture has 4"):
+        map_state_dict_by_order(dict(list(good.items())[:3]), model, source="x")
+
+
+def test_random_weights_warn_and_are_deterministic():
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        a = load_backbone("torchvision:resnet18", weights=None, image_size=32)
+    b = _random("torchvision:resnet18", image_size=32, pooling="max")
+    assert a.config["weights_digest"] == b.config["weights_digest"]
+    assert a.dims == {"default": 512}
+
+
+def test_layer_and_pooling_select_what_is_extracted():
+    loaded = _random("torchvision:resnet18", layers=(None, "layer3"), pooling="gem", image_size=64)
+    assert loaded.dims == {"default": 512, "layer3": 256}
+    assert "layer3" in layer_names("resnet18")
+    x = torch.rand(2, 3, 64, 64)
+    avg = _random("torchvision:resnet18", layers=("layer3",), pooling="avg", image_size=64)
+    mx = _random("torchvision:resnet18", layers=("layer3",), pooling="max", image_size=64)
+    with torch.inference_mode():
+        a, m = avg.extractor(x)["layer3"], mx.extractor(x)["layer3"]
+    assert a.shape == m.shape == (2, 256) and not torch.allclose(a, m)
+
+
+def test_unknown_layer_and_misfit_pooling_are_clear():
+    with pytest.raises(LayerError, match=r"layer 'layer5' is not a module.*layer4"):
+        _random("torchvision:resnet18", layers=("layer5",))
+    with pytest.raises(LayerError, match="pooling='cls' takes the class token"):
+        _random("torchvision:resnet18", pooling="cls", image_size=32)
+
+
+def test_transformers_pool_tokens():
+    vit = _random("timm:vit_tiny_patch16_224", pooling="cls")
+    assert vit.dims == {"default": 192}
+    tv_vit = _random("torchvision:vit_b_16", layers=("encoder",), pooling="avg")
+    assert tv_vit.dims == {"encoder": 768}
+
+
+def test_timm_models_load_and_expose_feature_info_layers():
+    loaded = _random("timm:resnet18", layers=(None, "layer2"), image_size=64)
+    assert loaded.dims == {"default": 512, "layer2": 128}
+
+
+def _save_resnet18_checkpoint(path, wrap):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        import torchvision
+
+        torch.manual_seed(123)
+        model = torchvision.models.resnet18(weights=None)
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 3} if wrap else state, path)
+    return model
+
+
+def test_local_checkpoint_is_unwrapped_prefix_stripped_and_used(tmp_path):
+    path = tmp_path / "resnet18_medical.pt"
+    reference = _save_resnet18_checkpoint(path, wrap=True).eval()
+    state = load_checkpoint(path)
+    assert next(iter(state)).startswith("conv1.")
+    loaded = load_backbone("resnet18", weights=str(path), image_size=64)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        ours = loaded.extractor(x)["default"]
+        norm = (x - loaded.extractor.mean) / loaded.extractor.std
+        reference.fc = torch.nn.Identity()
+        expected = reference(norm)
+    torch.testing.assert_close(ours, expected)
+    assert loaded.config["weights"] == "checkpoint" and loaded.config["weights_file"] == str(path)
+    assert loaded.config["weights_digest"] != _random("resnet18", image_size=64).config["weights_digest"]
+
+
+def test_headless_checkpoint_loads_but_a_mismatch_shows_a_readable_diff(tmp_path):
+    path = tmp_path / "encoder.pth"
+    _save_resnet18_checkpoint(path, wrap=False)
+    state = torch.load(path, weights_only=True)
+    headless = {k: v for k, v in state.items() if not k.startswith("module.fc.")}
+    torch.save(headless, tmp_path / "headless.pt")
+    assert load_backbone("resnet18", weights=str(tmp_path / "headless.pt"), image_size=32).dims["default"] == 512
+    broken = dict(headless)
+    del broken["module.layer1.0.conv1.weight"]
+    broken["module.extra.weight"] = torch.zeros(1)
+    torch.save(broken, tmp_path / "broken.pt")
+    with pytest.raises(WeightsError, match=r"(?s)missing from the checkpoint \(1\).*layer1.0.conv1.weight"
+                                           r".*not in the model \(1\).*extra.weight"):
+        load_backbone("resnet18", weights=str(tmp_path / "broken.pt"))
+
+
+def test_weights_errors_name_the_fix(tmp_path):
+    with pytest.raises(WeightsError, match="weights file not found"):
+        load_backbone("resnet18", weights=str(tmp_path / "nope.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match=r"cannot read checkpoint .*junk.pt"):
+        load_backbone("resnet18", weights=str(tmp_path / "junk.pt"))
+    torch.save({"epoch": 3}, tmp_path / "nostate.pt")
+    with pytest.raises(WeightsError, match="holds no state dict"):
+        load_backbone("resnet18", weights=str(tmp_path / "nostate.pt"))
+    with pytest.raises(WeightsError, match=r"no weights 'IMAGENET9K'.*IMAGENET1K_V1"):
+        load_backbone("resnet18", weights="IMAGENET9K")
+    with pytest.raises(WeightsError, match="efficientnet_lite0 has weights 'DEFAULT'"):
+        load_backbone(weights="IMAGENET1K_V2")
+
+
+def test_named_torchvision_weights_download_through_torchvision(monkeypatch):
+    calls = []
+
+    def offline(url, *args, **kwargs):
+        calls.append(url)
+        raise urllib.error.URLError("Name or service not known")
+
+    import torchvision.models._api as tv_api
+
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
+    with pytest.raises(WeightsError, match=r"could not load torchvision weights ResNet50_Weights.IMAGENET1K_V2"):
+        load_backbone("resnet50", weights="IMAGENET1K_V2")
+    assert calls and calls[0].endswith(".pth")
+
+
+def test_fingerprint_is_canonical_and_ignores_file_locations():
+    config = {"model": "m", "pooling": "avg", "preprocessing": {"image_size": 224, "mean": [0.5]}}
+    same = {"preprocessing": {"mean": [0.5], "image_size": 224}, "pooling": "avg", "model": "m"}
+    assert fingerprint(config) == fingerprint(same)
+    assert fingerprint(config) == fingerprint({**config, "weights_file": "/elsewhere/w.pt"})
+    assert fingerprint(config) != fingerprint({**config, "pooling": "max"})
+    assert len(fingerprint(config)) == 20
+    loaded = load_backbone(image_size=64)
+    assert loaded.config["preprocessing"]["image_size"] == 64
+    assert np.isclose(loaded.config["preprocessing"]["mean"][0], 0.5)
