@@ -1,0 +1,71 @@
+"""Tests for featcache.extractor: pooling and layer capture."""
+
+import pytest
+import torch
+from torch import nn
+
+from featcache.exceptions import LayerError
+from featcache.extractor import FeatureExtractor, pool_features
+
+
+def test_pooling_of_feature_maps():
+    t = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).view(2, 3, 2, 2)
+    torch.testing.assert_close(pool_features(t, "avg", layer="x"), t.mean(dim=(2, 3)))
+    torch.testing.assert_close(pool_features(t, "max", layer="x"), t.amax(dim=(2, 3)))
+    gem = pool_features(t, "gem", layer="x")
+    assert torch.all(gem >= pool_features(t, "avg", layer="x") - 1e-5)  # power mean >= mean
+    assert torch.all(gem <= pool_features(t, "max", layer="x") + 1e-5)
+    assert pool_features(t, "none", layer="x").shape == (2, 12)
+
+
+def test_pooling_of_tokens_and_vectors():
+    tokens = torch.randn(2, 5, 4)
+    torch.testing.assert_close(pool_features(tokens, "cls", layer="x"), tokens[:, 0])
+    torch.testing.assert_close(pool_features(tokens, "avg", layer="x"), tokens.mean(dim=1))
+    vec = torch.randn(2, 4)
+    assert pool_features(vec, "avg", layer="fc") is vec
+    with pytest.raises(LayerError, match=r"layer 'fc' already gives one vector.*pooling='max'"):
+        pool_features(vec, "max", layer="fc")
+    with pytest.raises(LayerError, match="pooling='cls' takes the class token"):
+        pool_features(torch.randn(2, 3, 2, 2), "cls", layer="conv")
+
+
+def test_nhwc_maps_are_pooled_over_space():
+    nhwc = torch.randn(2, 3, 3, 8)  # (n, h, w, c)
+    pooled = pool_features(nhwc, "avg", layer="x", channels_last_map=True)
+    torch.testing.assert_close(pooled, nhwc.mean(dim=(1, 2)))
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 2)
+        self.calls = {"fc": 0}
+
+    def forward(self, x):
+        x = torch.flatten(self.pool(torch.relu(self.conv(x))), 1)
+        self.calls["fc"] += 1
+        return self.fc(x)
+
+
+def test_default_layer_is_the_map_before_global_pooling_and_early_layers_stop_the_pass():
+    net = _Net()
+    extractor = FeatureExtractor(net, [None], "avg", (0.5,) * 3, (0.5,) * 3)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.inference_mode():
+        out = extractor(x)["default"]
+        expected = torch.relu(net.conv((x - 0.5) / 0.5)).mean(dim=(2, 3))
+    torch.testing.assert_close(out, expected)
+    assert net.calls["fc"] == 0, "the forward pass must stop once every requested layer is captured"
+    assert not any(p.requires_grad for p in extractor.parameters())
+    assert not extractor.training
+
+
+def test_several_layers_in_one_pass():
+    extractor = FeatureExtractor(_Net(), ["conv", None], "max", (0.0,) * 3, (1.0,) * 3)
+    with torch.inference_mode():
+        out = extractor(torch.rand(2, 3, 8, 8))
+    assert set(out) == {"conv", "default"} and out["conv"].shape == (2, 4)
+    torch.testing.assert_close(out["default"], torch.relu(out["conv"]))
