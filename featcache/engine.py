@@ -1,0 +1,189 @@
+"""The one batch loop: decoded inputs in, pooled features out.
+
+:func:`run_batches` takes the items to compute (the cache's misses), decodes and resizes them
+(in DataLoader workers on GPU, in the main process on CPU), runs the frozen extractor under
+``torch.inference_mode`` in channels-last layout with optional bf16/fp16 autocast, and
+yields one :class:`Batch` of features per step, so a caller can commit each batch to the
+cache as soon as it exists.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from .exceptions import FeatcacheError, InputError
+from .inputs import DecodePolicy, decode
+
+__all__ = [
+    "Batch",
+    "resolve_device",
+    "resolve_precision",
+    "resolve_num_workers",
+    "to_model_input",
+    "run_batches",
+]
+
+_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Batch:
+    """One step of the loop.
+
+    Attributes
+    ----------
+    positions : ndarray of int
+        Positions (in the caller's item list) of the rows in ``features``.
+    features : dict
+        Layer name -> float32 array ``(len(positions), dim)``.
+    failures : list of (int, str)
+        Positions that could not be decoded, with the reason (only with ``on_error="skip"``).
+    """
+
+    positions: np.ndarray
+    features: dict
+    failures: list = field(default_factory=list)
+
+
+def resolve_device(device="auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise FeatcacheError(
+            f"device={device!r} is not a torch device; use 'auto', 'cpu', 'cuda' or 'cuda:N'."
+        ) from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise FeatcacheError(
+            f"device={device!r} but CUDA is not available on this machine; use device='auto' or 'cpu'."
+        )
+    return resolved
+
+
+def resolve_precision(precision, device: torch.device) -> str:
+    """``"auto"`` -> fp32 on CPU, bf16 on a GPU that supports it (else fp16)."""
+    if precision != "auto":
+        if precision not in _PRECISIONS:
+            raise FeatcacheError(f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {precision!r}")
+        return precision
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def resolve_num_workers(num_workers, device: torch.device) -> int:
+    """Decode workers: none on CPU (the cores run the network), up to 8 on GPU."""
+    if num_workers is not None:
+        return int(num_workers)
+    if device.type != "cuda":
+        return 0
+    return min(8, os.cpu_count() or 1)
+
+
+def to_model_input(image: np.ndarray, size: int) -> torch.Tensor:
+    """(H, W, 3) uint8 or float [0, 1] image -> (3, size, size) float32 tensor in [0, 1].
+
+    The shorter side is resized to ``size`` (bilinear, antialiased), then the centre square
+    is cropped; a square image is simply resized.
+    """
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    t = t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
+    h, w = t.shape[1:]
+    if (h, w) != (size, size):
+        scale = size / min(h, w)
+        new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+        t = F.interpolate(t[None], size=(new_h, new_w), mode="bilinear", antialias=True,
+                          align_corners=False)[0]
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        t = t[:, top:top + size, left:left + size]
+    return t
+
+
+class _DecodeDataset(Dataset):
+    """Decodes and resizes one item; a failure becomes a reason string, never an exception."""
+
+    def __init__(self, items, positions, policy: DecodePolicy, size: int):
+        self.items, self.positions, self.policy, self.size = items, positions, policy, size
+
+    def __len__(self):
+        return len(self.positions)
+
+    def __getitem__(self, i):
+        pos = int(self.positions[i])
+        try:
+            return pos, to_model_input(decode(self.items[pos], pos, self.policy), self.size), None
+        except InputError as exc:
+            return pos, None, str(exc)
+
+
+def _collate(samples):
+    good = [(p, t) for p, t, _ in samples if t is not None]
+    failures = [(p, reason) for p, _, reason in samples if reason is not None]
+    positions = np.array([p for p, _ in good], dtype=np.int64)
+    images = torch.stack([t for _, t in good]) if good else None
+    return positions, images, failures
+
+
+def run_batches(extractor, items, positions, *, image_size, policy=None, batch_size=64,
+                device="auto", precision="auto", num_workers=None, on_error="raise",
+                progress=None, progress_desc="featcache"):
+    """Compute features for ``items[positions]``, one :class:`Batch` at a time.
+
+    Parameters
+    ----------
+    extractor : featcache.extractor.FeatureExtractor
+    items : list
+        Items from :func:`featcache.inputs.as_items`.
+    positions : sequence of int
+        Which items to compute, in order.
+    image_size : int
+    policy : DecodePolicy, optional
+    batch_size, num_workers : int
+    device : str or torch.device
+    precision : {"auto", "fp32", "bf16", "fp16"}
+    on_error : {"raise", "skip"}
+        ``"raise"``: the first undecodable input raises :class:`InputError`; ``"skip"``:
+        it is reported in ``Batch.failures`` and the loop goes on.
+    progress : bool or None
+        tqdm bar; None shows it only on an interactive terminal.
+
+    Yields
+    ------
+    Batch
+    """
+    from tqdm.auto import tqdm
+
+    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    dtype = _PRECISIONS[resolve_precision(precision, device)]
+    workers = resolve_num_workers(num_workers, device)
+    extractor.to(device=device, memory_format=torch.channels_last)
+    loader = DataLoader(
+        _DecodeDataset(items, np.asarray(positions, dtype=np.int64), policy or DecodePolicy(), image_size),
+        batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+    )
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    bar = tqdm(total=len(positions), unit="img", desc=progress_desc,
+               disable=None if progress is None else not progress, leave=False)
+    try:
+        for batch_positions, images, failures in loader:
+            if failures and on_error == "raise":
+                raise InputError(failures[0][1])
+            features = {}
+            if images is not None:
+                images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                with torch.inference_mode(), autocast:
+                    out = extractor(images)
+                features = {name: t.float().cpu().numpy() for name, t in out.items()}
+            bar.update(len(batch_positions) + len(failures))
+            yield Batch(batch_positions, features, failures)
+    finally:
+        bar.close()

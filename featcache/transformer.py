@@ -1,0 +1,290 @@
+"""FrozenBackbone: a frozen pretrained network as a scikit-learn transformer."""
+
+from __future__ import annotations
+
+import os
+from numbers import Integral
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from .exceptions import FeatcacheError
+
+__all__ = ["FrozenBackbone"]
+
+
+def _source(item, index) -> str:
+    """What the cache records as an input's source: its path, or a short description."""
+    from .inputs import describe
+
+    return str(item) if isinstance(item, os.PathLike) else describe(item, index)
+
+
+class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Embed images with a frozen pretrained network.
+
+    The network is never trained: :meth:`fit` only resolves and loads the backbone and
+    records its configuration fingerprint; :meth:`transform` returns one embedding per
+    input. Put a scikit-learn estimator after it in a :class:`~sklearn.pipeline.Pipeline`
+    to train a head on the embeddings.
+
+    Parameters
+    ----------
+    model : str, default="efficientnet_lite0"
+        Backbone name: a featcache name (``featcache.list_backbones()``), a torchvision
+        classification model (``"resnet50"`` or ``"torchvision:resnet50"``) or a timm model
+        (``"timm:convnext_tiny"``).
+    weights : str, path or None, default="DEFAULT"
+        ``"DEFAULT"`` or a named weights tag of the source library (downloaded by it when
+        online), the path of a local checkpoint (loaded with ``torch.load(weights_only=True)``),
+        or None for random initialisation (tests only; warns).
+    layer : str or None, default=None
+        None: the network's final feature map (or its penultimate vector). Otherwise a module
+        name, e.g. ``"blocks.4"`` (see :func:`featcache.backbones.layer_names`).
+    pooling : {"avg", "max", "gem", "cls", "none"}, default="avg"
+        How a feature map or token sequence becomes one vector.
+    image_size : int or None, default=None
+        Side of the square network input; None uses the backbone's (224 for the default).
+    batch_size : int, default=64
+        Images per forward pass. Does not change the features.
+    device : str, default="auto"
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+    precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
+        ``"auto"`` is fp32 on CPU and bf16 (or fp16) autocast on GPU. Part of the fingerprint.
+    cache : "auto", path, FeatureCache, False or None, default="auto"
+        Where embeddings are cached (see :class:`featcache.FeatureCache`): ``"auto"`` is
+        ``$FEATCACHE_HOME`` or the user cache directory (``~/.cache/featcache``); False or
+        None disables caching. Every input is computed once per configuration fingerprint;
+        later transforms, clones, grid-search folds and other processes read the cache.
+    num_workers : int or None, default=None
+        DataLoader decode workers; None picks 0 on CPU and up to 8 on GPU.
+    on_error : {"raise", "skip"}, default="raise"
+        ``"raise"``: an undecodable input raises :class:`~featcache.exceptions.InputError`
+        naming it. ``"skip"``: its row is NaN (never zero) and the reason is recorded.
+    progress : bool or None, default=None
+        Progress bar; None shows it on interactive terminals only.
+    retry_failed : bool, default=False
+        Inputs whose failure is recorded in the cache (``on_error="skip"``) are not decoded
+        again unless this is True; with ``on_error="raise"`` a recorded failure raises.
+
+    Attributes
+    ----------
+    n_features_out_ : int
+        Embedding dimension.
+    fingerprint_ : str
+        Hash of everything that changes the numbers (see :func:`featcache.backbones.fingerprint`).
+    config_ : dict
+        The configuration behind ``fingerprint_``.
+    failures_ : dict
+        Position -> reason of the inputs skipped by the last ``transform`` (``on_error="skip"``).
+    feature_names_in_ : ndarray of str
+        Set when X is a one-column DataFrame of paths.
+
+    Examples
+    --------
+    >>> from sklearn.pipeline import Pipeline
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> pipe = Pipeline([("backbone", FrozenBackbone()), ("clf", LogisticRegression(max_iter=1000))])
+    >>> pipe.fit(train_paths, y_train).predict_proba(val_paths)  # doctest: +SKIP
+    """
+
+    _parameter_constraints: dict = {
+        "model": [str],
+        "weights": [str, os.PathLike, None],
+        "layer": [str, None],
+        "pooling": [StrOptions({"avg", "max", "gem", "cls", "none"})],
+        "image_size": [Interval(Integral, 8, None, closed="left"), None],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [str],
+        "precision": [StrOptions({"auto", "fp32", "bf16", "fp16"})],
+        "cache": [str, os.PathLike, "boolean", None, HasMethods(["namespace", "verify"])],
+        "num_workers": [Interval(Integral, 0, None, closed="left"), None],
+        "on_error": [StrOptions({"raise", "skip"})],
+        "progress": ["boolean", None],
+        "retry_failed": ["boolean"],
+    }
+
+    def __init__(self, model="efficientnet_lite0", *, weights="DEFAULT", layer=None, pooling="avg",
+                 image_size=None, batch_size=64, device="auto", precision="auto", cache="auto",
+                 num_workers=None, on_error="raise", progress=None, retry_failed=False):
+        self.model = model
+        self.weights = weights
+        self.layer = layer
+        self.pooling = pooling
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.device = device
+        self.precision = precision
+        self.cache = cache
+        self.num_workers = num_workers
+        self.on_error = on_error
+        self.progress = progress
+        self.retry_failed = retry_failed
+
+    # ------------------------------------------------------------------ fitting
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Resolve and load the backbone; nothing is trained.
+
+        Parameters
+        ----------
+        X : images
+            Paths, an ``(n, H, W[, C])`` array, PIL images or an ``(n, C, H, W)`` tensor;
+            checked for form only.
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        from .inputs import as_items
+
+        as_items(X)
+        self._check_input_columns(X, reset=True)
+        _, self.config_, self.fingerprint_ = self._resolve()
+        self.n_features_out_ = self.config_["dim"]
+        return self
+
+    def _resolve(self):
+        """Load (or reuse) the backbone; return it with its configuration and fingerprint."""
+        from .backbones import fingerprint, load_backbone
+        from .engine import resolve_device, resolve_precision
+        from .inputs import DecodePolicy
+
+        loaded = load_backbone(self.model, weights=self.weights, layers=(self.layer,),
+                               pooling=self.pooling, image_size=self.image_size)
+        precision = resolve_precision(self.precision, resolve_device(self.device))
+        layer = next(iter(loaded.dims))
+        config = loaded.layer_config(layer, precision=precision, decode=DecodePolicy().to_dict())
+        return loaded, config, fingerprint(config)
+
+    def _loaded_for_transform(self):
+        """The backbone, checked to be the one fitted (weights files can change on disk)."""
+        loaded, _, fp = self._resolve()
+        if fp != self.fingerprint_:
+            raise FeatcacheError(
+                f"the backbone configuration changed since fit (fingerprint {self.fingerprint_} "
+                f"then, {fp} now): parameters were set without refitting, or the weights file "
+                "changed. Call fit again."
+            )
+        return loaded
+
+    def _check_input_columns(self, X, *, reset):
+        columns = getattr(X, "columns", None)
+        if columns is not None:
+            names = np.asarray([str(c) for c in columns], dtype=object)
+            if reset:
+                self.feature_names_in_ = names
+                self.n_features_in_ = len(names)
+        elif reset:
+            for attr in ("feature_names_in_", "n_features_in_"):
+                self.__dict__.pop(attr, None)
+
+    @property
+    def _n_features_out(self):
+        return self.n_features_out_
+
+    # ------------------------------------------------------------------ transforming
+
+    def transform(self, X):
+        """Embed images.
+
+        Parameters
+        ----------
+        X : images
+            As in :meth:`fit`.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features_out_), float32
+            Rows in input order; with ``on_error="skip"`` a failed input's row is NaN.
+        """
+        check_is_fitted(self, "fingerprint_")
+        from .inputs import as_items
+
+        items = as_items(X)
+        return self._embed(items)
+
+    def fit_transform(self, X, y=None, **fit_params):
+        """Fit, then embed X (the network runs once)."""
+        return self.fit(X, y).transform(X)
+
+    def _embed(self, items):
+        from .cache import resolve_cache
+
+        cache = resolve_cache(self.cache)
+        out = np.full((len(items), self.n_features_out_), np.nan, dtype=np.float32)
+        self.failures_ = {}
+        if cache is None:
+            for batch in self._compute(items, np.arange(len(items))):
+                if len(batch.positions):
+                    out[batch.positions] = batch.features[self.config_["layer"]]
+                self.failures_.update(dict(batch.failures))
+            return out
+        return self._embed_cached(items, cache.namespace(self.fingerprint_, self.config_))
+
+    def _compute(self, items, positions):
+        from .engine import run_batches
+
+        loaded = self._loaded_for_transform()
+        return run_batches(
+            loaded.extractor, items, positions,
+            image_size=loaded.preprocessing.image_size, batch_size=self.batch_size,
+            device=self.device, precision=self.precision, num_workers=self.num_workers,
+            on_error=self.on_error, progress=self.progress,
+        )
+
+    def _embed_cached(self, items, namespace):
+        """Compute only the cache misses, commit them batch by batch, read all rows back."""
+        from .inputs import content_key
+
+        keys = [content_key(item, i) for i, item in enumerate(items)]
+        recorded = namespace.failures(keys)
+        hit = namespace.lookup(keys)
+        first_of_key, todo = {}, []
+        for pos, key in enumerate(keys):
+            if hit[pos] or key in first_of_key:
+                continue
+            first_of_key[key] = pos
+            if key in recorded and not self.retry_failed:
+                self._known_failure(pos, items[pos], recorded[key][1])
+            else:
+                todo.append(pos)
+        if todo:
+            layer = self.config_["layer"]
+            with namespace.writer() as writer:
+                for batch in self._compute(items, np.asarray(todo)):
+                    if len(batch.positions):
+                        writer.add([keys[p] for p in batch.positions], batch.features[layer],
+                                   [_source(items[p], p) for p in batch.positions])
+                    for pos, reason in batch.failures:
+                        writer.add_failure(keys[pos], _source(items[pos], pos), reason)
+        out = namespace.read(keys, missing="nan")
+        bad = np.flatnonzero(np.isnan(out).any(axis=1))
+        failures = namespace.failures([keys[p] for p in bad]) if len(bad) else {}
+        self.failures_ = {int(p): failures.get(keys[p], ("", "not computed"))[1] for p in bad}
+        return out
+
+    def _known_failure(self, pos, item, reason):
+        from .exceptions import InputError
+
+        if self.on_error == "raise":
+            raise InputError(
+                f"{reason} (recorded in the cache by an earlier run; fix the input, or pass "
+                "retry_failed=True to decode it again)"
+            )
+
+    # ------------------------------------------------------------------ tags
+    # The torch network is never an attribute (it lives in a per-process memo in
+    # featcache.backbones), so pickling and joblib.dump carry parameters and fitted values only.
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        tags.requires_fit = True
+        tags.non_deterministic = False
+        return tags

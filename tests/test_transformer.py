@@ -1,0 +1,236 @@
+"""Tests for featcache.transformer.FrozenBackbone: the scikit-learn face."""
+
+import pickle
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+from sklearn.utils._param_validation import InvalidParameterError
+from sklearn.utils import estimator_checks
+
+from featcache import FrozenBackbone
+from featcache.exceptions import FeatcacheError, InputError
+
+SMALL = dict(image_size=32, cache=False, progress=False)
+
+
+def small(**params):
+    return FrozenBackbone(**{**SMALL, **params})
+
+
+def test_every_input_form_gives_one_float32_row_per_image(xray, xray_pngs):
+    images, _ = xray
+    images = images[:6]
+    paths = xray_pngs[0][:6]
+    backbone = small().fit(images)
+    reference = backbone.transform(images)
+    assert reference.shape == (6, 1280) and reference.dtype == np.float32
+    assert np.isfinite(reference).all()
+    forms = {
+        "paths": paths,
+        "(n, 1) object array of paths": np.array(paths, dtype=object).reshape(-1, 1),
+        "(n, H, W, 3)": np.repeat(images[..., None], 3, axis=-1),
+        "PIL images": [Image.fromarray(img) for img in images],
+        "torch tensor (n, C, H, W)": torch.from_numpy(images[:, None].copy()),
+    }
+    for name, X in forms.items():
+        np.testing.assert_allclose(backbone.transform(X), reference, atol=1e-5, err_msg=name)
+    # 16-bit and float are scaled by their range: a uint16 copy of the image stretched over
+    # the full range embeds like the 8-bit one stretched over [0, 1].
+    stretched = images.astype(np.float64)
+    lo = stretched.min(axis=(1, 2), keepdims=True)
+    hi = stretched.max(axis=(1, 2), keepdims=True)
+    unit = (stretched - lo) / (hi - lo)
+    as_uint16 = np.round(unit * 65535).astype(np.uint16)
+    np.testing.assert_allclose(backbone.transform(as_uint16), backbone.transform(unit.astype(np.float32)),
+                               atol=1e-3)
+
+
+def test_pipeline_fits_and_predicts(xray):
+    images, labels = xray
+    pipe = Pipeline([("backbone", small()), ("clf", LogisticRegression(max_iter=1000))])
+    pipe.fit(images[::2], labels[::2])
+    proba = pipe.predict_proba(images[1::2])
+    assert proba.shape == (30, 2)
+    assert pipe.score(images[1::2], labels[1::2]) > 0.6
+
+
+def test_fit_only_loads_and_fit_transform_extracts_once(xray, monkeypatch):
+    images, _ = xray
+    import featcache.engine as engine
+
+    calls = []
+    real = engine.run_batches
+
+    def counting(*args, **kwargs):
+        calls.append(len(args[2]))
+        yield from real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "run_batches", counting)
+    backbone = small()
+    assert backbone.fit(images[:4]) is backbone and calls == []
+    assert backbone.n_features_out_ == 1280 and len(backbone.fingerprint_) == 20
+    backbone.fit_transform(images[:4])
+    assert calls == [4]
+
+
+def test_params_clone_and_set_params():
+    backbone = FrozenBackbone(pooling="max", batch_size=8)
+    params = backbone.get_params()
+    assert params["pooling"] == "max" and params["model"] == "efficientnet_lite0"
+    twin = clone(backbone)
+    assert twin.get_params() == params and twin is not backbone
+    twin.set_params(pooling="gem", image_size=64)
+    assert twin.pooling == "gem" and backbone.pooling == "max"
+
+
+def test_pickle_and_joblib_round_trip_give_identical_outputs(xray, tmp_path):
+    images, _ = xray
+    backbone = small().fit(images[:4])
+    before = backbone.transform(images[:4])
+    restored = pickle.loads(pickle.dumps(backbone))
+    np.testing.assert_array_equal(restored.transform(images[:4]), before)
+    joblib.dump(backbone, tmp_path / "backbone.joblib")
+    np.testing.assert_array_equal(joblib.load(tmp_path / "backbone.joblib").transform(images[:4]), before)
+    assert len(pickle.dumps(backbone)) < 20_000, "the torch network must not be pickled"
+
+
+def test_feature_names_and_pandas_output(xray):
+    pd = pytest.importorskip("pandas")
+    images, _ = xray
+    backbone = small().fit(images[:3])
+    names = backbone.get_feature_names_out()
+    assert len(names) == 1280 and names[0] == "frozenbackbone0"
+    frame = small().set_output(transform="pandas").fit_transform(images[:3])
+    assert isinstance(frame, pd.DataFrame) and list(frame.columns) == list(names)
+
+
+def test_dataframe_column_of_paths_sets_feature_names_in(xray_pngs):
+    pd = pytest.importorskip("pandas")
+    paths, _ = xray_pngs
+    frame = pd.DataFrame({"image_path": paths[:3]})
+    backbone = small().fit(frame)
+    assert list(backbone.feature_names_in_) == ["image_path"] and backbone.n_features_in_ == 1
+    assert backbone.transform(frame).shape == (3, 1280)
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"pooling": "median"}, "pooling"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"precision": "fp8"}, "precision"),
+    ({"on_error": "ignore"}, "on_error"),
+    ({"image_size": 2}, "image_size"),
+    ({"num_workers": -1}, "num_workers"),
+])
+def test_bad_parameters_raise_invalid_parameter_error(params, match, xray):
+    with pytest.raises(InvalidParameterError, match=match):
+        FrozenBackbone(**params).fit(xray[0][:2])
+
+
+def test_unusable_device_and_unknown_model_are_featcache_errors(xray):
+    if not torch.cuda.is_available():
+        with pytest.raises(FeatcacheError, match="CUDA is not available"):
+            small(device="cuda").fit(xray[0][:2])
+    with pytest.raises(FeatcacheError, match="unknown backbone 'resnet5'"):
+        small(model="resnet5").fit(xray[0][:2])
+
+
+def test_not_fitted_error_before_fit(xray):
+    with pytest.raises(NotFittedError):
+        FrozenBackbone().transform(xray[0][:2])
+
+
+def test_changed_parameters_without_refit_are_refused(xray):
+    backbone = small().fit(xray[0][:2])
+    backbone.set_params(pooling="max")
+    with pytest.raises(FeatcacheError, match="configuration changed since fit"):
+        backbone.transform(xray[0][:2])
+
+
+def test_grid_search_over_head_and_pooling(xray):
+    images, labels = xray
+    pipe = Pipeline([("backbone", small()), ("clf", LogisticRegression(max_iter=500))])
+    search = GridSearchCV(pipe, {"clf__C": [0.1, 1.0], "backbone__pooling": ["avg", "max"]}, cv=2)
+    search.fit(images, labels)
+    assert set(search.best_params_) == {"clf__C", "backbone__pooling"}
+    assert search.cv_results_["mean_test_score"].shape == (4,)
+
+
+def test_bad_input_names_it_and_skip_gives_nan_rows(xray_pngs, tmp_path):
+    paths, _ = xray_pngs
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image")
+    X = [paths[0], str(broken), paths[1]]
+    with pytest.raises(InputError, match=r"input 1 .*broken\.png"):
+        small().fit_transform(X)
+    backbone = small(on_error="skip")
+    out = backbone.fit_transform(X)
+    assert np.isnan(out[1]).all() and np.isfinite(out[[0, 2]]).all()
+    assert list(backbone.failures_) == [1] and "broken.png" in backbone.failures_[1]
+
+
+def test_mixed_sizes_in_a_list_of_arrays_are_rejected():
+    X = [np.zeros((28, 28), np.uint8), np.zeros((32, 32), np.uint8)]
+    with pytest.raises(InputError, match=r"input 1"):
+        small().fit_transform(X)
+
+
+def test_images_of_any_size_from_files_are_resized(tmp_path):
+    paths = []
+    for i, size in enumerate([(40, 30), (64, 64), (20, 50)]):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, size[::-1] + (3,), dtype=np.uint8)).save(path)
+        paths.append(path)
+    assert small().fit_transform(paths).shape == (3, 1280)
+
+
+# The scikit-learn estimator checks that apply to a transformer whose input is images, not a
+# 2-D numeric matrix. The others (check_transformer_general, check_fit2d_*, check_n_features_in,
+# check_estimators_dtypes, check_methods_subset_invariance, ...) feed a random (n, d) float
+# matrix as X: for FrozenBackbone that is a feature matrix, not images, and it is rejected on
+# purpose with an InputError, so those checks do not apply.
+APPLICABLE_CHECKS = [
+    "check_no_attributes_set_in_init",
+    "check_parameters_default_constructible",
+    "check_get_params_invariance",
+    "check_set_params",
+    "check_estimator_cloneable",
+    "check_estimator_repr",
+    "check_do_not_raise_errors_in_init_or_set_params",
+    "check_mixin_order",
+    "check_valid_tag_types",
+    "check_estimator_tags_renamed",
+    "check_transformers_unfitted",
+    "check_param_validation",
+    "check_get_feature_names_out_error",
+]
+
+
+@pytest.mark.parametrize("check_name", APPLICABLE_CHECKS)
+def test_scikit_learn_estimator_checks(check_name):
+    check = getattr(estimator_checks, check_name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check("FrozenBackbone", FrozenBackbone(**SMALL))
+
+
+def test_a_2d_numeric_matrix_is_rejected_as_not_images():
+    with pytest.raises(InputError, match="feature matrix"):
+        small().fit(np.random.rand(10, 5))
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_matches_cpu_fp32(xray):
+    images, _ = xray
+    cpu = small(device="cpu").fit_transform(images[:8])
+    gpu = small(device="cuda", precision="bf16").fit_transform(images[:8])
+    cos = (cpu * gpu).sum(1) / np.linalg.norm(cpu, axis=1) / np.linalg.norm(gpu, axis=1)
+    assert cos.min() > 0.98
