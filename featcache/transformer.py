@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from numbers import Integral
 
 import numpy as np
@@ -79,6 +80,9 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         The configuration behind ``fingerprint_``.
     failures_ : dict
         Position -> reason of the inputs skipped by the last ``transform`` (``on_error="skip"``).
+    transform_stats_ : dict
+        What the last ``transform`` did: ``computed`` (rows the network ran for), ``cached``
+        (rows read from the cache), ``failed``, and ``seconds``.
     feature_names_in_ : ndarray of str
         Set when X is a one-column DataFrame of paths.
 
@@ -215,20 +219,25 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     def _embed(self, items):
         from .cache import resolve_cache
 
+        start = time.perf_counter()
+        self.transform_stats_ = {"computed": 0, "cached": 0}
         cache = resolve_cache(self.cache)
-        out = np.full((len(items), self.n_features_out_), np.nan, dtype=np.float32)
-        self.failures_ = {}
         if cache is None:
+            out = np.full((len(items), self.n_features_out_), np.nan, dtype=np.float32)
+            self.failures_ = {}
             for batch in self._compute(items, np.arange(len(items))):
                 if len(batch.positions):
                     out[batch.positions] = batch.features[self.config_["layer"]]
                 self.failures_.update(dict(batch.failures))
-            return out
-        return self._embed_cached(items, cache.namespace(self.fingerprint_, self.config_))
+        else:
+            out = self._embed_cached(items, cache.namespace(self.fingerprint_, self.config_))
+        self.transform_stats_.update(failed=len(self.failures_), seconds=time.perf_counter() - start)
+        return out
 
     def _compute(self, items, positions):
         from .engine import run_batches
 
+        self.transform_stats_["computed"] += len(positions)
         loaded = self._loaded_for_transform()
         return run_batches(
             loaded.extractor, items, positions,
@@ -263,6 +272,7 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                     for pos, reason in batch.failures:
                         writer.add_failure(keys[pos], _source(items[pos], pos), reason)
         out = namespace.read(keys, missing="nan")
+        self.transform_stats_["cached"] = len(keys) - len(todo)
         bad = np.flatnonzero(np.isnan(out).any(axis=1))
         failures = namespace.failures([keys[p] for p in bad]) if len(bad) else {}
         self.failures_ = {int(p): failures.get(keys[p], ("", "not computed"))[1] for p in bad}
