@@ -1,33 +1,37 @@
 """featcache: frozen pretrained networks as scikit-learn transformers, with an HDF5 embedding cache.
 
-Importing featcache does not import torch: the network is loaded on the first ``fit``, and
-reading a cache needs only h5py and numpy.
+Importing featcache is cheap: the public names are loaded on first use, torch only when a
+network is loaded, and reading a cache needs only h5py and numpy.
 """
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-from .backbones import get_backbone, list_backbones
-from .exceptions import (
-    CacheCorruptError,
-    CacheError,
-    FeatcacheError,
-    InputError,
-    LayerError,
-    UnknownBackboneError,
-    WeightsError,
-)
-from .transformer import FrozenBackbone
+_PUBLIC = {
+    "FrozenBackbone": "transformer",
+    "FeatureCache": "cache",
+    "list_backbones": "backbones",
+    "get_backbone": "backbones",
+    "FeatcacheError": "exceptions",
+    "UnknownBackboneError": "exceptions",
+    "WeightsError": "exceptions",
+    "LayerError": "exceptions",
+    "InputError": "exceptions",
+    "CacheError": "exceptions",
+    "CacheCorruptError": "exceptions",
+}
 
-__all__ = [
-    "FrozenBackbone",
-    "list_backbones",
-    "get_backbone",
-    "FeatcacheError",
-    "UnknownBackboneError",
-    "WeightsError",
-    "LayerError",
-    "InputError",
-    "CacheError",
-    "CacheCorruptError",
-    "__version__",
-]
+__all__ = [*_PUBLIC, "__version__"]
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        value = getattr(import_module(f".{_PUBLIC[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'featcache' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -1,7 +1,10 @@
 """Tests for featcache.transformer.FrozenBackbone: the scikit-learn face."""
 
 import pickle
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -234,3 +237,123 @@ def test_gpu_bf16_matches_cpu_fp32(xray):
     gpu = small(device="cuda", precision="bf16").fit_transform(images[:8])
     cos = (cpu * gpu).sum(1) / np.linalg.norm(cpu, axis=1) / np.linalg.norm(gpu, axis=1)
     assert cos.min() > 0.98
+
+
+# ---------------------------------------------------------------------- with the cache
+
+
+def _forbid_network(monkeypatch):
+    import featcache.engine as engine
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the network ran although every row is cached")
+
+    monkeypatch.setattr(engine, "run_batches", refuse)
+
+
+def _shards(cache_dir):
+    return sorted(Path(cache_dir).glob("*/shards/*.h5"))
+
+
+def test_warm_cache_serves_every_later_transform_without_the_network(xray, tmp_path, monkeypatch):
+    images, labels = xray
+    backbone = small(cache=tmp_path / "cache")
+    cold = backbone.fit_transform(images)
+    assert backbone.transform_stats_["computed"] == 60
+    _forbid_network(monkeypatch)
+    np.testing.assert_array_equal(backbone.transform(images), cold)
+    twin = clone(backbone).fit(images)
+    np.testing.assert_array_equal(twin.transform(images), cold)
+    assert twin.transform_stats_ == {**twin.transform_stats_, "computed": 0, "cached": 60}
+    pipe = Pipeline([("backbone", clone(backbone)), ("clf", LogisticRegression(max_iter=500))])
+    GridSearchCV(pipe, {"clf__C": [0.1, 1.0], "backbone__batch_size": [8, 64]}, cv=3).fit(images, labels)
+
+
+def test_a_new_process_reads_the_cache(xray, tmp_path):
+    images, _ = xray
+    cache = tmp_path / "cache"
+    cold = small(cache=cache).fit_transform(images)
+    np.save(tmp_path / "images.npy", images)
+    script = (
+        "import sys, numpy as np, featcache.engine as engine\n"
+        "def refuse(*a, **k): raise SystemExit('the network ran')\n"
+        "engine.run_batches = refuse\n"
+        "from featcache import FrozenBackbone\n"
+        "X = np.load(sys.argv[1])\n"
+        "out = FrozenBackbone(image_size=32, cache=sys.argv[2], progress=False).fit_transform(X)\n"
+        "np.save(sys.argv[3], out)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "images.npy"), str(cache),
+                    str(tmp_path / "out.npy")], check=True, timeout=300)
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), cold)
+
+
+def test_joblib_workers_read_the_cache(xray, tmp_path):
+    images, labels = xray
+    cache = tmp_path / "cache"
+    small(cache=cache).fit_transform(images)
+    before = _shards(cache)
+    pipe = Pipeline([("backbone", small(cache=cache)), ("clf", LogisticRegression(max_iter=500))])
+    search = GridSearchCV(pipe, {"clf__C": [0.1, 1.0]}, cv=2, n_jobs=2).fit(images, labels)
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+    assert _shards(cache) == before, "a worker computed rows that were cached"
+
+
+def test_partial_hits_compute_only_the_misses_in_input_order(xray, tmp_path):
+    images, _ = xray
+    fresh = small().fit_transform(images[:20])
+    backbone = small(cache=tmp_path / "cache").fit(images)
+    backbone.transform(images[5:12])
+    out = backbone.transform(images[:20][::-1])
+    assert backbone.transform_stats_["computed"] == 13 and backbone.transform_stats_["cached"] == 7
+    np.testing.assert_allclose(out, fresh[::-1], atol=1e-5)
+
+
+@pytest.mark.parametrize("change", [{"pooling": "max"}, {"image_size": 48}, {"layer": "blocks.5"}])
+def test_a_fingerprint_change_never_serves_an_old_row(change, xray, tmp_path):
+    images, _ = xray
+    cache = tmp_path / "cache"
+    first = small(cache=cache).fit(images[:4])
+    first.transform(images[:4])
+    other = small(cache=cache, **change).fit(images[:4])
+    assert other.fingerprint_ != first.fingerprint_
+    other.transform(images[:4])
+    assert other.transform_stats_["computed"] == 4
+
+
+def test_moved_files_and_other_run_settings_still_hit_but_edits_do_not(xray_pngs, tmp_path):
+    paths, _ = xray_pngs
+    cache = tmp_path / "cache"
+    small(cache=cache).fit_transform(paths[:5])
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    new_paths = [str(Path(p).rename(moved / f"renamed_{i}.png")) for i, p in enumerate(paths[:5])]
+    again = small(cache=cache, batch_size=2, num_workers=1).fit(new_paths)
+    again.transform(new_paths)
+    assert again.transform_stats_["computed"] == 0
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(new_paths[0])
+    again.transform(new_paths)
+    assert again.transform_stats_["computed"] == 1
+
+
+def test_recorded_failures_are_nan_and_retried_only_when_asked(xray_pngs, tmp_path):
+    from featcache import FeatureCache
+
+    paths, _ = xray_pngs
+    cache = tmp_path / "cache"
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    X = [paths[0], str(broken)]
+    skipper = small(cache=cache, on_error="skip")
+    out = skipper.fit_transform(X)
+    assert np.isnan(out[1]).all() and np.isfinite(out[0]).all()
+    assert "broken.png" in skipper.failures_[1]
+    (info,) = FeatureCache(cache).info()
+    assert info["failures"] == 1 and info["rows"] == 1
+    skipper.transform(X)
+    assert skipper.transform_stats_["computed"] == 0 and np.isnan(skipper.transform(X)[1]).all()
+    with pytest.raises(InputError, match=r"broken\.png.*recorded in the cache"):
+        small(cache=cache).fit_transform(X)
+    retry = small(cache=cache, on_error="skip", retry_failed=True).fit(X)
+    retry.transform(X)
+    assert retry.transform_stats_["computed"] == 1

@@ -1,0 +1,609 @@
+"""Tests of the HDF5 shard cache (featcache.cache) and its CLI: real files, real processes.
+
+Features are synthetic and deterministic (seeded by the key bytes, see cache_writer_proc.py);
+no torch, no network.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pathlib
+import random
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from featcache import _shards
+from featcache.cache import (
+    CacheMissError,
+    CorruptShardWarning,
+    FeatureCache,
+    clear_memo,
+    default_cache_dir,
+    resolve_cache,
+)
+from featcache.cli import main as cli_main
+from featcache.exceptions import CacheError
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from cache_writer_proc import CONFIG, FINGERPRINT, feature, features, key_of  # noqa: E402
+
+HELPER = str(pathlib.Path(__file__).with_name("cache_writer_proc.py"))
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FAIL_EVERY = 37  # the helper's default: items i % 37 == 0 are recorded as failures
+
+
+# ---------------------------------------------------------------- helpers
+def _fill(ns, idx, *, commit_rows=50, dtype="float32", fail_every=FAIL_EVERY):
+    """Write items ``idx`` (failures for i % fail_every == 0) through a writer."""
+    with ns.writer(commit_rows=commit_rows, dtype=dtype) as w:
+        for i in idx:
+            if fail_every and not i % fail_every:
+                w.add_failure(key_of(i), f"item-{i}", f"synthetic failure {i}")
+            else:
+                w.add([key_of(i)], feature(key_of(i))[None], [f"item-{i}"])
+    return w
+
+
+def _ns(tmp_path, name="c"):
+    return FeatureCache(tmp_path / name).namespace(FINGERPRINT, dict(CONFIG))
+
+
+def _spawn(mode, cache, *args):
+    cmd = [sys.executable, HELPER, mode, str(cache), *map(str, args)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+
+
+def _run_helper(mode, cache, *args, timeout=60):
+    p = _spawn(mode, cache, *args)
+    out, err = p.communicate(timeout=timeout)
+    assert p.returncode == 0, f"helper failed ({p.returncode}):\n{out}\n{err}"
+    return out
+
+
+def _check_served(cache_dir, n):
+    """verify() is ok and every served row equals its expected value; returns hit mask."""
+    clear_memo()  # look at the files as a fresh process would
+    cache = FeatureCache(cache_dir)
+    report = cache.verify()
+    assert report.ok, report.problems
+    ns = cache.namespace(FINGERPRINT)
+    keys = [key_of(i) for i in range(n)]
+    hit = ns.lookup(keys)
+    if hit.any():
+        got = ns.read([k for k, h in zip(keys, hit) if h])
+        np.testing.assert_array_equal(got, features([k for k, h in zip(keys, hit) if h]))
+    fails = ns.failures(keys)
+    assert all(int(s.split("-")[1]) % FAIL_EVERY == 0 for s, _ in fails.values())
+    return hit, fails
+
+
+def _shard_paths(ns):
+    return [ns.shards_dir / n for n in _shards.list_shards(ns.shards_dir)]
+
+
+# ---------------------------------------------------------------- 1. round trip
+def test_round_trip_order_hits_failures_missing(tmp_path):
+    ns = _ns(tmp_path)
+    w = _fill(ns, range(200), commit_rows=64)
+    assert len(w.shards) == 4 and w.rows_written == 194 and w.failures_written == 6
+    keys = [key_of(i) for i in range(250)]
+    mask = ns.lookup(keys)
+    assert mask.sum() == 194 and not mask[200:].any() and not mask[0] and mask[1]
+    order = np.random.default_rng(0).permutation(200)
+    ok = [i for i in order if i % FAIL_EVERY]
+    got = ns.read([key_of(i) for i in ok])
+    np.testing.assert_array_equal(got, features([key_of(i) for i in ok]))
+    assert got.dtype == np.float32 and got.shape == (194, 16)
+    # failed keys read as NaN rows, and are listed with their reasons
+    mixed = ns.read([key_of(1), key_of(37), key_of(2)])
+    assert np.isnan(mixed[1]).all() and not np.isnan(mixed[[0, 2]]).any()
+    assert ns.failures([key_of(37), key_of(1)]) == {key_of(37): ("item-37", "synthetic failure 37")}
+    assert len(ns.failures()) == 6 and ns.rows() == 194 and ns.dim == 16
+    # absent keys: a clear KeyError-like CacheError, or NaN on request
+    with pytest.raises(CacheMissError, match=r"50 of 52 keys are not in cache namespace") as e:
+        ns.read(keys[198:])
+    assert isinstance(e.value, KeyError) and "missing='nan'" in str(e.value)
+    assert np.isnan(ns.read(keys[198:], missing="nan")[2:]).all()
+    assert ns.read([]).shape == (0, 16)
+
+
+def test_float16_storage_and_writer_rules(tmp_path):
+    ns = _ns(tmp_path)
+    _fill(ns, range(1, 30), dtype="float16", fail_every=0)
+    [shard] = _shard_paths(ns)
+    with h5py.File(shard, "r") as f:
+        assert f["features"].dtype == np.float16 and f.attrs["dtype"] == "float16"
+    keys = [key_of(i) for i in range(1, 30)]
+    got = ns.read(keys)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, features(keys).astype(np.float16).astype(np.float32))
+    with pytest.raises(CacheError, match="8 columns but namespace .* holds 16-dim rows"):
+        ns.writer().add([key_of(99)], np.zeros((1, 8)), ["x"])
+    with pytest.raises(CacheError, match="16 bytes"):
+        ns.lookup([b"short"])
+    with pytest.raises(CacheError, match="float32' or 'float16"):
+        ns.writer(dtype="int8")
+    with pytest.raises(CacheError, match="float16 range"):
+        ns.writer(dtype="float16").add([key_of(99)], np.full((1, 16), 1e6), ["big"])
+
+
+def test_writer_commits_on_time_and_on_interrupt(tmp_path):
+    ns = _ns(tmp_path)
+    w = ns.writer(commit_rows=10_000, commit_seconds=0.05)
+    w.add([key_of(1)], feature(key_of(1))[None], ["a"])
+    assert not w.shards and w.pending == 1
+    time.sleep(0.1)
+    w.add([key_of(2)], feature(key_of(2))[None], ["b"])  # the oldest row is 0.1 s old
+    assert len(w.shards) == 1 and w.pending == 0 and w.commit() is None
+    with pytest.raises(KeyboardInterrupt):
+        with ns.writer(commit_rows=10_000) as w2:
+            w2.add([key_of(3)], feature(key_of(3))[None], ["c"])
+            raise KeyboardInterrupt
+    assert ns.lookup([key_of(3)]).all() and len(w2.shards) == 1
+    with pytest.raises(CacheError, match="closed"):
+        w2.add([key_of(4)], feature(key_of(4))[None], ["d"])
+
+
+def test_first_shard_in_name_order_wins(tmp_path):
+    ns = _ns(tmp_path)
+    k = key_of(1)
+    with ns.writer() as w:
+        w.add([k, key_of(2)], np.ones((2, 16)), ["a", "a"])
+    with ns.writer() as w:
+        w.add([k], np.full((1, 16), 2.0), ["b"])  # a later shard repeats k: it loses
+    assert ns.read([k])[0, 0] == 1
+    second = _shard_paths(ns)[-1]
+    early = ns.shards_dir / f"{1:020d}-{0:032x}.h5"
+    shutil.copy(second, early)  # a shard sorting first arrives (incremental index update)
+    assert ns.read([k, key_of(2)])[:, 0].tolist() == [2, 1] and ns.rows() == 2
+    second.unlink()  # a shard disappears (full index rebuild)
+    assert ns.read([k, key_of(2)])[:, 0].tolist() == [2, 1]
+    clear_memo()
+    assert ns.read([k, key_of(2)])[:, 0].tolist() == [2, 1]
+
+
+def test_cache_directory_rules(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home"
+    assert resolve_cache("auto").path == tmp_path / "home"
+    assert (tmp_path / "home" / "featcache.json").exists()
+    c = FeatureCache(tmp_path / "x")
+    assert resolve_cache(c) is c and resolve_cache(False) is None and resolve_cache(None) is None
+    assert resolve_cache(str(tmp_path / "y")).path == tmp_path / "y"
+    with pytest.raises(ValueError, match="'auto'"):
+        resolve_cache(3)
+    with pytest.raises(CacheError, match="no featcache.json"):
+        FeatureCache(tmp_path / "absent", create=False)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(CacheError, match="not a featcache cache directory"):
+        FeatureCache(tmp_path / "busy")
+    (tmp_path / "x" / "featcache.json").write_text(json.dumps({"format_version": 99}))
+    with pytest.raises(CacheError, match="format_version 99"):
+        FeatureCache(tmp_path / "x")
+    with pytest.raises(CacheError, match="not a valid fingerprint"):
+        FeatureCache(tmp_path / "z").namespace("../escape")
+
+
+# ---------------------------------------------------------------- 2. kill test
+def _kill_rounds(tmp_path, rounds, seed):
+    rng = random.Random(seed)
+    cache_dir, n = tmp_path / "kill", 300 * rounds  # more rows than the killed runs can write
+    for r in range(rounds):
+        hit, fails = (_check_served(cache_dir, n) if cache_dir.exists()
+                      else (np.zeros(n, bool), {}))
+        expect_todo = n - int(hit.sum()) - len(fails)
+        extra = ["--compact-every", 15] if r % 3 == 2 else []
+        p = _spawn("write", cache_dir, "--stop", n, "--commit-rows", 16, "--delay", 0.002, *extra)
+        if rng.random() < 0.8:  # usually wait until it is writing, sometimes kill during start-up
+            line = p.stdout.readline()
+            assert line == f"todo {expect_todo}\n", (line, p.stderr.read())
+            time.sleep(rng.uniform(0.0, 0.35))
+        else:
+            time.sleep(rng.uniform(0.0, 0.3))
+        p.send_signal(signal.SIGKILL)
+        p.communicate()
+        assert p.returncode == -signal.SIGKILL, f"round {r}: the writer ended before the kill"
+        if r % 5 == 4:  # keep the shard count (and the per-round checks) small
+            _check_served(cache_dir, n)
+            FeatureCache(cache_dir).compact()
+    hit, fails = _check_served(cache_dir, n)
+    done = {i for i in range(n) if hit[i] or key_of(i) in fails}
+    log = tmp_path / "computed.txt"
+    _run_helper("write", cache_dir, "--stop", n, "--commit-rows", 64, "--log", log)
+    computed = [int(x) for x in log.read_text().split()]
+    print(f"{rounds} kills; {n - len(computed)} of {n} items were done before the rerun")
+    assert sorted(computed) == sorted(set(range(n)) - done), "rerun must compute only the rest"
+    hit, fails = _check_served(cache_dir, n)
+    assert hit.sum() + len(fails) == n and len(fails) == len(range(0, n, FAIL_EVERY))
+
+
+def test_kill_writer_20_times(tmp_path):
+    _kill_rounds(tmp_path, rounds=20, seed=20)
+
+
+@pytest.mark.slow
+def test_kill_writer_200_times(tmp_path):
+    _kill_rounds(tmp_path, rounds=200, seed=200)
+
+
+# ---------------------------------------------------------------- 3./4. concurrency
+def test_two_writers_with_overlapping_keys(tmp_path):
+    cache_dir = tmp_path / "c"
+    FeatureCache(cache_dir)
+    a = _spawn("write", cache_dir, "--start", 0, "--stop", 1500, "--commit-rows", 32)
+    b = _spawn("write", cache_dir, "--start", 1000, "--stop", 2500, "--commit-rows", 32)
+    for p in (a, b):
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0 and out.endswith("done\n"), err
+    hit, fails = _check_served(cache_dir, 2500)
+    assert hit.sum() + len(fails) == 2500
+    assert FeatureCache(cache_dir).namespace(FINGERPRINT).rows() == int(hit.sum())
+
+
+def test_readers_while_a_writer_commits(tmp_path):
+    cache_dir, stop = tmp_path / "c", tmp_path / "stop"
+    _fill(FeatureCache(cache_dir).namespace(FINGERPRINT, CONFIG), range(50))
+    writer = _spawn("write", cache_dir, "--stop", 2000, "--commit-rows", 16, "--delay", 0.002,
+                    "--compact-every", 60)
+    readers = [_spawn("read", cache_dir, "--stop", 2000, "--until", stop) for _ in range(4)]
+    out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0, err
+    stop.touch()
+    expected_rows = sum(1 for i in range(2000) if i % FAIL_EVERY)
+    for r in readers:
+        out, err = r.communicate(timeout=60)
+        assert r.returncode == 0, out + err
+        status, loops, last = out.split()
+        assert status == "ok" and int(loops) >= 2 and int(last) == expected_rows
+
+
+def test_threads_reading_while_a_thread_writes(tmp_path):
+    import threading
+
+    ns = _ns(tmp_path)
+    keys = [key_of(i) for i in range(1, 1500)]
+    expect = features(keys)
+    errors, done = [], threading.Event()
+
+    def reader():
+        last = 0
+        while not done.is_set():
+            try:
+                hit = ns.lookup(keys)
+                assert hit.sum() >= last
+                last = int(hit.sum())
+                np.testing.assert_array_equal(ns.read([k for k, h in zip(keys, hit) if h]),
+                                              expect[hit])
+            except Exception as exc:  # reported below
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    with ns.writer(commit_rows=20) as w:
+        for lo in range(0, len(keys), 10):
+            w.add(keys[lo:lo + 10], expect[lo:lo + 10], ["s"] * len(keys[lo:lo + 10]))
+            if lo % 300 == 0:
+                ns.cache.compact()
+    done.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    np.testing.assert_array_equal(ns.read(keys), expect)
+
+
+# ---------------------------------------------------------------- 5. corruption
+def _flip_feature_bytes(path):
+    with h5py.File(path, "r") as f:
+        offset = f["features"].id.get_offset()
+    st = os.stat(path)
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 10)
+        b = fh.read(1)
+        fh.seek(offset + 10)
+        fh.write(bytes([b[0] ^ 0xFF]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - 10**9))
+
+
+def test_corrupt_shards_are_reported_and_never_served(tmp_path, capsys):
+    cache = FeatureCache(tmp_path / "c")
+    ns = cache.namespace(FINGERPRINT, CONFIG)
+    _fill(ns, range(1, 121), commit_rows=30, fail_every=0)
+    flipped, truncated, good1, good2 = _shard_paths(ns)
+    _flip_feature_bytes(flipped)
+    with open(truncated, "r+b") as fh:
+        fh.truncate(os.path.getsize(truncated) // 2)
+    junk = ns.shards_dir / f"{'9' * 20}-{'a' * 32}.h5"
+    junk.write_bytes(b"not an hdf5 file")
+    clear_memo()
+    report = cache.verify()
+    assert not report.ok and report.shards_checked == 5 and len(report.problems) == 3
+    for bad, what in ((flipped, "checksum mismatch"), (truncated, "cannot be read"), (junk, "")):
+        assert any(str(bad) in p and what in p for p in report.problems), report.problems
+    keys = [key_of(i) for i in range(1, 121)]
+    clear_memo()
+    with pytest.warns(CorruptShardWarning, match="featcache verify") as rec:
+        mask = ns.lookup(keys)
+    messages = [str(w.message) for w in rec]
+    for bad in (flipped, truncated, junk):
+        assert any(str(bad) in m for m in messages), messages
+    assert mask.tolist() == [False] * 60 + [True] * 60  # rows 1-60 were in the damaged shards
+    np.testing.assert_array_equal(ns.read(keys[60:]), features(keys[60:]))
+    assert np.isnan(ns.read(keys[:60], missing="nan")).all()
+    with pytest.raises(CacheMissError, match="60 of 120"):
+        ns.read(keys)
+    stats = cache.compact()  # damaged shards are left for the user, the good ones merged
+    assert stats["corrupt_skipped"] == 3 and stats["rows"] == 60
+    assert flipped.exists() and truncated.exists() and not good1.exists()
+    assert cli_main(["verify", str(cache.path)]) == 1
+    out = capsys.readouterr()
+    assert str(flipped) in out.out and str(truncated) in out.out and "Delete" in out.err
+    # the rows are recomputed after the user deletes the damaged files
+    for p in (flipped, truncated, junk):
+        p.unlink()
+    _fill(ns, range(1, 61), fail_every=0)
+    np.testing.assert_array_equal(ns.read(keys), features(keys))
+    assert cache.verify().ok
+
+
+# ---------------------------------------------------------------- 6. no "w" on live files
+def test_existing_files_are_never_opened_for_writing(tmp_path, monkeypatch):
+    opened, real = [], h5py.File
+
+    def spy(name, mode="r", *args, **kwargs):
+        if isinstance(name, (str, os.PathLike)):
+            opened.append((str(name), mode, os.path.exists(name)))
+        return real(name, mode, *args, **kwargs)
+
+    monkeypatch.setattr(h5py, "File", spy)
+    cache = FeatureCache(tmp_path / "c")
+    ns = cache.namespace(FINGERPRINT, CONFIG)
+    _fill(ns, range(100), commit_rows=16)
+    _fill(ns, range(50, 150), commit_rows=16)
+    ns.read([key_of(i) for i in range(1, 30)])
+    cache.compact()
+    cache.export(tmp_path / "out.h5")
+    cache.export(tmp_path / "out.h5")  # replacing an existing export goes through a new file
+    cache.verify()
+    assert opened
+    for name, mode, existed in opened:
+        if existed:
+            assert mode == "r", (name, mode)
+        else:
+            assert mode in ("w-", "x") and "/.tmp-" in name, (name, mode)
+
+
+def test_writer_during_compaction_loses_no_rows(tmp_path):
+    cache = FeatureCache(tmp_path / "c")
+    ns = cache.namespace(FINGERPRINT, CONFIG)
+    _fill(ns, range(300), commit_rows=16)
+    writer = _spawn("write", cache.path, "--start", 300, "--stop", 1500, "--commit-rows", 8,
+                    "--delay", 0.002)
+    compactions = 0
+    while writer.poll() is None:
+        cache.compact(min_shards=2)
+        compactions += 1
+        hit = ns.lookup([key_of(i) for i in range(1, 300)])
+        assert hit.sum() == sum(1 for i in range(1, 300) if i % FAIL_EVERY)
+    assert writer.returncode == 0, writer.stderr.read()
+    assert compactions >= 2
+    hit, fails = _check_served(cache.path, 1500)
+    assert hit.sum() + len(fails) == 1500
+
+
+# ---------------------------------------------------------------- 7. disk full
+def test_disk_full_during_commit(tmp_path, monkeypatch):
+    ns = _ns(tmp_path)
+    _fill(ns, range(1, 41), commit_rows=20, fail_every=0)
+    before = _shard_paths(ns)
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_shards, "_fsync", no_space)
+    w = ns.writer(commit_rows=1000)
+    w.add([key_of(i) for i in range(41, 61)], features([key_of(i) for i in range(41, 61)]),
+          ["s"] * 20)
+    with pytest.raises(CacheError, match="disk is full") as e:
+        w.commit()
+    assert str(ns.shards_dir) in str(e.value) and "rerun" in str(e.value)
+    assert _shard_paths(ns) == before and not _shards.temp_files(ns.path)
+    with pytest.raises(CacheError, match="disk is full"):  # __exit__ does not retry blindly
+        with ns.writer() as w2:
+            w2.add([key_of(99)], feature(key_of(99))[None], ["s"])
+            w2.commit()
+    clear_memo()
+    assert FeatureCache(ns.cache.path).verify().ok and ns.rows() == 40
+    monkeypatch.undo()
+    assert w.commit() is not None  # the buffer was kept: a retry completes
+    keys = [key_of(i) for i in range(1, 61)]
+    np.testing.assert_array_equal(ns.read(keys), features(keys))
+
+
+def test_real_write_failure_with_a_file_size_limit(tmp_path):
+    """A real failed write (no root needed): RLIMIT_FSIZE makes the kernel refuse to grow files
+    past a limit (EFBIG), much like a full disk. With root, a tiny tmpfs does the same:
+    ``mount -t tmpfs -o size=1m tmpfs /mnt/small`` and point the cache there."""
+    FeatureCache(tmp_path / "c").namespace(FINGERPRINT, CONFIG)
+    code = f"""
+import resource, signal, sys, numpy as np
+sys.path.insert(0, {str(pathlib.Path(HELPER).parent)!r})
+from cache_writer_proc import import_cache, key_of, FINGERPRINT
+cache = import_cache()
+ns = cache.FeatureCache({str(tmp_path / 'c')!r}).namespace(FINGERPRINT)
+with ns.writer() as w:
+    w.add([key_of(i) for i in range(10)], np.ones((10, 16)), ['s'] * 10)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+w = ns.writer()
+try:
+    w.add([key_of(i) for i in range(10, 8010)], np.ones((8000, 16)), ['s'] * 8000)  # commits
+except cache.CacheError as e:
+    print('CacheError:', e)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert "CacheError: could not write a cache shard in" in out.stdout, out.stdout + out.stderr
+    ns = FeatureCache(tmp_path / "c").namespace(FINGERPRINT)
+    assert ns.rows() == 10 and not _shards.temp_files(ns.path) and ns.cache.verify().ok
+
+
+_TMPFS_SCRIPT = """
+import os, sys, numpy as np
+sys.path.insert(0, {helper_dir!r})
+from cache_writer_proc import import_cache, key_of, FINGERPRINT
+cm = import_cache()
+ns = cm.FeatureCache({d!r}).namespace(FINGERPRINT, {{"model": "x"}})
+with ns.writer() as w:
+    w.add([key_of(i) for i in range(100)], np.ones((100, 16)), ["s"] * 100)
+try:
+    ns.writer().add([key_of(i) for i in range(100, 20100)], np.ones((20000, 16)), ["s"] * 20000)
+except cm.CacheError as e:
+    print("CacheError:", e)
+print("tmp files:", len([n for n in os.listdir(ns.shards_dir) if n.startswith(".tmp")]))
+print("verify:", ns.cache.verify().ok, "rows:", ns.rows())
+"""
+
+
+def test_real_disk_full_on_a_small_tmpfs(tmp_path):
+    """A real ENOSPC: a 1 MiB tmpfs mounted in a private user+mount namespace (``unshare
+    -rm``, no root needed where unprivileged user namespaces are allowed; skipped elsewhere)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    script = tmp_path / "fill.py"
+    script.write_text(_TMPFS_SCRIPT.format(helper_dir=str(pathlib.Path(HELPER).parent),
+                                           d=str(mnt / "c")))
+    cmd = ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {shlex.quote(str(mnt))}"
+           f" && exec {shlex.quote(sys.executable)} {shlex.quote(str(script))}"]
+    try:
+        probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        pytest.skip("unshare is not available")
+    if probe.returncode != 0:
+        pytest.skip("unprivileged user namespaces are not allowed here")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if "mount:" in out.stderr:
+        pytest.skip(f"cannot mount a tmpfs: {out.stderr.strip()}")
+    assert "CacheError: could not write a cache shard in" in out.stdout, out.stdout + out.stderr
+    assert "the disk is full" in out.stdout
+    assert "tmp files: 0" in out.stdout and "verify: True rows: 100" in out.stdout
+
+
+# ---------------------------------------------------------------- 8. compact / export
+def test_compact_merges_and_dedupes_then_export(tmp_path):
+    cache = FeatureCache(tmp_path / "c")
+    ns = cache.namespace(FINGERPRINT, CONFIG)
+    _fill(ns, range(200), commit_rows=25)
+    _fill(ns, range(100, 300), commit_rows=25)  # 100 keys written twice
+    keys = [key_of(i) for i in range(300)]
+    before = ns.read(keys, missing="nan")
+    old = _shard_paths(ns)
+    stale, live = ns.shards_dir / ".tmp-stale.h5", ns.shards_dir / ".tmp-live.h5"
+    stale.write_bytes(b"left by a killed writer")
+    live.write_bytes(b"being written right now")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    assert ns.rows() == 291  # readers ignore temporary files
+    stats = cache.compact()
+    assert stats["tmp_removed"] == 1 and not stale.exists() and live.exists()
+    live.unlink()
+    assert stats["shards_before"] == len(old) and stats["shards_after"] == 1
+    assert stats["rows"] == ns.rows() == 291 and stats["duplicates_removed"] == 97
+    assert not any(p.exists() for p in old) and cache.verify().ok
+    np.testing.assert_array_equal(ns.read(keys, missing="nan"), before)
+    assert len(ns.failures()) == 9
+    with h5py.File(ns.path / "index.h5", "r") as f:  # virtual dataset over the shards
+        assert f["features"].shape == (291, 16)
+    assert cache.compact()["shards_after"] == 1  # nothing to merge
+
+    out = cache.export(tmp_path / "exp.h5")
+    with h5py.File(out, "r") as f:
+        k, x = f["keys"][()], f["features"][()]
+        src = f["sources"].asstr()[()]
+        assert json.loads(f.attrs["config"]) == CONFIG and len(f["failures/keys"]) == 9
+    assert x.shape == (291, 16) and len(src) == 291
+    np.testing.assert_array_equal(x, features([bytes(r) for r in k]))
+    assert all(s == f"item-{i}" for s, i in zip(src, [keys.index(bytes(r)) for r in k]))
+    z = np.load(cache.export(tmp_path / "exp.npz"))
+    np.testing.assert_array_equal(z["features"], x)
+    np.testing.assert_array_equal(z["keys"], k)
+    assert list(z["sources"]) == list(src) and len(z["failure_keys"]) == 9
+    k2, x2 = cache.to_numpy(FINGERPRINT)
+    np.testing.assert_array_equal(k2, k)
+    np.testing.assert_array_equal(x2, x)
+
+
+def test_info_and_namespaces(tmp_path):
+    cache = FeatureCache(tmp_path / "c")
+    _fill(cache.namespace(FINGERPRINT, CONFIG), range(100))
+    cache.namespace("otherfp", {"model": "m2"})
+    assert cache.namespaces() == ["otherfp", FINGERPRINT]
+    info = {e["fingerprint"]: e for e in cache.info()}
+    e = info[FINGERPRINT]
+    assert (e["rows"], e["failures"], e["dim"], e["shards"]) == (97, 3, 16, 2)
+    assert e["config"]["model"] == "synthetic" and e["bytes"] > 0 and e["created"]
+    assert info["otherfp"]["rows"] == 0 and info["otherfp"]["dim"] is None
+    with pytest.raises(CacheError, match="2 namespaces"):
+        cache.export(tmp_path / "x.h5")
+
+
+# ---------------------------------------------------------------- 9. no torch
+def test_reading_a_cache_never_imports_torch(tmp_path):
+    _fill(_ns(tmp_path), range(10))
+    d = str(tmp_path / "c")
+    code = "\n".join([
+        "import sys",
+        "import featcache.cache as c",
+        f"c.FeatureCache({d!r}).namespace({FINGERPRINT!r}).read([{key_of(1)!r}])",
+        "from featcache.cli import main",
+        f"assert main(['info', {d!r}]) == 0",
+        "assert 'torch' not in sys.modules, 'torch was imported'",
+    ])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+
+
+# ---------------------------------------------------------------- 10. CLI
+def test_cli_commands(tmp_path, capsys):
+    cache = FeatureCache(tmp_path / "c")
+    _fill(cache.namespace(FINGERPRINT, CONFIG), range(100), commit_rows=30)
+    d = str(cache.path)
+    assert cli_main(["info", d]) == 0
+    out = capsys.readouterr().out
+    assert "synthetic" in out and "rows      97" in out and "failures  3" in out
+    assert cli_main(["info", d, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["namespaces"][0]["rows"] == 97
+    assert cli_main(["verify", d]) == 0 and "ok: 4 shard(s)" in capsys.readouterr().out
+    assert cli_main(["compact", d]) == 0 and "4 -> 1 shard(s)" in capsys.readouterr().out
+    assert cli_main(["export", d, str(tmp_path / "e.npz")]) == 0
+    assert np.load(tmp_path / "e.npz")["features"].shape == (97, 16)
+    assert cli_main(["info", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err
+    assert "no featcache.json" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as e:
+        cli_main(["export", d])
+    assert e.value.code == 2
+
+
+def test_cli_in_a_real_process(tmp_path):
+    ns = _ns(tmp_path)
+    _fill(ns, range(1, 61), commit_rows=30, fail_every=0)
+    _flip_feature_bytes(_shard_paths(ns)[0])
+    run = [sys.executable, "-m", "featcache.cli", "verify", str(ns.cache.path)]
+    out = subprocess.run(run, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert str(_shard_paths(ns)[0]) in out.stdout and "checksum mismatch" in out.stdout
+    assert "Traceback" not in out.stderr
+
