@@ -663,6 +663,27 @@ class FeatureCache:
         """``(keys (n, 16) uint8, features (n, d) float32)`` of every row of a namespace."""
         return self._ns(namespace).to_numpy()
 
+    # -- annotations -----------------------------------------------------------------
+    def annotate(self, keys, *, label=None, group=None, split=None, source=None) -> pathlib.Path:
+        """Record labels, groups (patients), splits and sources of inputs, by content key.
+
+        Stored once per cache directory (see :mod:`featcache.annotations`), so every
+        namespace and ``featcache probe`` can use them without the original manifest.
+        """
+        from .annotations import write_annotations
+
+        try:
+            return write_annotations(self.path, keys, label=label, group=group, split=split,
+                                     source=source)
+        except OSError as exc:
+            raise _shards.write_error(exc, self.path, what="annotations") from exc
+
+    def annotations(self, keys=None) -> dict:
+        """``key -> {"label", "group", "split", "source"}`` recorded by :meth:`annotate`."""
+        from .annotations import read_annotations
+
+        return read_annotations(self.path, keys)
+
     # -- maintenance -----------------------------------------------------------------
     def verify(self) -> VerifyReport:
         """Re-read every shard: open, attributes, shapes, checksum, one dim per namespace."""

@@ -11,9 +11,55 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from .exceptions import FeatcacheError
+from .exceptions import FeatcacheError, InputError
 
 __all__ = ["FrozenBackbone"]
+
+_NO_KEY = b"\xff" * 16  # stands for an input without a content key (unreadable): a NaN row
+
+
+class _MemoryNamespace:
+    """A throw-away in-memory stand-in for a cache namespace, used when ``cache=False``."""
+
+    def __init__(self, dim):
+        self.dim, self.rows, self.failed = dim, {}, {}
+
+    def lookup(self, keys):
+        return np.array([k in self.rows for k in keys], dtype=bool)
+
+    def failures(self, keys):
+        return {}
+
+    def writer(self, **_):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add(self, keys, features, sources):
+        self.rows.update(zip(keys, features))
+
+    def add_failure(self, key, source, reason):
+        self.failed[key] = reason
+
+    def read(self, keys, missing="nan"):
+        out = np.full((len(keys), self.dim), np.nan, dtype=np.float32)
+        for i, key in enumerate(keys):
+            if key in self.rows:
+                out[i] = self.rows[key]
+        return out
+
+
+def _recorded_failures(store, keys, out, known):
+    """Reasons for NaN rows not explained yet (failures recorded by other processes)."""
+    nan_rows = [p for p in np.flatnonzero(np.isnan(out).any(axis=1)) if p not in known]
+    if not nan_rows:
+        return {}
+    recorded = store.failures([keys[p] for p in nan_rows])
+    return {int(p): recorded.get(keys[p], ("", "not computed"))[1] for p in nan_rows}
 
 
 def _source(item, index) -> str:
@@ -217,75 +263,32 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         return self.fit(X, y).transform(X)
 
     def _embed(self, items):
+        """Rows of ``items``: cached ones read, misses computed (and committed) first."""
         from .cache import resolve_cache
+        from .extract import content_keys, fill_cache, plan
 
         start = time.perf_counter()
-        self.transform_stats_ = {"computed": 0, "cached": 0}
         cache = resolve_cache(self.cache)
-        if cache is None:
-            out = np.full((len(items), self.n_features_out_), np.nan, dtype=np.float32)
-            self.failures_ = {}
-            for batch in self._compute(items, np.arange(len(items))):
-                if len(batch.positions):
-                    out[batch.positions] = batch.features[self.config_["layer"]]
-                self.failures_.update(dict(batch.failures))
-        else:
-            out = self._embed_cached(items, cache.namespace(self.fingerprint_, self.config_))
-        self.transform_stats_.update(failed=len(self.failures_), seconds=time.perf_counter() - start)
+        layer = self.config_["layer"]
+        store = _MemoryNamespace(self.n_features_out_) if cache is None else \
+            cache.namespace(self.fingerprint_, self.config_)
+        keys, failures = content_keys(items, self.on_error)
+        todo, known = plan(keys, {layer: store}, retry_failed=self.retry_failed)
+        if known and self.on_error == "raise":
+            raise InputError(f"{next(iter(known.values()))} (recorded in the cache by an earlier "
+                             "run; fix the input, or pass retry_failed=True to decode it again)")
+        loaded = self._loaded_for_transform() if len(todo) else None
+        run = dict(batch_size=self.batch_size, device=self.device, precision=self.precision,
+                   num_workers=self.num_workers, on_error=self.on_error, progress=self.progress)
+        sources = [_source(item, i) for i, item in enumerate(items)]
+        computed = fill_cache(loaded, items, keys, sources, todo, {layer: store}, run=run)
+        out = store.read([k if k is not None else _NO_KEY for k in keys], missing="nan")
+        self.failures_ = {**failures, **known, **computed}
+        self.failures_.update(_recorded_failures(store, keys, out, self.failures_))
+        self.transform_stats_ = {"computed": len(todo), "cached": len(items) - len(todo),
+                                 "failed": len(self.failures_),
+                                 "seconds": time.perf_counter() - start}
         return out
-
-    def _compute(self, items, positions):
-        from .engine import run_batches
-
-        self.transform_stats_["computed"] += len(positions)
-        loaded = self._loaded_for_transform()
-        return run_batches(
-            loaded.extractor, items, positions,
-            image_size=loaded.preprocessing.image_size, batch_size=self.batch_size,
-            device=self.device, precision=self.precision, num_workers=self.num_workers,
-            on_error=self.on_error, progress=self.progress,
-        )
-
-    def _embed_cached(self, items, namespace):
-        """Compute only the cache misses, commit them batch by batch, read all rows back."""
-        from .inputs import content_key
-
-        keys = [content_key(item, i) for i, item in enumerate(items)]
-        recorded = namespace.failures(keys)
-        hit = namespace.lookup(keys)
-        first_of_key, todo = {}, []
-        for pos, key in enumerate(keys):
-            if hit[pos] or key in first_of_key:
-                continue
-            first_of_key[key] = pos
-            if key in recorded and not self.retry_failed:
-                self._known_failure(pos, items[pos], recorded[key][1])
-            else:
-                todo.append(pos)
-        if todo:
-            layer = self.config_["layer"]
-            with namespace.writer() as writer:
-                for batch in self._compute(items, np.asarray(todo)):
-                    if len(batch.positions):
-                        writer.add([keys[p] for p in batch.positions], batch.features[layer],
-                                   [_source(items[p], p) for p in batch.positions])
-                    for pos, reason in batch.failures:
-                        writer.add_failure(keys[pos], _source(items[pos], pos), reason)
-        out = namespace.read(keys, missing="nan")
-        self.transform_stats_["cached"] = len(keys) - len(todo)
-        bad = np.flatnonzero(np.isnan(out).any(axis=1))
-        failures = namespace.failures([keys[p] for p in bad]) if len(bad) else {}
-        self.failures_ = {int(p): failures.get(keys[p], ("", "not computed"))[1] for p in bad}
-        return out
-
-    def _known_failure(self, pos, item, reason):
-        from .exceptions import InputError
-
-        if self.on_error == "raise":
-            raise InputError(
-                f"{reason} (recorded in the cache by an earlier run; fix the input, or pass "
-                "retry_failed=True to decode it again)"
-            )
 
     # ------------------------------------------------------------------ tags
     # The torch network is never an attribute (it lives in a per-process memo in

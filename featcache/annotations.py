@@ -1,0 +1,68 @@
+"""Labels, groups and splits of inputs, stored beside the cache, keyed by content key.
+
+A label is a property of an input, not of a backbone configuration, so annotations live once
+per cache directory (``CACHE_DIR/annotations/<seq>-<uuid>.h5``) and serve every namespace.
+Like shards, each file is written to a temporary name, fsync'ed and renamed into place, and
+never modified; when several files annotate one key, the newest wins. h5py + numpy only.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+from . import _shards
+
+__all__ = ["ANNOTATIONS_DIR", "write_annotations", "read_annotations", "FIELDS"]
+
+ANNOTATIONS_DIR = "annotations"
+#: Per-input fields; an empty string stands for "none".
+FIELDS = ("label", "group", "split", "source")
+
+
+def _as_str(values, n):
+    if values is None:
+        return [""] * n
+    values = ["" if v is None else str(v) for v in values]
+    if len(values) != n:
+        raise ValueError(f"expected {n} values, got {len(values)}")
+    return values
+
+
+def write_annotations(cache_dir, keys, *, label=None, group=None, split=None, source=None):
+    """Store per-input annotations for ``keys`` (a list of 16-byte keys); returns the file.
+
+    Each of ``label``, ``group``, ``split``, ``source`` is a sequence aligned with ``keys``
+    (None entries mean "unknown") or None for all unknown.
+    """
+    keys = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(-1, _shards.KEY_BYTES)
+    n = len(keys)
+    columns = dict(zip(FIELDS, (_as_str(v, n) for v in (label, group, split, source))))
+    directory = pathlib.Path(cache_dir) / ANNOTATIONS_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / _shards.new_shard_name()
+    with _shards.atomic_h5(final) as f:
+        f.create_dataset("keys", data=keys)
+        for name, values in columns.items():
+            f.create_dataset(name, data=np.array(values, dtype=object), dtype=_shards._STR)
+        f.attrs["rows"] = n
+    return final
+
+
+def read_annotations(cache_dir, keys=None) -> dict:
+    """``key -> {"label", "group", "split", "source"}`` (None for unknown), newest file winning.
+
+    With ``keys``, only those keys are returned (keys never annotated are absent).
+    """
+    directory = pathlib.Path(cache_dir) / ANNOTATIONS_DIR
+    wanted = None if keys is None else {bytes(k) for k in keys}
+    out: dict = {}
+    for name in _shards.list_shards(directory):
+        with _shards.open_read(directory / name) as f:
+            file_keys = f["keys"][:]
+            columns = {field: _shards._str_list(f[field]) for field in FIELDS}
+        for i, key in enumerate(map(bytes, file_keys)):
+            if wanted is None or key in wanted:
+                out[key] = {field: (columns[field][i] or None) for field in FIELDS}
+    return out

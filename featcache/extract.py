@@ -1,0 +1,213 @@
+"""Filling the cache: content keys -> cache misses -> the engine -> committed shards.
+
+This is the one place where the engine and the cache meet. :class:`~featcache.FrozenBackbone`
+uses :func:`fill_cache` for its misses; ``featcache extract`` uses :func:`extract`, which adds
+input sources, several layers per forward pass, ``--shard i/N``, annotations (labels, groups,
+splits) and a summary.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .exceptions import InputError
+
+__all__ = ["content_keys", "plan", "fill_cache", "extract", "ExtractSummary", "namespace_configs"]
+
+
+def content_keys(items, on_error="raise"):
+    """Content key of each item; with ``on_error="skip"`` an unreadable one gives None.
+
+    Returns ``(keys, failures)`` where failures maps position -> reason.
+    """
+    from .inputs import content_key
+
+    keys, failures = [], {}
+    for pos, item in enumerate(items):
+        try:
+            keys.append(content_key(item, pos))
+        except InputError as exc:
+            if on_error == "raise":
+                raise
+            keys.append(None)
+            failures[pos] = str(exc)
+    return keys, failures
+
+
+def plan(keys, namespaces, *, retry_failed=False):
+    """Which positions to compute: keys missing from any namespace, once per distinct key.
+
+    Returns ``(todo, known)``: positions to compute, and position -> reason of inputs whose
+    failure an earlier run recorded (not retried unless ``retry_failed``).
+    """
+    present = [k for k in keys if k is not None]
+    hit = np.ones(len(present), dtype=bool)
+    recorded = {}
+    for ns in namespaces.values():
+        hit &= ns.lookup(present) if present else hit
+        recorded.update(ns.failures(present) if present else {})
+    hit_of = dict(zip(present, hit))
+    todo, known, seen = [], {}, set()
+    for pos, key in enumerate(keys):
+        if key is None or hit_of[key] or key in seen:
+            continue
+        seen.add(key)
+        if key in recorded and not retry_failed:
+            known[pos] = recorded[key][1]
+        else:
+            todo.append(pos)
+    return np.asarray(todo, dtype=np.int64), known
+
+
+def fill_cache(loaded, items, keys, sources, todo, namespaces, *, run, commit_rows=4096,
+               commit_seconds=30.0, on_batch=None):
+    """Compute ``items[todo]`` and commit every layer's rows to its namespace.
+
+    Parameters
+    ----------
+    loaded : featcache.backbones.LoadedBackbone
+    items, keys, sources : lists aligned by position
+    todo : array of positions to compute
+    namespaces : dict
+        Layer name -> :class:`featcache.cache.Namespace`.
+    run : dict
+        Keyword arguments of :func:`featcache.engine.run_batches` (batch_size, device,
+        precision, num_workers, on_error, progress).
+    on_batch : callable, optional
+        Called with each :class:`featcache.engine.Batch` after it is handed to the writers.
+
+    Returns
+    -------
+    dict
+        Position -> reason of the inputs that failed to decode (``on_error="skip"``).
+    """
+    from contextlib import ExitStack
+
+    from .engine import run_batches
+
+    failures = {}
+    if not len(todo):
+        return failures
+    with ExitStack() as stack:  # every writer commits what it holds, also on errors and Ctrl-C
+        writers = {layer: stack.enter_context(ns.writer(commit_rows=commit_rows,
+                                                        commit_seconds=commit_seconds))
+                   for layer, ns in namespaces.items()}
+        for batch in run_batches(loaded.extractor, items, todo,
+                                 image_size=loaded.preprocessing.image_size, **run):
+            if len(batch.positions):
+                batch_keys = [keys[p] for p in batch.positions]
+                batch_sources = [sources[p] for p in batch.positions]
+                for layer, writer in writers.items():
+                    writer.add(batch_keys, batch.features[layer], batch_sources)
+            for pos, reason in batch.failures:
+                failures[pos] = reason
+                for writer in writers.values():
+                    writer.add_failure(keys[pos], sources[pos], reason)
+            if on_batch is not None:
+                on_batch(batch)
+    return failures
+
+
+def namespace_configs(loaded, *, precision, policy):
+    """Layer name -> (configuration, fingerprint) of each extracted layer."""
+    from .backbones import fingerprint
+
+    out = {}
+    for layer in loaded.dims:
+        config = loaded.layer_config(layer, precision=precision, decode=policy.to_dict())
+        out[layer] = (config, fingerprint(config))
+    return out
+
+
+@dataclass
+class ExtractSummary:
+    """What an extraction did."""
+
+    inputs: int = 0
+    computed: int = 0
+    cached: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    fingerprints: dict = field(default_factory=dict)
+    failures: dict = field(default_factory=dict)
+
+    def line(self) -> str:
+        rate = self.computed / self.seconds if self.seconds > 0 else 0.0
+        return (f"{self.inputs} inputs: {self.computed} computed, {self.cached} from cache, "
+                f"{self.failed} failed in {self.seconds:.1f} s ({rate:.1f} images/s)")
+
+
+def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", layers=(None,),
+            pooling="avg", image_size=None, batch_size=64, device="auto", precision="auto",
+            num_workers=None, shard=(0, 1), on_error="raise", retry_failed=False, progress=None,
+            commit_rows=4096, commit_seconds=30.0, on_batch=None) -> ExtractSummary:
+    """Embed every input into the cache (the library behind ``featcache extract``).
+
+    Parameters
+    ----------
+    inputs : featcache.sources.InputSet or sequence
+        An :class:`~featcache.sources.InputSet` (from :func:`featcache.sources.collect_inputs`)
+        or anything :func:`featcache.inputs.as_items` accepts.
+    cache : str, PathLike or FeatureCache
+    layers : sequence of (str or None)
+        Several layers come from one forward pass; each gets its own namespace, the same one
+        ``FrozenBackbone(layer=...)`` reads.
+    shard : (int, int)
+        ``(i, N)``: embed only this job's deterministic share of the inputs.
+    Other parameters are those of :class:`featcache.FrozenBackbone`.
+    """
+    from .backbones import load_backbone
+    from .cache import resolve_cache
+    from .engine import resolve_device, resolve_precision
+    from .inputs import DecodePolicy, as_items, describe
+    from .sources import InputSet, shard_positions
+
+    start = time.perf_counter()
+    if not isinstance(inputs, InputSet):
+        items = as_items(inputs)
+        inputs = InputSet(items, [describe(item, i) for i, item in enumerate(items)],
+                          [None] * len(items), [None] * len(items))
+    inputs = inputs.subset(shard_positions(inputs.sources, *shard))
+    store = resolve_cache(cache)
+    loaded = load_backbone(model, weights=weights, layers=tuple(layers), pooling=pooling,
+                           image_size=image_size)
+    device = resolve_device(device)
+    configs = namespace_configs(loaded, precision=resolve_precision(precision, device),
+                                policy=DecodePolicy())
+    namespaces = {layer: store.namespace(fp, config) for layer, (config, fp) in configs.items()}
+    keys, key_failures = content_keys(inputs.items, on_error)
+    _annotate(store, inputs, keys)
+    todo, known = plan(keys, namespaces, retry_failed=retry_failed)
+    if known and on_error == "raise":
+        pos, reason = next(iter(known.items()))
+        raise InputError(f"{reason} (recorded by an earlier run; pass retry_failed / --retry-failed "
+                         "to decode it again)")
+    summary = ExtractSummary(inputs=len(inputs), fingerprints={k: fp for k, (_, fp) in configs.items()})
+    run = dict(batch_size=batch_size, device=device, precision=precision,
+               num_workers=num_workers, on_error=on_error, progress=progress)
+    try:
+        failures = fill_cache(loaded, inputs.items, keys, inputs.sources, todo, namespaces, run=run,
+                              commit_rows=commit_rows, commit_seconds=commit_seconds,
+                              on_batch=on_batch)
+    finally:
+        summary.seconds = time.perf_counter() - start
+    summary.failures = {**key_failures, **known, **failures}
+    summary.failed = len(summary.failures)
+    summary.computed = len(todo) - len(failures)
+    summary.cached = len(inputs) - summary.computed - summary.failed
+    return summary
+
+
+def _annotate(store, inputs, keys):
+    """Record labels, groups, splits and sources of the inputs that have a key."""
+    present = [i for i, k in enumerate(keys) if k is not None]
+    if not present:
+        return
+    store.annotate([keys[i] for i in present],
+                   label=[inputs.labels[i] for i in present],
+                   group=[inputs.groups[i] for i in present],
+                   split=[inputs.splits[i] for i in present],
+                   source=[inputs.sources[i] for i in present])
