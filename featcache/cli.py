@@ -127,8 +127,121 @@ def _run_export(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- extraction
+def _add_extract(sub) -> None:
+    p = sub.add_parser(
+        "extract", help="embed images into a cache (resumable, shardable)",
+        description="Embed every INPUT into the cache: image files, directories (recursive; "
+                    "DIR/<class>/image gives labels), CSV/TSV/Parquet manifests (a path column, "
+                    "optional label, group and split columns) or .npz arrays in the MedMNIST "
+                    "layout. Rerunning the same command computes only what is not committed.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--cache", required=True, metavar="DIR", help="cache directory")
+    p.add_argument("--model", default="efficientnet_lite0", metavar="M")
+    p.add_argument("--weights", default="DEFAULT", metavar="W",
+                   help="DEFAULT, a weights tag, a checkpoint path, or 'none' (random)")
+    p.add_argument("--layer", default=None, metavar="L[,L...]",
+                   help="module name(s), comma-separated; 'default' is the final feature map")
+    p.add_argument("--pooling", default="avg", choices=["avg", "max", "gem", "cls", "none"])
+    p.add_argument("--image-size", type=int, default=None, metavar="S")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--batch-size", type=int, default=64, metavar="B")
+    p.add_argument("--device", default="auto", metavar="D")
+    p.add_argument("--workers", type=int, default=None, metavar="W", help="decode workers")
+    p.add_argument("--shard", default="0/1", metavar="i/N",
+                   help="embed only share i of N (deterministic), for N parallel jobs")
+    p.add_argument("--on-error", default="raise", choices=["raise", "skip"])
+    p.add_argument("--retry-failed", action="store_true",
+                   help="decode inputs whose failure an earlier run recorded")
+    p.add_argument("--commit-seconds", type=float, default=30.0, metavar="S",
+                   help="commit a shard at least this often (default 30)")
+    p.add_argument("--path-column", default=None, metavar="NAME")
+    p.add_argument("--label-column", default=None, metavar="NAME")
+    p.add_argument("--group-column", default=None, metavar="NAME")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_extract)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _run_extract(args) -> int:
+    import signal
+
+    from .extract import extract
+    from .sources import collect_inputs, parse_shard
+
+    shard = parse_shard(args.shard)
+    layers = [None if name in ("", "default", "none") else name
+              for name in (args.layer.split(",") if args.layer else [""])]
+    inputs = collect_inputs(args.inputs, path_column=args.path_column,
+                            label_column=args.label_column, group_column=args.group_column)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        summary = extract(
+            inputs, args.cache, model=args.model,
+            weights=None if args.weights.lower() == "none" else args.weights, layers=layers,
+            pooling=args.pooling, image_size=args.image_size, batch_size=args.batch_size,
+            device=args.device, precision=args.precision, num_workers=args.workers, shard=shard,
+            on_error=args.on_error, retry_failed=args.retry_failed,
+            progress=False if args.quiet else True, commit_seconds=args.commit_seconds)
+    except KeyboardInterrupt:
+        print("featcache extract: interrupted; every committed row is kept. Run the same "
+              "command again to resume: only what was not committed is computed.", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(summary.line())
+    for layer, fp in summary.fingerprints.items():
+        print(f"  layer {layer}: namespace {fp}")
+    if summary.failed:
+        for pos, reason in list(summary.failures.items())[:20]:
+            print(f"  failed: {reason}", file=sys.stderr)
+        print(f"featcache extract: {summary.failed} input(s) failed (recorded in the cache "
+              "with their reasons)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the available backbones")
+    p.add_argument("--all", action="store_true",
+                   help="also list every torchvision and timm model (downloads when online)")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(args) -> int:
+    from .backbones import get_backbone, list_backbones
+
+    for name in list_backbones():
+        spec = get_backbone(name)
+        print(f"{name:<24} {spec.preprocessing.image_size:>4} px  {spec.description}")
+    if args.all:
+        for name in list_backbones("torchvision") + list_backbones("timm"):
+            print(name)
+    else:
+        print("\nAlso: any torchvision model ('resnet50', 'torchvision:vit_b_16') and any timm "
+              "model ('timm:convnext_tiny'); `featcache models --all` lists them.")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="run the demo on the bundled PneumoniaMNIST data",
+                       add_help=False)
+    p.add_argument("demo_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(args.demo_args)
+
+
 #: ``_add_<name>`` functions, in the order ``featcache --help`` lists them.
-SUBCOMMANDS = [_add_info, _add_verify, _add_compact, _add_export]
+SUBCOMMANDS = [_add_extract, _add_info, _add_verify, _add_compact, _add_export, _add_models,
+               _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

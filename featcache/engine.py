@@ -173,10 +173,15 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     bar = tqdm(total=len(positions), unit="img", desc=progress_desc,
                disable=None if progress is None else not progress, leave=False)
+    n_failed = 0
+    flush_denormal = device.type == "cpu" and torch.set_flush_denormal(True)  # tiny values slow CPUs down
     try:
         for batch_positions, images, failures in loader:
             if failures and on_error == "raise":
                 raise InputError(failures[0][1])
+            if failures:
+                n_failed += len(failures)
+                bar.set_postfix(failed=n_failed, refresh=False)
             features = {}
             if images is not None:
                 images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -187,3 +192,5 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
             yield Batch(batch_positions, features, failures)
     finally:
         bar.close()
+        if flush_denormal:
+            torch.set_flush_denormal(False)

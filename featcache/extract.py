@@ -8,6 +8,7 @@ splits) and a summary.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -168,8 +169,9 @@ def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", lay
     start = time.perf_counter()
     if not isinstance(inputs, InputSet):
         items = as_items(inputs)
-        inputs = InputSet(items, [describe(item, i) for i, item in enumerate(items)],
-                          [None] * len(items), [None] * len(items))
+        inputs = InputSet()
+        inputs.extend(items, [str(item) if isinstance(item, os.PathLike) else describe(item, i)
+                              for i, item in enumerate(items)])
     inputs = inputs.subset(shard_positions(inputs.sources, *shard))
     store = resolve_cache(cache)
     loaded = load_backbone(model, weights=weights, layers=tuple(layers), pooling=pooling,
@@ -187,7 +189,8 @@ def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", lay
                          "to decode it again)")
     summary = ExtractSummary(inputs=len(inputs), fingerprints={k: fp for k, (_, fp) in configs.items()})
     run = dict(batch_size=batch_size, device=device, precision=precision,
-               num_workers=num_workers, on_error=on_error, progress=progress)
+               num_workers=num_workers, on_error=on_error, progress=progress,
+               progress_desc=f"featcache ({len(inputs) - len(todo)} cached)")
     try:
         failures = fill_cache(loaded, inputs.items, keys, inputs.sources, todo, namespaces, run=run,
                               commit_rows=commit_rows, commit_seconds=commit_seconds,

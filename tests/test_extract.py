@@ -1,0 +1,148 @@
+"""Tests for featcache.extract and the `featcache extract` command: resumable, shardable jobs."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from featcache import FeatureCache, FrozenBackbone
+from featcache.cli import main
+from featcache.exceptions import InputError
+from featcache.extract import extract
+from featcache.inputs import content_key
+from featcache.sources import collect_inputs
+
+CLI = [sys.executable, "-m", "featcache.cli"]
+
+
+def _forbid_network(monkeypatch):
+    import featcache.engine as engine
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the network ran although every row is cached")
+
+    monkeypatch.setattr(engine, "run_batches", refuse)
+
+
+def test_several_layers_in_one_pass_land_where_frozen_backbone_reads(xray, tmp_path, monkeypatch):
+    images, _ = xray
+    summary = extract(images[:8], tmp_path / "c", layers=[None, "blocks.5"], image_size=32,
+                      progress=False)
+    assert summary.computed == 8 and set(summary.fingerprints) == {"default", "blocks.5"}
+    _forbid_network(monkeypatch)
+    for layer, dim in ((None, 1280), ("blocks.5", 192)):
+        backbone = FrozenBackbone(layer=layer, image_size=32, cache=tmp_path / "c").fit(images[:8])
+        assert backbone.transform(images[:8]).shape == (8, dim)
+        assert backbone.fingerprint_ == summary.fingerprints[layer or "default"]
+
+
+def test_labels_splits_and_sources_are_stored_with_the_rows(tmp_path):
+    np.savez(tmp_path / "d.npz", train_images=np.random.default_rng(0).integers(0, 255, (4, 16, 16), dtype=np.uint8),
+             train_labels=np.array([[0], [1], [0], [1]]),
+             val_images=np.random.default_rng(1).integers(0, 255, (2, 16, 16), dtype=np.uint8),
+             val_labels=np.array([[1], [0]]))
+    inputs = collect_inputs([tmp_path / "d.npz"])
+    extract(inputs, tmp_path / "c", image_size=32, progress=False)
+    notes = FeatureCache(tmp_path / "c").annotations()
+    key = content_key(inputs.items[4], 4)
+    assert notes[key] == {"label": "1", "group": None, "split": "val", "source": "d.npz:val_images[0]"}
+    assert len(notes) == 6
+
+
+def test_skip_records_failures_and_a_rerun_computes_nothing(xray_pngs, tmp_path):
+    paths, _ = xray_pngs
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(os.urandom(100))
+    X = [*paths[:3], str(bad), str(tmp_path / "missing.png")]
+    first = extract(X, tmp_path / "c", image_size=32, on_error="skip", progress=False)
+    assert (first.computed, first.failed) == (3, 2)
+    assert any("missing.png" in r for r in first.failures.values())
+    again = extract(X, tmp_path / "c", image_size=32, on_error="skip", progress=False)
+    assert (again.computed, again.cached, again.failed) == (0, 3, 2)
+    with pytest.raises(InputError, match=r"bad\.png.*recorded by an earlier run"):
+        extract(X[:4], tmp_path / "c", image_size=32, progress=False)
+
+
+def test_cli_extract_exit_codes_and_summary(xray_pngs, tmp_path, capsys):
+    paths, _ = xray_pngs
+    folder = Path(paths[0]).parent
+    assert main(["extract", str(folder), "--cache", str(tmp_path / "c"), "--image-size", "32",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "60 inputs: 60 computed, 0 from cache, 0 failed" in out
+    (folder / "zzz_broken.png").write_text("text")
+    code = main(["extract", str(folder), "--cache", str(tmp_path / "c"), "--image-size", "32",
+                 "--quiet", "--on-error", "skip"])
+    captured = capsys.readouterr()
+    assert code == 1 and "61 inputs: 0 computed, 60 from cache, 1 failed" in captured.out
+    assert "1 input(s) failed" in captured.err and "zzz_broken.png" in captured.err
+    assert main(["extract", str(tmp_path / "nothing"), "--cache", str(tmp_path / "c")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        main(["extract", str(folder)])
+    assert usage.value.code == 2
+
+
+def test_three_concurrent_shard_jobs_fill_one_cache(xray_pngs, tmp_path):
+    paths, _ = xray_pngs
+    folder, cache = str(Path(paths[0]).parent), str(tmp_path / "c")
+    jobs = [subprocess.Popen(CLI + ["extract", folder, "--cache", cache, "--image-size", "32",
+                                    "--quiet", "--shard", f"{i}/3"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(3)]
+    outputs = [job.communicate(timeout=300) for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0, 0], outputs
+    computed = [int(out.split(" computed")[0].split(": ")[-1]) for out, _ in outputs]
+    assert sum(computed) == 60 and min(computed) > 0
+    (info,) = FeatureCache(cache).info()
+    assert info["rows"] == 60
+    assert FeatureCache(cache).verify().ok
+
+
+def test_sigterm_commits_what_is_done_and_the_rerun_resumes(tmp_path):
+    images = np.random.default_rng(0).integers(0, 255, (400, 24, 24), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", images=images)
+    cache = tmp_path / "c"
+    command = CLI + ["extract", str(tmp_path / "d.npz"), "--cache", str(cache), "--image-size",
+                     "96", "--batch-size", "8", "--commit-seconds", "0.2", "--quiet"]
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(cache.glob("*/shards/*.h5")):
+        time.sleep(0.1)
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == 130, err
+    assert "Run the same command again to resume" in err
+    store = FeatureCache(cache)
+    assert store.verify().ok
+    committed = store.info()[0]["rows"]
+    assert 0 < committed < 400
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"400 inputs: {400 - committed} computed, {committed} from cache" in rerun.stdout
+
+
+def test_memory_is_bounded_by_the_batch_not_the_input_count(tmp_path):
+    script = """
+import resource, sys, numpy as np
+from featcache.extract import extract
+def rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+rng = np.random.default_rng(0)
+extract(rng.integers(0, 255, (256, 8, 8), dtype=np.uint8), sys.argv[1], image_size=8,
+        batch_size=128, progress=False)
+before = rss_mb()
+extract(rng.integers(0, 255, (20000, 8, 8), dtype=np.uint8), sys.argv[1], image_size=8,
+        batch_size=128, progress=False)
+print(rss_mb() - before)
+"""
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "c")], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.split()[-1]) < 300, f"RSS grew by {out.stdout.split()[-1]} MB"
