@@ -20,7 +20,7 @@ import torch
 
 from featcache import FrozenBackbone
 from featcache.backbones import load_backbone
-from featcache.engine import to_model_input
+from featcache.engine import to_model_input, to_unit_float
 from featcache.inputs import decode
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "pneumoniamnist_trainval.npz"
@@ -35,8 +35,8 @@ def naive(images, batch_size, size):
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            batch = torch.stack([to_model_input(decode(img, i), size)
-                                 for i, img in enumerate(images[start:start + batch_size])])
+            batch = to_unit_float(torch.stack([to_model_input(decode(img, i), size)
+                                               for i, img in enumerate(images[start:start + batch_size])]))
             out.append(network((batch - mean) / std).numpy())
     return np.concatenate(out)
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .exceptions import FeatcacheError, InputError
@@ -26,6 +25,7 @@ __all__ = [
     "resolve_precision",
     "resolve_num_workers",
     "to_model_input",
+    "to_unit_float",
     "run_batches",
 ]
 
@@ -89,22 +89,30 @@ def resolve_num_workers(num_workers, device: torch.device) -> int:
 
 
 def to_model_input(image: np.ndarray, size: int) -> torch.Tensor:
-    """(H, W, 3) uint8 or float [0, 1] image -> (3, size, size) float32 tensor in [0, 1].
+    """(H, W, 3) image -> (3, size, size) tensor of the same kind: uint8, or float32 in [0, 1].
 
     The shorter side is resized to ``size`` (bilinear, antialiased), then the centre square
-    is cropped; a square image is simply resized.
+    is cropped; a square image is simply resized. 8-bit images stay uint8 (a quarter of the
+    bytes to move to the device, where :func:`to_unit_float` scales them).
     """
+    from torchvision.transforms.v2 import functional as TF
+
     t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-    t = t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
+    if t.dtype != torch.uint8:
+        t = t.float()
     h, w = t.shape[1:]
     if (h, w) != (size, size):
         scale = size / min(h, w)
         new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-        t = F.interpolate(t[None], size=(new_h, new_w), mode="bilinear", antialias=True,
-                          align_corners=False)[0]
+        t = TF.resize(t, [new_h, new_w], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
         top, left = (new_h - size) // 2, (new_w - size) // 2
         t = t[:, top:top + size, left:left + size]
     return t
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """A uint8 batch -> float32 in [0, 1] (on whatever device it is); floats pass through."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
 
 
 class _DecodeDataset(Dataset):
@@ -128,7 +136,10 @@ def _collate(samples):
     good = [(p, t) for p, t, _ in samples if t is not None]
     failures = [(p, reason) for p, _, reason in samples if reason is not None]
     positions = np.array([p for p, _ in good], dtype=np.int64)
-    images = torch.stack([t for _, t in good]) if good else None
+    tensors = [t for _, t in good]
+    if any(t.dtype != torch.uint8 for t in tensors):  # a mixed batch travels as float
+        tensors = [to_unit_float(t) for t in tensors]
+    images = torch.stack(tensors) if tensors else None
     return positions, images, failures
 
 
@@ -184,7 +195,8 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
                 bar.set_postfix(failed=n_failed, refresh=False)
             features = {}
             if images is not None:
-                images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                images = to_unit_float(images.to(device, non_blocking=True))
+                images = images.contiguous(memory_format=torch.channels_last)
                 with torch.inference_mode(), autocast:
                     out = extractor(images)
                 features = {name: t.float().cpu().numpy() for name, t in out.items()}

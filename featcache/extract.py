@@ -96,20 +96,55 @@ def fill_cache(loaded, items, keys, sources, todo, namespaces, *, run, commit_ro
         writers = {layer: stack.enter_context(ns.writer(commit_rows=commit_rows,
                                                         commit_seconds=commit_seconds))
                    for layer, ns in namespaces.items()}
+        background = stack.enter_context(_BackgroundWrites())
         for batch in run_batches(loaded.extractor, items, todo,
                                  image_size=loaded.preprocessing.image_size, **run):
-            if len(batch.positions):
-                batch_keys = [keys[p] for p in batch.positions]
-                batch_sources = [sources[p] for p in batch.positions]
-                for layer, writer in writers.items():
-                    writer.add(batch_keys, batch.features[layer], batch_sources)
-            for pos, reason in batch.failures:
-                failures[pos] = reason
-                for writer in writers.values():
-                    writer.add_failure(keys[pos], sources[pos], reason)
+            failures.update(batch.failures)
+            background.submit(_write_batch, writers, batch, keys, sources)
             if on_batch is not None:
                 on_batch(batch)
     return failures
+
+
+def _write_batch(writers, batch, keys, sources):
+    if len(batch.positions):
+        batch_keys = [keys[p] for p in batch.positions]
+        batch_sources = [sources[p] for p in batch.positions]
+        for layer, writer in writers.items():
+            writer.add(batch_keys, batch.features[layer], batch_sources)
+    for pos, reason in batch.failures:
+        for writer in writers.values():
+            writer.add_failure(keys[pos], sources[pos], reason)
+
+
+class _BackgroundWrites:
+    """Runs cache writes on one thread, in order, while the network computes the next batch.
+
+    At most ``depth`` batches wait (memory stays bounded by the batch size); an error in a
+    write (disk full...) is raised in the caller at the next submit or at exit.
+    """
+
+    def __init__(self, depth=2):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.depth, self.pending = depth, []
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featcache-writer")
+
+    def submit(self, fn, *args):
+        self.pending.append(self.pool.submit(fn, *args))
+        while len(self.pending) > self.depth or (self.pending and self.pending[0].done()):
+            self.pending.pop(0).result()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            for future in self.pending:  # finish queued writes: finished work is never lost
+                future.result()
+        finally:
+            self.pool.shutdown(wait=True)
+        return False
 
 
 def namespace_configs(loaded, *, precision, policy):

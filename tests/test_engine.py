@@ -1,0 +1,99 @@
+"""Tests for featcache.engine: resizing, device and precision choice, the batch loop."""
+
+import numpy as np
+import pytest
+import torch
+
+from featcache.backbones import load_backbone
+from featcache.engine import (
+    resolve_device,
+    resolve_num_workers,
+    resolve_precision,
+    run_batches,
+    to_model_input,
+    to_unit_float,
+)
+from featcache.exceptions import FeatcacheError, InputError
+
+
+def test_resize_keeps_uint8_and_crops_the_centre_of_non_square_images():
+    square = to_model_input(np.full((28, 28, 3), 200, np.uint8), 56)
+    assert square.dtype == torch.uint8 and square.shape == (3, 56, 56)
+    assert int(square.min()) == int(square.max()) == 200
+    wide = np.zeros((20, 60, 3), np.float32)
+    wide[:, 20:40] = 1.0  # the centre third is white
+    out = to_model_input(wide, 20)
+    assert out.dtype == torch.float32 and out.shape == (3, 20, 20)
+    assert out.min() > 0.99, "the centre square of a wide image is its middle third"
+    torch.testing.assert_close(to_unit_float(square), torch.full((3, 56, 56), 200 / 255))
+
+
+def test_device_precision_and_workers_resolution():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(FeatcacheError, match="not a torch device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(FeatcacheError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert resolve_num_workers(None, torch.device("cpu")) == 0
+    assert resolve_num_workers(3, torch.device("cpu")) == 3
+
+
+def _items(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (28, 28), dtype=np.uint8) for _ in range(n)]
+
+
+def test_batches_cover_the_requested_positions_and_do_not_depend_on_batch_size():
+    loaded = load_backbone(image_size=32)
+    items = _items(10)
+    positions = np.array([9, 2, 4, 7, 0])
+
+    def collect(batch_size):
+        rows = {}
+        for batch in run_batches(loaded.extractor, items, positions, image_size=32,
+                                 batch_size=batch_size, progress=False):
+            rows.update(zip(batch.positions.tolist(), batch.features["default"]))
+        return rows
+
+    one, three = collect(1), collect(3)
+    assert list(one) == positions.tolist() and list(three) == positions.tolist()
+    for pos in one:
+        np.testing.assert_allclose(one[pos], three[pos], atol=1e-4)
+
+
+def test_decode_failures_raise_or_are_reported():
+    loaded = load_backbone(image_size=32)
+    items = _items(3)
+    items[1] = np.full((28, 28), np.nan, np.float32)
+    with pytest.raises(InputError, match="input 1"):
+        list(run_batches(loaded.extractor, items, [0, 1, 2], image_size=32, progress=False))
+    batches = list(run_batches(loaded.extractor, items, [0, 1, 2], image_size=32,
+                               on_error="skip", progress=False))
+    assert [b.positions.tolist() for b in batches] == [[0, 2]]
+    assert batches[0].failures[0][0] == 1 and "input 1" in batches[0].failures[0][1]
+
+
+def test_decode_workers_give_the_same_rows():
+    loaded = load_backbone(image_size=32)
+    items = _items(6)
+    rows = [np.concatenate([b.features["default"] for b in run_batches(
+        loaded.extractor, items, range(6), image_size=32, batch_size=4, num_workers=workers,
+        progress=False)]) for workers in (0, 2)]
+    np.testing.assert_allclose(rows[0], rows[1], atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_gpu_loop_with_pinned_memory_and_bf16():
+    loaded = load_backbone(image_size=64)
+    items = _items(16)
+    cpu = np.concatenate([b.features["default"] for b in run_batches(
+        loaded.extractor, items, range(16), image_size=64, device="cpu", progress=False)])
+    gpu = np.concatenate([b.features["default"] for b in run_batches(
+        loaded.extractor, items, range(16), image_size=64, device="cuda", precision="bf16",
+        progress=False)])
+    cos = (cpu * gpu).sum(1) / np.linalg.norm(cpu, axis=1) / np.linalg.norm(gpu, axis=1)
+    assert cos.min() > 0.98
