@@ -1,0 +1,151 @@
+"""Extraction throughput from PNG files vs the bare model and vs a naive per-image loop.
+
+Writes N PneumoniaMNIST images as PNG files, then measures, in one run:
+
+- the bare model: the frozen extractor's forward on pre-decoded, pre-resized tensors, at the
+  same batch size (channels-last, inference mode): the ceiling;
+- featcache: the whole ``extract`` job from the PNG files into a fresh cache (content hashing,
+  decoding, resizing, forward, shard commits) — target: at least 0.9x the bare model;
+- a naive per-image loop (PIL decode, one image per forward, NCHW, no_grad), the way embetter
+  and img2vec work — target: featcache at least 2x faster;
+- resnet18 and resnet50 through featcache, with the achieved GFLOP/s next to a float32
+  matrix multiply's GFLOP/s measured in the same run.
+
+    .venv/bin/python benchmarks/extract_throughput.py [--n 2000] [--naive-n 200] [--batch-size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from featcache.backbones import load_backbone
+from featcache.engine import to_model_input, to_unit_float
+from featcache.extract import extract
+from featcache.inputs import decode
+from featcache.sources import collect_inputs
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "pneumoniamnist_trainval.npz"
+SIZE = 224
+
+
+def write_pngs(folder: Path, n: int) -> list:
+    with np.load(DATA) as data:
+        images = np.concatenate([data["train_images"], data["val_images"]])[:n]
+    paths = []
+    for i, img in enumerate(images):
+        path = folder / f"{i:05d}.png"
+        Image.fromarray(img).save(path)
+        paths.append(path)
+    return paths
+
+
+def bare_model(paths, batch_size) -> float:
+    """Images/s of the extractor alone on pre-decoded, pre-resized tensors."""
+    loaded = load_backbone(image_size=SIZE)
+    extractor = loaded.extractor.to(memory_format=torch.channels_last)
+    tensors = [to_unit_float(to_model_input(decode(p, i), SIZE)) for i, p in enumerate(paths)]
+    batches = [torch.stack(tensors[i:i + batch_size]).contiguous(memory_format=torch.channels_last)
+               for i in range(0, len(tensors), batch_size)]
+    with torch.inference_mode():
+        extractor(batches[0][:2])
+        start = time.perf_counter()
+        for batch in batches:
+            extractor(batch)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def featcache_job(folder, cache, batch_size, model="efficientnet_lite0", weights="DEFAULT", n=None):
+    """Images/s of `featcache extract` from PNG files into a fresh cache (model preloaded)."""
+    inputs = collect_inputs([folder])
+    if n is not None:
+        inputs = inputs.subset(range(n))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        load_backbone(model, weights=weights)  # loading the weights is not throughput
+        summary = extract(inputs, cache, model=model, weights=weights, batch_size=batch_size,
+                          progress=False)
+    assert summary.computed == len(inputs), summary.line()
+    return len(inputs) / summary.seconds
+
+
+def naive_loop(paths) -> float:
+    """Images/s of a per-image loop: PIL decode, resize, one forward per image, NCHW."""
+    loaded = load_backbone(image_size=SIZE)
+    network = loaded.extractor.model.to(memory_format=torch.contiguous_format)
+    mean, std = loaded.extractor.mean, loaded.extractor.std
+    start = time.perf_counter()
+    with torch.no_grad():
+        for path in paths:
+            img = Image.open(path).convert("RGB").resize((SIZE, SIZE), Image.BILINEAR)
+            x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255
+            network.forward_features((x - mean) / std).mean(dim=(2, 3))
+    loaded.extractor.to(memory_format=torch.channels_last)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def gflops_per_image(model, weights) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        extractor = load_backbone(model, weights=weights, image_size=SIZE).extractor
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        extractor(torch.rand(1, 3, SIZE, SIZE))
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_gflops(n=2048, repeats=5) -> float:
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--naive-n", type=int, default=200)
+    parser.add_argument("--resnet-n", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "pngs"
+        folder.mkdir()
+        paths = write_pngs(folder, args.n)
+        ours = featcache_job(folder, Path(tmp) / "c1", args.batch_size)
+        bare = bare_model(paths, args.batch_size)
+        naive = naive_loop(paths[: args.naive_n])
+        peak = matmul_gflops()
+        resnets = []
+        for model in ("resnet18", "resnet50"):
+            rate = featcache_job(folder, Path(tmp) / f"c-{model}", args.batch_size, model=model,
+                                 weights=None, n=args.resnet_n)
+            resnets.append((model, rate, rate * gflops_per_image(model, None)))
+    lite_gflops = ours * gflops_per_image("efficientnet_lite0", "DEFAULT")
+    print(f"{args.n} PNG files (PneumoniaMNIST 28x28) at {SIZE} px, batch {args.batch_size}, "
+          f"{torch.get_num_threads()} CPU threads\n")
+    print("| pipeline | images/s | ratio | GFLOP/s (share of matmul) |")
+    print("|---|---:|---:|---:|")
+    print(f"| bare model on pre-decoded tensors (efficientnet_lite0) | {bare:.1f} | 1.00 | |")
+    print(f"| featcache extract from PNG files (efficientnet_lite0) | {ours:.1f} | "
+          f"{ours / bare:.2f} of bare (target >= 0.9) | {lite_gflops:.0f} ({lite_gflops / peak:.0%}) |")
+    print(f"| naive per-image loop (efficientnet_lite0) | {naive:.1f} | featcache {ours / naive:.1f}x "
+          f"faster (target >= 2) | |")
+    for model, rate, gflops in resnets:
+        print(f"| featcache extract ({model}) | {rate:.1f} | | {gflops:.0f} ({gflops / peak:.0%}) |")
+    print(f"| float32 matrix multiply 2048x2048 | | | {peak:.0f} (100%) |")
+
+
+if __name__ == "__main__":
+    main()
