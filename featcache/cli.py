@@ -144,6 +144,9 @@ def _add_extract(sub) -> None:
                    help="module name(s), comma-separated; 'default' is the final feature map")
     p.add_argument("--pooling", default="avg", choices=["avg", "max", "gem", "cls", "none"])
     p.add_argument("--image-size", type=int, default=None, metavar="S")
+    p.add_argument("--window", default=None, metavar="CENTER,WIDTH",
+                   help="intensity window for 16-bit/float/DICOM images (default: the DICOM "
+                        "file's own window, else each image's min..max)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--batch-size", type=int, default=64, metavar="B")
     p.add_argument("--device", default="auto", metavar="D")
@@ -162,6 +165,20 @@ def _add_extract(sub) -> None:
     p.set_defaults(func=_run_extract)
 
 
+def _parse_window(text):
+    from .exceptions import FeatcacheError
+
+    if text is None:
+        return None
+    try:
+        center, width = (float(v) for v in text.split(","))
+    except ValueError:
+        raise FeatcacheError(f"--window {text!r}: expected CENTER,WIDTH, e.g. 40,400") from None
+    if width <= 0:
+        raise FeatcacheError(f"--window {text!r}: the width must be positive")
+    return center, width
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -173,6 +190,7 @@ def _run_extract(args) -> int:
     from .sources import collect_inputs, parse_shard
 
     shard = parse_shard(args.shard)
+    window = _parse_window(args.window)
     layers = [None if name in ("", "default", "none") else name
               for name in (args.layer.split(",") if args.layer else [""])]
     inputs = collect_inputs(args.inputs, path_column=args.path_column,
@@ -185,7 +203,8 @@ def _run_extract(args) -> int:
             pooling=args.pooling, image_size=args.image_size, batch_size=args.batch_size,
             device=args.device, precision=args.precision, num_workers=args.workers, shard=shard,
             on_error=args.on_error, retry_failed=args.retry_failed,
-            progress=False if args.quiet else True, commit_seconds=args.commit_seconds)
+            progress=False if args.quiet else True, commit_seconds=args.commit_seconds,
+            window=window)
     except KeyboardInterrupt:
         print("featcache extract: interrupted; every committed row is kept. Run the same "
               "command again to resume: only what was not committed is computed.", file=sys.stderr)

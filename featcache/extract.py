@@ -179,7 +179,7 @@ class ExtractSummary:
 def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", layers=(None,),
             pooling="avg", image_size=None, batch_size=64, device="auto", precision="auto",
             num_workers=None, shard=(0, 1), on_error="raise", retry_failed=False, progress=None,
-            commit_rows=4096, commit_seconds=30.0, on_batch=None) -> ExtractSummary:
+            commit_rows=4096, commit_seconds=30.0, on_batch=None, window=None) -> ExtractSummary:
     """Embed every input into the cache (the library behind ``featcache extract``).
 
     Parameters
@@ -212,8 +212,9 @@ def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", lay
     loaded = load_backbone(model, weights=weights, layers=tuple(layers), pooling=pooling,
                            image_size=image_size)
     device = resolve_device(device)
+    policy = DecodePolicy(window=window)
     configs = namespace_configs(loaded, precision=resolve_precision(precision, device),
-                                policy=DecodePolicy())
+                                policy=policy)
     namespaces = {layer: store.namespace(fp, config) for layer, (config, fp) in configs.items()}
     keys, key_failures = content_keys(inputs.items, on_error)
     _annotate(store, inputs, keys)
@@ -224,7 +225,7 @@ def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", lay
                          "to decode it again)")
     summary = ExtractSummary(inputs=len(inputs), fingerprints={k: fp for k, (_, fp) in configs.items()})
     run = dict(batch_size=batch_size, device=device, precision=precision,
-               num_workers=num_workers, on_error=on_error, progress=progress,
+               num_workers=num_workers, on_error=on_error, progress=progress, policy=policy,
                progress_desc=f"featcache ({len(inputs) - len(todo)} cached)")
     try:
         failures = fill_cache(loaded, inputs.items, keys, inputs.sources, todo, namespaces, run=run,

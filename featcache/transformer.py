@@ -8,7 +8,7 @@ from numbers import Integral
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, Interval, InvalidParameterError, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .exceptions import FeatcacheError, InputError
@@ -112,6 +112,10 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         naming it. ``"skip"``: its row is NaN (never zero) and the reason is recorded.
     progress : bool or None, default=None
         Progress bar; None shows it on interactive terminals only.
+    window : (center, width) or None, default=None
+        Intensity window for 16-bit, float and DICOM images (e.g. ``(40, 400)`` for a CT
+        soft-tissue window in Hounsfield units); None uses the DICOM file's own window, else
+        each image's min..max. Part of the fingerprint.
     retry_failed : bool, default=False
         Inputs whose failure is recorded in the cache (``on_error="skip"``) are not decoded
         again unless this is True; with ``on_error="raise"`` a recorded failure raises.
@@ -154,11 +158,13 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         "on_error": [StrOptions({"raise", "skip"})],
         "progress": ["boolean", None],
         "retry_failed": ["boolean"],
+        "window": [tuple, list, None],
     }
 
     def __init__(self, model="efficientnet_lite0", *, weights="DEFAULT", layer=None, pooling="avg",
                  image_size=None, batch_size=64, device="auto", precision="auto", cache="auto",
-                 num_workers=None, on_error="raise", progress=None, retry_failed=False):
+                 num_workers=None, on_error="raise", progress=None, retry_failed=False,
+                 window=None):
         self.model = model
         self.weights = weights
         self.layer = layer
@@ -172,6 +178,7 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         self.on_error = on_error
         self.progress = progress
         self.retry_failed = retry_failed
+        self.window = window
 
     # ------------------------------------------------------------------ fitting
 
@@ -202,14 +209,23 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         """Load (or reuse) the backbone; return it with its configuration and fingerprint."""
         from .backbones import fingerprint, load_backbone
         from .engine import resolve_device, resolve_precision
-        from .inputs import DecodePolicy
 
         loaded = load_backbone(self.model, weights=self.weights, layers=(self.layer,),
                                pooling=self.pooling, image_size=self.image_size)
         precision = resolve_precision(self.precision, resolve_device(self.device))
         layer = next(iter(loaded.dims))
-        config = loaded.layer_config(layer, precision=precision, decode=DecodePolicy().to_dict())
+        config = loaded.layer_config(layer, precision=precision, decode=self._policy().to_dict())
         return loaded, config, fingerprint(config)
+
+    def _policy(self):
+        from .inputs import DecodePolicy
+
+        try:
+            return DecodePolicy(window=self.window)
+        except (TypeError, ValueError) as exc:
+            raise InvalidParameterError(
+                f"The 'window' parameter of FrozenBackbone must be None or (center, width) with "
+                f"a positive width; got {self.window!r}.") from exc
 
     def _loaded_for_transform(self):
         """The backbone, checked to be the one fitted (weights files can change on disk)."""
@@ -279,7 +295,8 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                              "run; fix the input, or pass retry_failed=True to decode it again)")
         loaded = self._loaded_for_transform() if len(todo) else None
         run = dict(batch_size=self.batch_size, device=self.device, precision=self.precision,
-                   num_workers=self.num_workers, on_error=self.on_error, progress=self.progress)
+                   num_workers=self.num_workers, on_error=self.on_error, progress=self.progress,
+                   policy=self._policy())
         sources = [_source(item, i) for i, item in enumerate(items)]
         computed = fill_cache(loaded, items, keys, sources, todo, {layer: store}, run=run)
         out = store.read([k if k is not None else _NO_KEY for k in keys], missing="nan")

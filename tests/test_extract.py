@@ -106,11 +106,11 @@ def test_three_concurrent_shard_jobs_fill_one_cache(xray_pngs, tmp_path):
 
 
 def test_sigterm_commits_what_is_done_and_the_rerun_resumes(tmp_path):
-    images = np.random.default_rng(0).integers(0, 255, (400, 24, 24), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 255, (240, 24, 24), dtype=np.uint8)
     np.savez(tmp_path / "d.npz", images=images)
     cache = tmp_path / "c"
     command = CLI + ["extract", str(tmp_path / "d.npz"), "--cache", str(cache), "--image-size",
-                     "96", "--batch-size", "8", "--commit-seconds", "0.2", "--quiet"]
+                     "64", "--batch-size", "8", "--commit-seconds", "0.2", "--quiet"]
     job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not list(cache.glob("*/shards/*.h5")):
@@ -122,10 +122,10 @@ def test_sigterm_commits_what_is_done_and_the_rerun_resumes(tmp_path):
     store = FeatureCache(cache)
     assert store.verify().ok
     committed = store.info()[0]["rows"]
-    assert 0 < committed < 400
+    assert 0 < committed < 240
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"400 inputs: {400 - committed} computed, {committed} from cache" in rerun.stdout
+    assert f"240 inputs: {240 - committed} computed, {committed} from cache" in rerun.stdout
 
 
 def test_memory_is_bounded_by_the_batch_not_the_input_count(tmp_path):
@@ -146,3 +146,79 @@ print(rss_mb() - before)
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout.split()[-1]) < 300, f"RSS grew by {out.stdout.split()[-1]} MB"
+
+
+def _hostile_corpus(folder: Path, monkeypatch):
+    """Files a batch job meets in the wild: name -> whether it must become a feature row."""
+    import io
+
+    from PIL import Image as PILImage
+
+    rng = np.random.default_rng(0)
+    rgb = PILImage.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8))
+    expected = {}
+
+    def save(name, image, ok=True, **kw):
+        image.save(folder / name, **kw)
+        expected[name] = ok
+
+    (folder / "zero.png").write_bytes(b"")
+    expected["zero.png"] = False
+    buf = io.BytesIO()
+    rgb.save(buf, format="PNG")
+    (folder / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    expected["truncated.png"] = False
+    (folder / "random.png").write_bytes(rng.integers(0, 255, 500, dtype=np.uint8).tobytes())
+    expected["random.png"] = False
+    (folder / "text.jpg").write_text("hello")
+    expected["text.jpg"] = False
+    rgb.save(folder / "jpeg_named.png", format="JPEG")  # wrong extension, readable content
+    expected["jpeg_named.png"] = True
+    palette = rgb.convert("P")
+    palette.info["transparency"] = 0
+    save("palette_transparent.png", palette)
+    save("rgba.png", rgb.convert("RGBA"))
+    save("cmyk.jpg", rgb.convert("CMYK"))
+    save("gray16.png", PILImage.fromarray(rng.integers(0, 65535, (20, 30), dtype=np.uint16)))
+    for orientation in range(1, 9):
+        exif = PILImage.Exif()
+        exif[0x0112] = orientation
+        save(f"exif_{orientation}.jpg", rgb, exif=exif.tobytes())
+    PILImage.new("1", (12000, 12000)).save(folder / "bomb.png")
+    expected["bomb.png"] = False
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 30_000_000)  # 144 Mpx > 2x the limit
+    return expected
+
+
+def test_hostile_inputs_each_get_a_recorded_reason_and_never_a_row(tmp_path, monkeypatch):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    expected = _hostile_corpus(folder, monkeypatch)
+    inputs = collect_inputs([folder])
+    summary = extract(inputs, tmp_path / "c", image_size=32, on_error="skip", progress=False)
+    failed = {Path(inputs.sources[pos]).name: reason for pos, reason in summary.failures.items()}
+    assert set(failed) == {name for name, ok in expected.items() if not ok}
+    assert "decompression" in failed["bomb.png"].lower() and "empty" in failed["zero.png"]
+    (info,) = FeatureCache(tmp_path / "c").info()
+    assert info["rows"] == sum(expected.values())
+    assert info["failures"] == len(failed)
+    backbone = FrozenBackbone(image_size=32, cache=tmp_path / "c", on_error="skip").fit(inputs.items)
+    out = backbone.transform(inputs.items)
+    names = [Path(s).name for s in inputs.sources]
+    for name, row in zip(names, out):
+        assert np.isfinite(row).all() == expected[name], name
+    assert backbone.transform_stats_["computed"] == 0, "recorded failures are not retried"
+
+
+def test_dicom_window_changes_the_fingerprint_and_the_features(tmp_path):
+    pydicom_data = pytest.importorskip("pydicom.data")
+    ct = pydicom_data.get_testdata_file("CT_small.dcm", download=False)
+    own = FrozenBackbone(image_size=32, cache=tmp_path / "c").fit([ct])
+    soft = FrozenBackbone(image_size=32, cache=tmp_path / "c", window=(40, 400)).fit([ct])
+    assert own.fingerprint_ != soft.fingerprint_
+    assert not np.allclose(own.transform([ct]), soft.transform([ct]))
+    assert soft.config_["decode"]["window"] == [40.0, 400.0]
+    assert main(["extract", ct, "--cache", str(tmp_path / "c"), "--image-size", "32",
+                 "--window", "40,400", "--quiet"]) == 0
+    with pytest.raises(Exception, match="window"):
+        FrozenBackbone(window=(40, -1)).fit([ct])
