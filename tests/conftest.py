@@ -46,3 +46,14 @@ def xray_pngs(xray, tmp_path):
         paths.append(str(path))
     return paths, labels
 
+
+
+@pytest.fixture
+def forbid_network(monkeypatch):
+    """Call it to make any forward pass over the data fail: proves rows came from the cache."""
+    import featcache.engine as engine
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the network ran although every row is cached")
+
+    return lambda: monkeypatch.setattr(engine, "run_batches", refuse)

@@ -21,21 +21,12 @@ from featcache.sources import collect_inputs
 CLI = [sys.executable, "-m", "featcache.cli"]
 
 
-def _forbid_network(monkeypatch):
-    import featcache.engine as engine
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the network ran although every row is cached")
-
-    monkeypatch.setattr(engine, "run_batches", refuse)
-
-
-def test_several_layers_in_one_pass_land_where_frozen_backbone_reads(xray, tmp_path, monkeypatch):
+def test_several_layers_in_one_pass_land_where_frozen_backbone_reads(xray, tmp_path, forbid_network):
     images, _ = xray
     summary = extract(images[:8], tmp_path / "c", layers=[None, "blocks.5"], image_size=32,
                       progress=False)
     assert summary.computed == 8 and set(summary.fingerprints) == {"default", "blocks.5"}
-    _forbid_network(monkeypatch)
+    forbid_network()
     for layer, dim in ((None, 1280), ("blocks.5", 192)):
         backbone = FrozenBackbone(layer=layer, image_size=32, cache=tmp_path / "c").fit(images[:8])
         assert backbone.transform(images[:8]).shape == (8, dim)

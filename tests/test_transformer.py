@@ -242,25 +242,16 @@ def test_gpu_bf16_matches_cpu_fp32(xray):
 # ---------------------------------------------------------------------- with the cache
 
 
-def _forbid_network(monkeypatch):
-    import featcache.engine as engine
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the network ran although every row is cached")
-
-    monkeypatch.setattr(engine, "run_batches", refuse)
-
-
 def _shards(cache_dir):
     return sorted(Path(cache_dir).glob("*/shards/*.h5"))
 
 
-def test_warm_cache_serves_every_later_transform_without_the_network(xray, tmp_path, monkeypatch):
+def test_warm_cache_serves_every_later_transform_without_the_network(xray, tmp_path, forbid_network):
     images, labels = xray
     backbone = small(cache=tmp_path / "cache")
     cold = backbone.fit_transform(images)
     assert backbone.transform_stats_["computed"] == 60
-    _forbid_network(monkeypatch)
+    forbid_network()
     np.testing.assert_array_equal(backbone.transform(images), cold)
     twin = clone(backbone).fit(images)
     np.testing.assert_array_equal(twin.transform(images), cold)
