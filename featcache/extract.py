@@ -85,13 +85,13 @@ def fill_cache(loaded, items, keys, sources, todo, namespaces, *, run, commit_ro
     dict
         Position -> reason of the inputs that failed to decode (``on_error="skip"``).
     """
+    failures = {}
+    if not len(todo):  # everything cached: torch is never imported
+        return failures
     from contextlib import ExitStack
 
     from .engine import run_batches
 
-    failures = {}
-    if not len(todo):
-        return failures
     with ExitStack() as stack:  # every writer commits what it holds, also on errors and Ctrl-C
         writers = {layer: stack.enter_context(ns.writer(commit_rows=commit_rows,
                                                         commit_seconds=commit_seconds))

@@ -348,3 +348,20 @@ def test_recorded_failures_are_nan_and_retried_only_when_asked(xray_pngs, tmp_pa
     retry = small(cache=cache, on_error="skip", retry_failed=True).fit(X)
     retry.transform(X)
     assert retry.transform_stats_["computed"] == 1
+
+
+def test_a_fitted_estimator_reads_a_warm_cache_without_importing_torch(xray, tmp_path):
+    images, _ = xray
+    backbone = small(cache=tmp_path / "cache")
+    expected = backbone.fit_transform(images[:5])
+    joblib.dump(backbone, tmp_path / "b.joblib")
+    np.save(tmp_path / "x.npy", images[:5])
+    script = (
+        "import sys, joblib, numpy as np\n"
+        "out = joblib.load(sys.argv[1]).transform(np.load(sys.argv[2]))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "np.save(sys.argv[3], out)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "b.joblib"), str(tmp_path / "x.npy"),
+                    str(tmp_path / "out.npy")], check=True, timeout=120)
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
