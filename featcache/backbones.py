@@ -57,7 +57,7 @@ class Preprocessing:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     resize: str = "shorter-side-center-crop"
-    interpolation: str = "bilinear-antialias"
+    interpolation: str = "bilinear-antialias, uint8 for 8-bit sources"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

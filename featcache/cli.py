@@ -223,6 +223,24 @@ def _run_extract(args) -> int:
     return 0
 
 
+def _add_probe(sub) -> None:
+    from .probe import add_probe_arguments  # numpy/sklearn only, no torch
+
+    p = sub.add_parser("probe", help="linear probe on a cache namespace, with confidence intervals",
+                       description="Standardise, sweep C on the validation split (or by "
+                                   "group-aware cross-validation), refit, and report accuracy, "
+                                   "balanced accuracy, ROC AUC and macro F1 with 95% bootstrap "
+                                   "intervals; writes report.json and PNG plots with --out.")
+    add_probe_arguments(p)
+    p.set_defaults(func=_run_probe)
+
+
+def _run_probe(args) -> int:
+    from .probe import run_probe_command
+
+    return run_probe_command(args)
+
+
 def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list the available backbones")
     p.add_argument("--all", action="store_true",
@@ -259,8 +277,8 @@ def _run_demo(args) -> int:
 
 
 #: ``_add_<name>`` functions, in the order ``featcache --help`` lists them.
-SUBCOMMANDS = [_add_extract, _add_info, _add_verify, _add_compact, _add_export, _add_models,
-               _add_demo]
+SUBCOMMANDS = [_add_extract, _add_info, _add_verify, _add_compact, _add_export, _add_probe,
+               _add_models, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
