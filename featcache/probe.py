@@ -1,0 +1,925 @@
+"""Linear-probe protocol: a head on frozen embeddings, selected and reported with confidence.
+
+The recipe of :func:`linear_probe` (the "linear probe" of self-supervised and transfer-learning
+papers, made explicit):
+
+1. Standardise the features (``StandardScaler``, fitted on the training rows only, inside a
+   :class:`~sklearn.pipeline.Pipeline`).
+2. Sweep the head's hyper-parameters: for the default logistic regression, its inverse L2
+   strength ``C`` over ``np.logspace(-4, 2, 13)``; for any other head, the ``param_grid`` the
+   caller gives (or none). Each candidate is scored with ``scoring`` (ROC AUC by default).
+3. Select on the validation split when one is given (fit on train, score on val); otherwise by
+   cross-validation over the training rows (``StratifiedKFold``, or ``StratifiedGroupKFold``
+   when ``groups`` are given, so one patient never sits on both sides of a fold); ties go to
+   the first candidate (the strongest regularisation for ``C``).
+4. Report accuracy, balanced accuracy, ROC AUC (one-vs-rest macro for more than two classes)
+   and macro F1, each with a 95% percentile-bootstrap confidence interval over the evaluated
+   samples (``n_bootstrap`` resamples, seeded; resamples lacking a class are skipped for AUC).
+
+   *With a validation split*, the metrics are those of the head fitted on the training split
+   with the chosen hyper-parameters, predicting the validation split. As the same split chose
+   the hyper-parameters they are slightly optimistic; keep a test split aside for the final
+   number. *Without one*, they are computed on the pooled out-of-fold predictions of the
+   cross-validation at the chosen hyper-parameters (each sample predicted once, by the fold
+   model that did not see it).
+5. Refit the pipeline with the chosen hyper-parameters on train + validation (all rows in the
+   cross-validation case): ``report.estimator_``, for use on new data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+
+from .exceptions import FeatcacheError
+
+__all__ = ["linear_probe", "probe_cache", "ProbeReport", "Metric", "ProbeError", "make_head",
+           "HEADS", "DEFAULT_CS", "add_probe_arguments", "run_probe_command"]
+
+#: The default sweep of the logistic regression's ``C`` (inverse L2 strength).
+DEFAULT_CS = np.logspace(-4, 2, 13)
+#: Head names accepted by :func:`make_head`, ``linear_probe(head=...)`` and ``featcache probe``.
+HEADS = ("logistic", "mlp", "svc", "knn")
+METRIC_NAMES = {"roc_auc": "ROC AUC", "accuracy": "accuracy",
+                "balanced_accuracy": "balanced accuracy", "f1_macro": "macro F1"}
+PLOTS = ("roc.png", "confusion_matrix.png", "c_sweep.png")
+
+
+class ProbeError(FeatcacheError, ValueError):
+    """Inputs of a probe that cannot be used (shapes, labels, splits, a CSV, a namespace)."""
+
+
+# ----------------------------------------------------------------------------- report
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A metric value with its 95% bootstrap confidence interval (NaN when undefined)."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+
+    def to_dict(self) -> dict:
+        return {k: _json_float(v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclasses.dataclass
+class ProbeReport:
+    """What :func:`linear_probe` measured.
+
+    Attributes
+    ----------
+    metrics : dict of str -> Metric
+        ``roc_auc``, ``accuracy``, ``balanced_accuracy``, ``f1_macro``.
+    head : str
+        The head's class name.
+    best_params : dict
+        The chosen hyper-parameters of the head (``{"C": ...}`` for the logistic regression).
+    sweep : list of dict
+        ``{"params": {...}, "score": float}`` for every candidate, in grid order.
+    scoring, selection, evaluated_on : str
+        The selection score, how the candidates were compared, what the metrics are computed on.
+    n_train, n_val : int
+        Training and evaluated samples (with cross-validation both are the number of rows).
+    classes : list
+        Class labels, in the column order of ``y_score``.
+    y_true, y_pred, y_score : ndarray
+        The evaluated samples' labels, predictions and per-class scores.
+    n_bootstrap, random_state : int
+    info : dict
+        Extra facts (rows skipped by :func:`probe_cache`, the namespace, timings ...).
+    estimator_ : Pipeline or None
+        The pipeline refitted on all labelled rows with the chosen hyper-parameters.
+    """
+
+    metrics: dict
+    head: str
+    best_params: dict
+    sweep: list
+    scoring: str
+    selection: str
+    evaluated_on: str
+    n_train: int
+    n_val: int
+    classes: list
+    y_true: np.ndarray = dataclasses.field(repr=False)
+    y_pred: np.ndarray = dataclasses.field(repr=False)
+    y_score: np.ndarray = dataclasses.field(repr=False)
+    n_bootstrap: int = 1000
+    random_state: int | None = 0
+    info: dict = dataclasses.field(default_factory=dict)
+    estimator_: object = dataclasses.field(default=None, repr=False)
+
+    @property
+    def C(self):
+        """The chosen ``C`` (None for heads without one)."""
+        return self.best_params.get("C")
+
+    @property
+    def C_sweep(self) -> dict:
+        """``{C: selection score}`` when the sweep is over ``C`` alone, else ``{}``."""
+        if any(set(s["params"]) != {"C"} for s in self.sweep):
+            return {}
+        return {s["params"]["C"]: s["score"] for s in self.sweep}
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable summary (no arrays, no estimator)."""
+        return _jsonable({
+            "head": self.head, "best_params": self.best_params, "C": self.C,
+            "scoring": self.scoring, "selection": self.selection,
+            "evaluated_on": self.evaluated_on,
+            "metrics": {k: m.to_dict() for k, m in self.metrics.items()},
+            "confidence": 0.95, "n_bootstrap": self.n_bootstrap,
+            "random_state": self.random_state, "n_train": self.n_train, "n_val": self.n_val,
+            "classes": list(self.classes), "sweep": self.sweep, "info": self.info,
+        })
+
+    def to_markdown(self) -> str:
+        """A caption and a markdown table: metric | value | 95% CI."""
+        params = ", ".join(f"{k}={_fmt_param(v)}" for k, v in self.best_params.items())
+        lines = [f"probe: {self.head}({params}) chosen by {self.scoring} on {self.selection}",
+                 f"n_train={self.n_train}, n_val={self.n_val}, classes: "
+                 f"{', '.join(map(str, self.classes))}; "
+                 f"metrics on {self.evaluated_on.split(':')[0]}",
+                 "", "| metric | value | 95% CI |", "|---|---:|:---:|"]
+        for name, m in self.metrics.items():
+            lines.append(f"| {METRIC_NAMES.get(name, name)} | {m.value:.4f} | "
+                         f"[{m.ci_low:.3f}, {m.ci_high:.3f}] |")
+        skipped = self.info.get("skipped")
+        if skipped and any(skipped.values()):
+            lines += ["", "skipped rows: " + ", ".join(f"{v} {k}" for k, v in skipped.items())]
+        lines += [f"note: {note}" for note in self.info.get("notes", [])]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+    def save(self, out_dir) -> pathlib.Path:
+        """Write ``report.json``, ``predictions.csv`` and the :data:`PLOTS` into ``out_dir``."""
+        from . import plots
+
+        out = pathlib.Path(out_dir)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "report.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n", "utf-8")
+            self._write_predictions(out / "predictions.csv")
+            plots.save_figure(plots.plot_roc(self.y_true, self.y_score, self.classes,
+                                             title=f"ROC ({self.head})"), out / "roc.png")
+            plots.save_figure(plots.plot_confusion_matrix(self.y_true, self.y_pred, self.classes),
+                              out / "confusion_matrix.png")
+            plots.save_figure(plots.plot_sweep(self.sweep, scoring=self.scoring,
+                                               chosen=self.best_params,
+                                               title=f"{self.head}: selection sweep"),
+                              out / "c_sweep.png")
+        except OSError as exc:
+            raise ProbeError(f"cannot write the probe report to '{out}': {exc}; pass a "
+                             "writable directory as out_dir") from exc
+        return out
+
+    def _write_predictions(self, path) -> None:
+        import pandas as pd
+
+        frame = pd.DataFrame({"y_true": self.y_true, "y_pred": self.y_pred})
+        for k, c in enumerate(self.classes):
+            frame[f"score_{c}"] = self.y_score[:, k]
+        frame.to_csv(path, index=False)
+
+
+def _fmt_param(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _json_float(v):
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, Integral):
+        return int(obj)
+    if isinstance(obj, Real):
+        return _json_float(float(obj))
+    if obj is None or isinstance(obj, str):
+        return obj
+    return repr(obj)
+
+
+# ----------------------------------------------------------------------------- metrics
+def _auc(positive, score) -> float:
+    """ROC AUC of one class by the rank (Mann-Whitney) formula; NaN with one class."""
+    from scipy.stats import rankdata
+
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = rankdata(score)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _metric_values(yi, pi, score, k) -> dict:
+    """Metrics from class indices (true, predicted) and the (n, k) score matrix."""
+    cm = np.bincount(yi * k + pi, minlength=k * k).reshape(k, k)
+    tp, support, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
+    present = support > 0
+    denom = support + predicted
+    f1 = np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)
+    if k == 2:
+        auc = _auc(yi == 1, score[:, 1])
+    else:
+        auc = math.nan if not present.all() else \
+            float(np.mean([_auc(yi == j, score[:, j]) for j in range(k)]))
+    return {"roc_auc": auc, "accuracy": tp.sum() / len(yi),
+            "balanced_accuracy": float(np.mean(tp[present] / support[present])),
+            "f1_macro": float(f1.mean())}
+
+
+def _bootstrap_metrics(yi, pi, score, k, n_bootstrap, random_state) -> dict:
+    """Point values and 95% percentile-bootstrap intervals of every metric."""
+    point = _metric_values(yi, pi, score, k)
+    rng = np.random.default_rng(random_state)
+    draws = {name: [] for name in point}
+    for _ in range(n_bootstrap):
+        idx = rng.integers(0, len(yi), len(yi))
+        for name, value in _metric_values(yi[idx], pi[idx], score[idx], k).items():
+            if not math.isnan(value):
+                draws[name].append(value)
+    out = {}
+    for name, value in point.items():
+        low, high = np.percentile(draws[name], [2.5, 97.5]) if draws[name] else (math.nan,) * 2
+        out[name] = Metric(float(value), float(low), float(high))
+    return out
+
+
+# ----------------------------------------------------------------------------- heads
+def make_head(name="logistic", *, random_state=0):
+    """A named head and its default hyper-parameter grid.
+
+    - ``"logistic"``: ``LogisticRegression(max_iter=5000)``; ``C`` in :data:`DEFAULT_CS`
+      (1e-4 to 1e2, 13 values).
+    - ``"mlp"``: ``MLPClassifier((256,), early_stopping=True, max_iter=500)``; ``alpha`` in
+      1e-4, 1e-2, 1.
+    - ``"svc"``: ``SVC(probability=True)`` (RBF kernel); ``C`` in 0.1, 1, 10.
+    - ``"knn"``: ``KNeighborsClassifier(weights="distance")``; ``n_neighbors`` in 5, 15, 31.
+
+    Returns
+    -------
+    (estimator, dict)
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.svm import SVC
+
+    heads = {
+        "logistic": (lambda: LogisticRegression(max_iter=5000), {"C": list(DEFAULT_CS)}),
+        "mlp": (lambda: MLPClassifier((256,), early_stopping=True, max_iter=500,
+                                      random_state=random_state), {"alpha": [1e-4, 1e-2, 1.0]}),
+        "svc": (lambda: SVC(probability=True, random_state=random_state), {"C": [0.1, 1.0, 10.0]}),
+        "knn": (lambda: KNeighborsClassifier(weights="distance"), {"n_neighbors": [5, 15, 31]}),
+    }
+    if name not in heads:
+        raise ProbeError(f"head={name!r} is not a known head; expected one of {', '.join(HEADS)}, "
+                         "or pass a scikit-learn classifier instance")
+    build, grid = heads[name]
+    return build(), grid
+
+
+def _resolve_head(head, param_grid, Cs, random_state):
+    from sklearn.base import clone, is_classifier
+
+    if Cs is not None and head not in (None, "logistic"):
+        raise ProbeError(f"Cs= sweeps the logistic-regression head, not head={head!r}; pass "
+                         "param_grid={...} with that head's parameters instead")
+    if head is None or isinstance(head, str):
+        estimator, grid = make_head(head or "logistic", random_state=random_state)
+        if Cs is not None:
+            grid = {"C": _check_cs(Cs)}
+    elif is_classifier(head) and hasattr(head, "fit"):
+        estimator, grid = clone(head), {}
+    else:
+        raise ProbeError(f"head must be a head name ({', '.join(HEADS)}) or a scikit-learn "
+                         f"classifier, got {type(head).__name__}; wrap a custom model as a "
+                         "ClassifierMixin estimator")
+    grid = dict(grid if param_grid is None else param_grid)
+    for key, values in grid.items():
+        if key not in estimator.get_params():
+            raise ProbeError(f"param_grid names {key!r}, which {type(estimator).__name__} does "
+                             f"not have; use its parameters: {sorted(estimator.get_params())}")
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or not len(values):
+            raise ProbeError(f"param_grid[{key!r}] must be a non-empty list of values, "
+                             f"got {values!r}")
+    return estimator, grid
+
+
+def _check_cs(Cs):
+    Cs = np.asarray(Cs, dtype=float).ravel()
+    if not len(Cs) or not np.all(np.isfinite(Cs)) or np.any(Cs <= 0):
+        raise ProbeError(f"Cs must be a non-empty list of positive numbers, got {Cs!r}; e.g. "
+                         "np.logspace(-4, 2, 13)")
+    return [float(c) for c in np.sort(Cs)]
+
+
+def _scores(model, X, classes):
+    """(n, k) per-class scores and class-index predictions of a fitted model."""
+    if hasattr(model, "predict_proba"):
+        score = np.asarray(model.predict_proba(X), dtype=float)
+    elif hasattr(model, "decision_function"):
+        score = np.asarray(model.decision_function(X), dtype=float)
+        if score.ndim == 1:
+            score = np.column_stack([-score, score])
+    else:
+        pred = np.searchsorted(classes, model.predict(X))
+        return np.eye(len(classes))[pred], pred
+    return score, score.argmax(axis=1)
+
+
+def _score_method(estimator):
+    for method in ("predict_proba", "decision_function"):
+        if hasattr(estimator, method):
+            return method
+    return "predict"
+
+
+def _as_score_matrix(raw, method, classes):
+    raw = np.asarray(raw)
+    if method == "predict":
+        return np.eye(len(classes))[np.searchsorted(classes, raw)]
+    raw = raw.astype(float)
+    return np.column_stack([-raw, raw]) if raw.ndim == 1 else raw
+
+
+# ----------------------------------------------------------------------------- validation
+def _check_xy(X, y, names=("X", "y")):
+    from sklearn.utils import check_array
+
+    if not hasattr(X, "shape") or len(getattr(X, "shape", ())) != 2:
+        X = np.asarray(X)
+    if X.ndim != 2:
+        raise ProbeError(f"{names[0]} must be a feature matrix of shape (n_samples, n_features), "
+                         f"got shape {X.shape}; embed images first (FrozenBackbone.transform)")
+    try:
+        X = check_array(X, dtype=np.float64, input_name=names[0])
+    except ValueError as exc:
+        raise ProbeError(f"{names[0]}: {exc} Drop failed rows (NaN) before probing.") from exc
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.ravel()
+    if y.ndim != 1 or len(y) != len(X):
+        raise ProbeError(f"{names[1]} must be one label per row of {names[0]} ({len(X)}), got "
+                         f"shape {y.shape}")
+    return X, y
+
+
+def _check_inputs(X, y, X_val, y_val, groups):
+    X, y = _check_xy(X, y)
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise ProbeError(f"y holds a single class ({classes.tolist()}); a probe needs at "
+                         "least two classes")
+    if (X_val is None) != (y_val is None):
+        raise ProbeError("pass both X_val and y_val (a validation split), or neither "
+                         "(cross-validation)")
+    if X_val is not None:
+        X_val, y_val = _check_xy(X_val, y_val, ("X_val", "y_val"))
+        if X_val.shape[1] != X.shape[1]:
+            raise ProbeError(f"X_val has {X_val.shape[1]} features but X has {X.shape[1]}; "
+                             "embed both with the same backbone configuration")
+        unseen = np.setdiff1d(np.unique(y_val), classes)
+        if len(unseen):
+            raise ProbeError(f"y_val holds classes absent from y: {unseen.tolist()}; every "
+                             "validation class needs training examples")
+        if len(np.unique(y_val)) < 2:
+            raise ProbeError("y_val holds a single class; ROC AUC and the selection need "
+                             "both classes in the validation split")
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.ndim != 1 or len(groups) != len(X):
+            raise ProbeError(f"groups must be one group (patient) per row of X ({len(X)}), "
+                             f"got shape {groups.shape}")
+    return X, y, X_val, y_val, groups, classes
+
+
+def _splitter(cv, y, groups, random_state):
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    if not isinstance(cv, Integral):
+        return cv
+    if cv < 2:
+        raise ProbeError(f"cv must be at least 2 folds, got {cv}")
+    smallest = np.unique(y, return_counts=True)[1].min()
+    if smallest < cv:
+        raise ProbeError(f"the smallest class has {smallest} samples but cv={cv} folds need "
+                         f"at least {cv}; pass a smaller cv or more data")
+    if groups is None:
+        return StratifiedKFold(cv, shuffle=True, random_state=random_state)
+    if len(np.unique(groups)) < cv:
+        raise ProbeError(f"groups holds {len(np.unique(groups))} distinct groups but cv={cv} "
+                         "folds need at least as many; pass a smaller cv")
+    return StratifiedGroupKFold(cv, shuffle=True, random_state=random_state)
+
+
+# ----------------------------------------------------------------------------- selection
+def _fit_score(pipe, params, X, y, X_val, y_val, scorer):
+    from sklearn.base import clone
+
+    model = clone(pipe).set_params(**params).fit(X, y)
+    return model, float(scorer(model, X_val, y_val))
+
+
+def _select_on_val(pipe, candidates, X, y, X_val, y_val, scorer, n_jobs):
+    from joblib import Parallel, delayed
+
+    results = Parallel(n_jobs=n_jobs)(
+        delayed(_fit_score)(pipe, p, X, y, X_val, y_val, scorer) for p in candidates)
+    scores = np.array([s for _, s in results])
+    best = int(np.nanargmax(scores))
+    return scores, best, results[best][0]
+
+
+def _select_by_cv(pipe, candidates, X, y, groups, splitter, scorer, n_jobs):
+    from sklearn.model_selection import GridSearchCV
+
+    search = GridSearchCV(pipe, [{k: [v] for k, v in p.items()} for p in candidates],
+                          scoring=scorer, cv=splitter, refit=False, n_jobs=n_jobs,
+                          error_score="raise")
+    search.fit(X, y, groups=groups)
+    scores = np.asarray(search.cv_results_["mean_test_score"], dtype=float)
+    return scores, int(np.nanargmax(scores))
+
+
+def _default_scoring(n_classes):
+    return "roc_auc" if n_classes == 2 else "roc_auc_ovr"
+
+
+# ----------------------------------------------------------------------------- the probe
+def linear_probe(X, y, *, groups=None, X_val=None, y_val=None, head=None, param_grid=None,
+                 Cs=None, cv=5, scoring=None, scale=True, refit=True, n_bootstrap=1000,
+                 random_state=0, n_jobs=None) -> ProbeReport:
+    """Fit and evaluate a head on frozen features, the linear-probe way (see the module doc).
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_features)
+        Training features (finite; drop failed NaN rows first).
+    y : array of shape (n_samples,)
+        Training labels (any hashable values; at least two classes).
+    groups : array of shape (n_samples,), optional
+        Group (patient) of each training row; cross-validation keeps a group within one fold
+        (``StratifiedGroupKFold``). Used only when there is no validation split.
+    X_val, y_val : arrays, optional
+        The validation split: hyper-parameters are chosen on it and metrics reported on it.
+        Without it, both come from ``cv``-fold cross-validation on ``X, y``.
+    head : {"logistic", "mlp", "svc", "knn"}, a scikit-learn classifier, or None
+        None or ``"logistic"``: ``LogisticRegression`` with a sweep of ``C``. A name picks a
+        head and its default grid (:func:`make_head`). A classifier instance (e.g.
+        ``MLPClassifier(...)``, ``SVC(probability=True)``, ``KNeighborsClassifier()``) is
+        cloned and used with ``param_grid`` (or as it is). Heads with ``predict_proba`` or
+        ``decision_function`` give ROC AUCs; predictions are the class of highest score.
+    param_grid : dict, optional
+        The head's own parameter names -> lists of values, e.g. ``{"alpha": [1e-4, 1e-2]}``
+        for an MLP; replaces the default grid.
+    Cs : sequence of float, optional
+        The ``C`` values for the logistic regression; default ``np.logspace(-4, 2, 13)``.
+    cv : int or CV splitter, default=5
+        Folds when there is no validation split.
+    scoring : str or callable, optional
+        Selection score (a scikit-learn scorer); default ROC AUC (``"roc_auc_ovr"``, macro,
+        for more than two classes). Higher is better; ties go to the first candidate.
+    scale : bool, default=True
+        Put a ``StandardScaler`` before the head.
+    refit : bool, default=True
+        Refit on train + validation (or all rows) with the chosen parameters:
+        ``report.estimator_``. False leaves it None (faster).
+    n_bootstrap : int, default=1000
+        Bootstrap resamples of the evaluated samples for the 95% intervals (0: no intervals).
+    random_state : int, default=0
+        Seeds the folds, the bootstrap and the heads' own randomness.
+    n_jobs : int, optional
+        Parallel fits (joblib).
+
+    Returns
+    -------
+    ProbeReport
+        Metrics with intervals, chosen parameters, the sweep and the evaluated predictions.
+
+    Examples
+    --------
+    >>> report = linear_probe(F_train, y_train, X_val=F_val, y_val=y_val)  # doctest: +SKIP
+    >>> print(report); report.save("probe-output")                         # doctest: +SKIP
+    """
+    from sklearn.metrics import check_scoring
+
+    X, y, X_val, y_val, groups, classes = _check_inputs(X, y, X_val, y_val, groups)
+    if not isinstance(n_bootstrap, Integral) or n_bootstrap < 0:
+        raise ProbeError(f"n_bootstrap must be a non-negative integer, got {n_bootstrap!r}")
+    estimator, grid = _resolve_head(head, param_grid, Cs, random_state)
+    pipe = _pipeline(estimator, scale)
+    candidates = _candidates(grid)
+    scoring = scoring or _default_scoring(len(classes))
+    scorer = check_scoring(pipe, scoring=scoring)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", _convergence_warning())
+        if X_val is not None:
+            run = _run_val(pipe, candidates, X, y, X_val, y_val, scorer, classes, n_jobs)
+            X_all, y_all = np.vstack([X, X_val]), np.concatenate([y, y_val])
+        else:
+            run = _run_cv(pipe, candidates, X, y, groups, cv, scorer, classes, n_jobs,
+                          random_state)
+            X_all, y_all = X, y
+        final = _clone_with(pipe, candidates[run["best"]]).fit(X_all, y_all) if refit else None
+    _rewarn(caught)
+    yi = np.searchsorted(classes, run["y_true"])
+    metrics = _bootstrap_metrics(yi, run["pred"], run["score"], len(classes), n_bootstrap,
+                                 random_state)
+    return ProbeReport(
+        metrics=metrics, head=type(estimator).__name__,
+        best_params=_strip(candidates[run["best"]]),
+        sweep=[{"params": _strip(p), "score": _json_float(s)}
+               for p, s in zip(candidates, run["scores"])],
+        scoring=scoring if isinstance(scoring, str) else getattr(scoring, "__name__", "score"),
+        selection=run["selection"], evaluated_on=run["evaluated_on"],
+        n_train=len(X), n_val=len(run["y_true"]), classes=classes.tolist(),
+        y_true=run["y_true"], y_pred=classes[run["pred"]], y_score=run["score"],
+        n_bootstrap=n_bootstrap, random_state=random_state,
+        info={"n_features": X.shape[1], "non_converged_fits": _n_convergence(caught)},
+        estimator_=final)
+
+
+def _pipeline(estimator, scale):
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    steps = [("scale", StandardScaler())] if scale else []
+    return Pipeline([*steps, ("head", estimator)])
+
+
+def _candidates(grid):
+    from sklearn.model_selection import ParameterGrid
+
+    return list(ParameterGrid({f"head__{k}": list(v) for k, v in grid.items()}))
+
+
+def _clone_with(pipe, params):
+    """A fresh clone of ``pipe`` with ``params`` set."""
+    from sklearn.base import clone
+
+    return clone(pipe).set_params(**params)
+
+
+def _strip(params) -> dict:
+    return {k.split("__", 1)[1]: (v.item() if isinstance(v, np.generic) else v)
+            for k, v in params.items()}
+
+
+def _convergence_warning():
+    from sklearn.exceptions import ConvergenceWarning
+
+    return ConvergenceWarning
+
+
+def _n_convergence(caught) -> int:
+    return sum(issubclass(w.category, _convergence_warning()) for w in caught)
+
+
+def _rewarn(caught) -> None:
+    """Re-issue the warnings of the fits, convergence ones once, summarised."""
+    n = _n_convergence(caught)
+    for w in caught:
+        if not issubclass(w.category, _convergence_warning()):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if n:
+        warnings.warn(f"{n} fit(s) of the sweep stopped before converging (their scores are "
+                      "still valid but may be slightly off); raise the head's max_iter to "
+                      "silence this", _convergence_warning(), stacklevel=3)
+
+
+def _run_val(pipe, candidates, X, y, X_val, y_val, scorer, classes, n_jobs):
+    scores, best, model = _select_on_val(pipe, candidates, X, y, X_val, y_val, scorer, n_jobs)
+    score, pred = _scores(model, X_val, classes)
+    return {"scores": scores, "best": best, "y_true": y_val, "score": score, "pred": pred,
+            "selection": f"the validation split (n={len(y_val)})",
+            "evaluated_on": "the validation split: the head fitted on the training split with "
+                            "the chosen parameters (chosen on this split too, so slightly "
+                            "optimistic)"}
+
+
+def _run_cv(pipe, candidates, X, y, groups, cv, scorer, classes, n_jobs, random_state):
+    from sklearn.model_selection import cross_val_predict
+
+    splitter = _splitter(cv, y, groups, random_state)
+    scores, best = _select_by_cv(pipe, candidates, X, y, groups, splitter, scorer, n_jobs)
+    method = _score_method(pipe)
+    raw = cross_val_predict(_clone_with(pipe, candidates[best]), X, y, groups=groups,
+                            cv=splitter, method=method, n_jobs=n_jobs)
+    score = _as_score_matrix(raw, method, classes)
+    n_splits = splitter.get_n_splits(X, y, groups)
+    return {"scores": scores, "best": best, "y_true": y, "score": score,
+            "pred": score.argmax(axis=1),
+            "selection": f"{n_splits}-fold {type(splitter).__name__} (mean fold score)",
+            "evaluated_on": "out-of-fold predictions: every row predicted once by the fold "
+                            "model that did not see it, at the chosen parameters"}
+
+
+# ----------------------------------------------------------------------------- from a cache
+def probe_cache(cache_dir, namespace=None, *, labels="from-cache", groups=None, val="val",
+                out_dir=None, **probe_kwargs) -> ProbeReport:
+    """Probe the embeddings of one cache namespace, with labels from the cache or a CSV.
+
+    Parameters
+    ----------
+    cache_dir : str or PathLike
+        A featcache cache directory.
+    namespace : str, optional
+        Fingerprint (or a unique prefix of it) of the namespace to read; optional when the
+        cache holds one (``featcache info DIR`` lists them).
+    labels : "from-cache" or path, default="from-cache"
+        ``"from-cache"``: the labels recorded with ``FeatureCache.annotate``. A CSV path: a
+        manifest with columns ``path``, ``label`` and optionally ``group`` and ``split``; a row
+        matches a cached embedding by the content key of the file at ``path`` (relative paths
+        are tried from the working directory, then from the CSV's folder) or, when the file is
+        gone, by the ``source`` recorded in the annotations.
+    groups : None, True, "from-cache" or str, optional
+        None: no groups. True/``"from-cache"``: the ``group`` annotation. A str: that CSV column.
+        Used for group-aware cross-validation and fraction splits.
+    val : str, float or None, default="val"
+        A split name: rows whose split (CSV column, else annotation) equals it are the
+        validation split; rows with split ``"train"`` or none train. A float in (0, 1): that
+        fraction of the rows, drawn stratified (``StratifiedShuffleSplit``; with groups
+        ``StratifiedGroupKFold`` with ``round(1 / val)`` folds, its first fold, so about that
+        fraction and no group on both sides). None: cross-validation only. Rows with split
+        ``"test"`` are always excluded.
+    out_dir : str or PathLike, optional
+        Where to write the report (:meth:`ProbeReport.save`).
+    **probe_kwargs
+        Passed to :func:`linear_probe` (``head``, ``param_grid``, ``Cs``, ``cv``,
+        ``n_bootstrap``, ``random_state`` ...).
+
+    Returns
+    -------
+    ProbeReport
+        With ``info["skipped"]``: rows without a label, failed inputs (recorded failures and
+        NaN rows) and test rows.
+    """
+    from .cache import FeatureCache
+
+    cache = FeatureCache(cache_dir, create=False)
+    fingerprint = _pick_namespace(cache, namespace)
+    keys, X = cache.to_numpy(fingerprint)
+    rows = _row_labels(cache, keys, labels, groups)
+    failed = ~np.isfinite(X).all(axis=1)
+    unlabelled = np.array([v is None for v in rows["label"]], dtype=bool)
+    test = np.array([s == "test" for s in rows["split"]], dtype=bool)
+    keep = ~failed & ~unlabelled & ~test
+    if not keep.any():
+        raise ProbeError(f"no usable rows in namespace {fingerprint}: {len(keys)} rows, "
+                         f"{int(unlabelled.sum())} without a label, {int(failed.sum())} failed; "
+                         "record labels with FeatureCache.annotate or pass labels='labels.csv'")
+    y = _normalise_labels(rows["label"][keep])
+    g = None if rows["group"] is None else rows["group"][keep]
+    split = rows["split"][keep]
+    report = _probe_split(X[keep], y, g, split, val, probe_kwargs)
+    ns = cache.namespace(fingerprint)
+    config = ns.config
+    present = {bytes(k) for k in keys}
+    recorded = sum(1 for k in ns.failures() if bytes(k) not in present)
+    report.info.update({
+        "cache": str(cache.path), "namespace": fingerprint, "model": config.get("model"),
+        "layer": config.get("layer"), "image_size": config.get("preprocessing", {}).get(
+            "image_size"), "rows": len(keys),
+        "skipped": {"without a label": int((unlabelled & ~failed).sum()),
+                    "failed": int(failed.sum()) + recorded, "test split": int((test & ~failed &
+                                                                            ~unlabelled).sum())}})
+    report.info["notes"] = _notes(rows, groups, val, keep)
+    if out_dir is not None:
+        report.save(out_dir)
+    return report
+
+
+def _notes(rows, groups, val, keep) -> list:
+    notes = []
+    if rows.get("unmatched"):
+        notes.append(f"{rows['unmatched']} CSV row(s) matched no cached embedding (files not "
+                     "extracted into this namespace, or changed since)")
+    if groups is None and not isinstance(val, str) and any(
+            g is not None for g in rows["group_annotation"][keep]):
+        notes.append("the cache records groups but groups=None, so the split is not "
+                     "group-aware: pass groups=True (--groups from-cache) to keep each patient "
+                     "on one side")
+    return notes
+
+
+def _pick_namespace(cache, namespace) -> str:
+    names = cache.namespaces()
+
+    def listing():
+        out = []
+        for fp in names:
+            cfg = cache.namespace(fp).config
+            out.append(f"{fp} ({cfg.get('model')}, layer {cfg.get('layer')}, "
+                       f"{cfg.get('preprocessing', {}).get('image_size')} px)")
+        return "; ".join(out) or "none"
+
+    if namespace is None:
+        if len(names) == 1:
+            return names[0]
+        raise ProbeError(f"cache {cache.path} holds {len(names)} namespaces: {listing()}; pass "
+                         "namespace= (--namespace) with one fingerprint")
+    matches = [fp for fp in names if fp.startswith(str(namespace))]
+    if len(matches) != 1:
+        what = "matches no" if not matches else "is a prefix of several"
+        raise ProbeError(f"namespace {namespace!r} {what} namespace of cache {cache.path}; "
+                         f"it holds: {listing()}")
+    return matches[0]
+
+
+def _probe_split(X, y, groups, split, val, kwargs):
+    """linear_probe with the validation split that ``val`` names."""
+    if val is None:
+        return linear_probe(X, y, groups=groups, **kwargs)
+    if isinstance(val, Real) and not isinstance(val, bool):
+        train, test = _fraction_split(y, groups, float(val), kwargs.get("random_state", 0))
+    elif isinstance(val, str):
+        is_val = np.array([s == val for s in split], dtype=bool)
+        if not is_val.any():
+            found = sorted({s for s in split if s is not None})
+            raise ProbeError(f"no labelled row has split {val!r} (splits found: "
+                             f"{found or 'none'}); record splits with FeatureCache.annotate("
+                             "split=...), add a split column to the CSV, or pass val=0.2 (a "
+                             "random fraction) or val=None (cross-validation)")
+        train, test = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    else:
+        raise ProbeError(f"val must be a split name, a fraction in (0, 1) or None, got {val!r}")
+    if not len(train):
+        raise ProbeError(f"every labelled row is in the validation split {val!r}; nothing "
+                         "is left to train on")
+    return linear_probe(X[train], y[train], X_val=X[test], y_val=y[test], **kwargs)
+
+
+def _fraction_split(y, groups, fraction, random_state):
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
+
+    if not 0 < fraction < 1:
+        raise ProbeError(f"val={fraction} is not a fraction in (0, 1); e.g. val=0.2")
+    try:
+        if groups is None:
+            split = StratifiedShuffleSplit(1, test_size=fraction, random_state=random_state)
+        else:
+            split = StratifiedGroupKFold(max(2, round(1 / fraction)), shuffle=True,
+                                         random_state=random_state)
+        return next(split.split(np.zeros(len(y)), y, groups))
+    except ValueError as exc:
+        raise ProbeError(f"cannot draw a validation fraction of {fraction} from {len(y)} rows: "
+                         f"{exc}") from exc
+
+
+def _normalise_labels(values) -> np.ndarray:
+    """Labels as ints when they all read as integers, else as strings."""
+    values = [str(v) for v in values]
+    try:
+        return np.array([int(v) for v in values])
+    except ValueError:
+        return np.array(values)
+
+
+def _row_labels(cache, keys, labels, groups) -> dict:
+    """Per cached row: label, group (or None when not asked for) and split, as object arrays."""
+    key_bytes = [bytes(k) for k in keys]
+    ann = cache.annotations(key_bytes)
+    from_ann = {f: np.array([ann.get(k, {}).get(f) for k in key_bytes], dtype=object)
+                for f in ("label", "group", "split")}
+    group_column = groups if isinstance(groups, str) and groups != "from-cache" else None
+    if isinstance(labels, str) and labels == "from-cache":
+        if group_column is not None:
+            raise ProbeError(f"groups={groups!r} names a CSV column, but labels come from the "
+                             "cache; pass labels='labels.csv', or groups='from-cache'")
+        rows = {"label": from_ann["label"], "split": from_ann["split"], "unmatched": 0}
+    elif isinstance(labels, (str, os.PathLike)):
+        rows = _labels_from_csv(pathlib.Path(labels), key_bytes, ann, group_column)
+        if rows["split"] is None:
+            rows["split"] = from_ann["split"]
+    else:
+        raise ProbeError(f"labels must be 'from-cache' or the path of a CSV, got {labels!r}")
+    rows["group_annotation"] = from_ann["group"]
+    if groups is True or groups == "from-cache":
+        rows["group"] = from_ann["group"]
+    elif group_column is None:
+        rows["group"] = None
+    if rows["group"] is not None:
+        lacking = sum(g is None for g, lab in zip(rows["group"], rows["label"]) if lab is not None)
+        if lacking:
+            raise ProbeError(f"{lacking} labelled rows have no group; record a group (patient) "
+                             "for every row, or pass groups=None")
+    return rows
+
+
+def _labels_from_csv(path, key_bytes, ann, group_column) -> dict:
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as exc:
+        raise ProbeError(f"cannot read the labels CSV '{path}': {exc}; pass a CSV with columns "
+                         "path,label[,group][,split]") from exc
+    needed = {"path", "label"} | ({group_column} if group_column else set())
+    missing = sorted(needed - set(frame.columns))
+    if missing:
+        raise ProbeError(f"labels CSV '{path}' lacks column(s) {missing} (it has "
+                         f"{list(frame.columns)}); expected path,label[,group][,split]")
+    row_of = {k: i for i, k in enumerate(key_bytes)}
+    by_source = {a["source"]: k for k, a in ann.items() if a.get("source")}
+    n = len(key_bytes)
+    out = {"label": np.full(n, None, object), "group": np.full(n, None, object),
+           "split": np.full(n, None, object) if "split" in frame.columns else None,
+           "unmatched": 0}
+    for i, rec in enumerate(frame.to_dict("records")):
+        pos = row_of.get(_csv_key(rec["path"], path.parent, i, by_source))
+        if pos is None:
+            out["unmatched"] += 1
+            continue
+        out["label"][pos] = rec["label"] or None
+        if group_column:
+            out["group"][pos] = rec[group_column] or None
+        if out["split"] is not None:
+            out["split"][pos] = rec["split"] or None
+    return out
+
+
+def _csv_key(value, base, index, by_source):
+    """The content key of a manifest row's file, or the key whose recorded source it names."""
+    from .inputs import content_key
+
+    if not value:
+        return None
+    for candidate in (pathlib.Path(value), base / value):
+        if candidate.is_file():
+            return content_key(candidate, index)
+    for name in (value, os.path.abspath(value), str(base / value), os.path.abspath(base / value)):
+        if name in by_source:
+            return by_source[name]
+    return None
+
+
+# ----------------------------------------------------------------------------- command line
+def _parse_val(text):
+    import argparse
+
+    if text.lower() in ("none", ""):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"a validation fraction must lie in (0, 1), got {text}")
+    return value
+
+
+def add_probe_arguments(parser):
+    """Declare the arguments of ``featcache probe`` on an argparse parser; returns it."""
+    parser.add_argument("cache_dir", metavar="CACHE_DIR", help="featcache cache directory")
+    parser.add_argument("--namespace", metavar="N", default=None,
+                        help="fingerprint (or unique prefix) of the namespace to probe; needed "
+                             "when the cache holds several (see `featcache info`)")
+    parser.add_argument("--labels", metavar="CSV|from-cache", default="from-cache",
+                        help="labels recorded in the cache (default), or a CSV with columns "
+                             "path,label[,group][,split]")
+    parser.add_argument("--groups", metavar="COLUMN|from-cache", default=None,
+                        help="group (patient) of each row, kept within one fold: a CSV column "
+                             "or the cache's group annotation")
+    parser.add_argument("--val", metavar="NAME|FRACTION|none", type=_parse_val, default="val",
+                        help="validation split: rows whose split is NAME (default 'val'), a "
+                             "random FRACTION such as 0.2, or none for cross-validation")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="write report.json, predictions.csv and plots to DIR")
+    parser.add_argument("--head", choices=HEADS, default="logistic",
+                        help="the trained head (default: logistic regression, C swept)")
+    parser.add_argument("--cv", type=int, default=5, help="folds without a validation split")
+    parser.add_argument("--n-bootstrap", type=int, default=1000,
+                        help="bootstrap resamples for the 95%% intervals")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    return parser
+
+
+def run_probe_command(args) -> int:
+    """Run ``featcache probe`` from parsed arguments: print the table, write ``--out``."""
+    groups = True if args.groups == "from-cache" else args.groups
+    report = probe_cache(args.cache_dir, args.namespace, labels=args.labels, groups=groups,
+                         val=args.val, out_dir=args.out, head=args.head, cv=args.cv,
+                         n_bootstrap=args.n_bootstrap, random_state=args.seed)
+    print(report.to_markdown())
+    if args.out is not None:
+        print(f"\nwrote {pathlib.Path(args.out) / 'report.json'}, predictions.csv, "
+              f"{', '.join(PLOTS)}")
+    return 0
