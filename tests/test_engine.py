@@ -97,3 +97,9 @@ def test_gpu_loop_with_pinned_memory_and_bf16():
         progress=False)])
     cos = (cpu * gpu).sum(1) / np.linalg.norm(cpu, axis=1) / np.linalg.norm(gpu, axis=1)
     assert cos.min() > 0.98
+
+
+def test_cpu_chunks_are_cache_sized():
+    from featcache.engine import cpu_chunk_size
+
+    assert cpu_chunk_size(224) == 8 and cpu_chunk_size(96) == 43 and cpu_chunk_size(4000) == 1
