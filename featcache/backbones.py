@@ -347,12 +347,17 @@ def _memo_get(memo, key, make):
 
 
 def _network(spec, weights, wkey):
-    """(network, weights label, weights digest), built once per process and configuration."""
+    """(network, weights label, weights digest, BN folded?), built once per process and configuration."""
     from .weights import state_dict_digest
+
+    from .extractor import fold_batchnorm
 
     def make():
         network, label, memo_key = _build_network(spec, weights)
-        return network, label, state_dict_digest(network, memo_key)
+        digest = state_dict_digest(network, memo_key)  # of the weights as loaded
+        network.eval()
+        folded = fold_batchnorm(network, check_size=spec.preprocessing.image_size)
+        return network, label, digest, folded
 
     return _memo_get(_NETWORKS, (spec.name, wkey), make)
 
@@ -390,7 +395,7 @@ def _load(spec, weights, wkey, layers, pooling, image_size) -> LoadedBackbone:
     from .extractor import FeatureExtractor
     from .weights import is_weights_path
 
-    network, weights_label, digest = _network(spec, weights, wkey)
+    network, weights_label, digest, folded = _network(spec, weights, wkey)
     pre = spec.preprocessing
     if image_size is not None:
         pre = dataclasses.replace(pre, image_size=int(image_size))
@@ -405,6 +410,7 @@ def _load(spec, weights, wkey, layers, pooling, image_size) -> LoadedBackbone:
         "arch": spec.arch,
         "weights": weights_label,
         "weights_digest": digest,
+        "batchnorm": "folded into convolutions" if folded else "as is",
         "pooling": pooling,
         "preprocessing": pre.to_dict(),
     }

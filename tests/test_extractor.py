@@ -69,3 +69,46 @@ def test_several_layers_in_one_pass():
         out = extractor(torch.rand(2, 3, 8, 8))
     assert set(out) == {"conv", "default"} and out["conv"].shape == (2, 4)
     torch.testing.assert_close(out["default"], torch.relu(out["conv"]))
+
+
+class _ConvBn(nn.Module):
+    def __init__(self, misread=False):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.misread = misread
+        with torch.no_grad():  # statistics as after training
+            self.bn.running_mean.uniform_(-1, 1)
+            self.bn.running_var.uniform_(0.5, 2)
+            self.bn.weight.uniform_(0.5, 2)
+            self.bn.bias.uniform_(-1, 1)
+
+    def forward(self, x):
+        x = x.repeat(1, 2, 1, 1)[:, :4]
+        return self.conv(self.bn(x)) if self.misread else torch.relu(self.bn(self.conv(x)))
+
+
+def test_batchnorm_folding_keeps_the_outputs_and_drops_the_norm():
+    from featcache.extractor import fold_batchnorm
+
+    net = _ConvBn().eval()
+    x = torch.rand(2, 3, 16, 16)
+    with torch.inference_mode():
+        before = net(x)
+    assert fold_batchnorm(net, check_size=16)
+    assert isinstance(net.bn, nn.Identity)
+    with torch.inference_mode():
+        torch.testing.assert_close(net(x), before, atol=1e-5, rtol=1e-5)
+
+
+def test_batchnorm_folding_restores_a_network_it_misread():
+    from featcache.extractor import fold_batchnorm
+
+    net = _ConvBn(misread=True).eval()
+    x = torch.rand(2, 3, 16, 16)
+    with torch.inference_mode():
+        before = net(x)
+    assert not fold_batchnorm(net, check_size=16)
+    assert isinstance(net.bn, nn.BatchNorm2d)
+    with torch.inference_mode():
+        torch.testing.assert_close(net(x), before)
