@@ -81,7 +81,7 @@ def featcache_job(folder, cache, batch_size, model="efficientnet_lite0", weights
 def naive_loop(paths) -> float:
     """Images/s of a per-image loop: PIL decode, resize, one forward per image, NCHW."""
     loaded = load_backbone(image_size=SIZE)
-    network = loaded.extractor.model.to(memory_format=torch.contiguous_format)
+    network = plain_network()
     mean, std = loaded.extractor.mean, loaded.extractor.std
     start = time.perf_counter()
     with torch.no_grad():
@@ -89,8 +89,14 @@ def naive_loop(paths) -> float:
             img = Image.open(path).convert("RGB").resize((SIZE, SIZE), Image.BILINEAR)
             x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255
             network.forward_features((x - mean) / std).mean(dim=(2, 3))
-    loaded.extractor.to(memory_format=torch.channels_last)
     return len(paths) / (time.perf_counter() - start)
+
+
+def plain_network():
+    """The pretrained network as a hand-written script loads it (featcache's own copy is tuned)."""
+    from featcache.backbones import _build_network, get_backbone
+
+    return _build_network(get_backbone("efficientnet_lite0"), "DEFAULT")[0].eval()
 
 
 def gflops_per_image(model, weights) -> float:
