@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from featcache import FeatureCache, FrozenBackbone
 from featcache.cli import main
