@@ -1,0 +1,94 @@
+"""Keep freed memory in the process while the network runs on a CPU (glibc only).
+
+A CNN's forward pass allocates and frees the same large activation buffers for every chunk of
+images. glibc's ``malloc`` serves buffers above its mmap threshold (at most 32 MiB by default)
+with fresh ``mmap`` pages and trims the heap top on ``free``, so every chunk page-faults its
+activations back in: EfficientNet-Lite0 at 224 px in chunks of 8 took 1.3 million minor page
+faults and 2.9 s of kernel time per 256 images on the project's 2-core machine, and ran at
+half the speed it reaches when the buffers are reused (66 vs 134 images/s).
+
+:func:`reuse_freed_memory` raises glibc's mmap and trim thresholds for the duration of a CPU
+extraction, so freed buffers are reused, and on leaving sets them to the values glibc's own
+dynamic rule reaches after freeing large buffers (mmap threshold 32 MiB, trim threshold 64 MiB)
+and returns the free memory to the system with ``malloc_trim``. It does nothing where the
+allocator is not glibc's, where the user has tuned it (``MALLOC_*`` or ``GLIBC_TUNABLES``
+environment variables, or another allocator in ``LD_PRELOAD``), or when
+``FEATCACHE_MALLOC_TUNING=0``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import sys
+import threading
+
+__all__ = ["reuse_freed_memory", "allocator_tunable"]
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_DURING = ((_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20))
+_AFTER = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 64 << 20), (_M_TOP_PAD, 128 << 10))
+_OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
+
+_lock = threading.Lock()
+_depth = 0
+
+
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def allocator_tunable(environ=None) -> bool:
+    """Whether :func:`reuse_freed_memory` will change anything in this process."""
+    environ = os.environ if environ is None else environ
+    if not sys.platform.startswith("linux"):
+        return False
+    if environ.get("FEATCACHE_MALLOC_TUNING", "1").strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    if "GLIBC_TUNABLES" in environ or any(k.startswith("MALLOC_") for k in environ):
+        return False
+    preload = environ.get("LD_PRELOAD", "")
+    if any(name in preload for name in _OTHER_ALLOCATORS):
+        return False
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return False
+    except (ValueError, OSError):
+        return False
+    libc = _libc()
+    return libc is not None and hasattr(libc, "mallopt")
+
+
+def _apply(settings):
+    libc = _libc()
+    for param, value in settings:
+        libc.mallopt(param, value)
+    return libc
+
+
+@contextlib.contextmanager
+def reuse_freed_memory():
+    """Context manager: glibc reuses freed activation buffers instead of unmapping them.
+
+    Re-entrant and thread-safe (the settings are per process: the outermost exit restores
+    them). Memory held at the peak of the extraction is returned to the system on exit.
+    """
+    global _depth
+    if not allocator_tunable():
+        yield False
+        return
+    with _lock:
+        if _depth == 0:
+            _apply(_DURING)
+        _depth += 1
+    try:
+        yield True
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                _apply(_AFTER).malloc_trim(0)
