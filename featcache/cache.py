@@ -684,27 +684,12 @@ class FeatureCache:
 
         return read_annotations(self.path, keys)
 
-    # -- maintenance -----------------------------------------------------------------
+    # -- maintenance (implemented in featcache._maintenance) ----------------------------
     def verify(self) -> VerifyReport:
         """Re-read every shard: open, attributes, shapes, checksum, one dim per namespace."""
-        problems, notes, checked = [], [], 0
-        try:
-            self._check_marker(self.path / MARKER, (self.path / MARKER).read_text("utf-8"))
-        except (OSError, CacheError) as exc:
-            problems.append(str(exc))
-        for fp in self.namespaces():
-            ns = self.namespace(fp)
-            try:
-                ns.config
-            except CacheError as exc:
-                problems.append(str(exc))
-            n, found = _verify_shards(ns)
-            checked += n
-            problems += found
-            notes += [f"temporary file {p} (left by an interrupted writer; `featcache compact` "
-                      "removes it once it is old)" for p in _shards.temp_files(ns.path)]
-        return VerifyReport(ok=not problems, problems=problems, shards_checked=checked,
-                            notes=notes)
+        from ._maintenance import verify_cache
+
+        return verify_cache(self)
 
     def compact(self, namespace=None, *, min_shards: int = 2,
                 stale_tmp_seconds: float = 900.0) -> dict:
@@ -715,9 +700,11 @@ class FeatureCache:
         ``stale_tmp_seconds`` are removed and ``index.h5`` is rebuilt. Shards committed by
         concurrent writers meanwhile are kept. Returns counts per namespace and in total.
         """
+        from ._maintenance import compact_namespace
+
         targets = [self._ns(namespace)] if namespace is not None else \
             [self.namespace(fp) for fp in self.namespaces()]
-        per = [_compact_one(ns, min_shards, stale_tmp_seconds) for ns in targets]
+        per = [compact_namespace(ns, min_shards, stale_tmp_seconds) for ns in targets]
         total = {k: sum(p[k] for p in per) for k in
                  ("shards_before", "shards_after", "rows", "duplicates_removed", "tmp_removed",
                   "corrupt_skipped")}
@@ -725,12 +712,9 @@ class FeatureCache:
 
     def build_index(self, namespace=None) -> pathlib.Path:
         """(Re)build ``<fingerprint>/index.h5``: virtual ``features``/``keys`` over all shards."""
-        ns = self._ns(namespace)
-        shards = sorted(ns._index().shards, key=lambda s: s.name)
-        try:
-            return _shards.write_index(ns.path, shards)
-        except OSError as exc:
-            raise _shards.write_error(exc, ns.path, what="index.h5") from exc
+        from ._maintenance import build_index
+
+        return build_index(self._ns(namespace))
 
     def export(self, out_path, namespace=None) -> pathlib.Path:
         """Write one namespace to a plain ``.h5`` (or ``.npz``) file, readable with h5py alone.
@@ -740,86 +724,6 @@ class FeatureCache:
         holds ``features, keys, sources, failure_keys, failure_sources, failure_reasons,
         config, fingerprint``. The file is written atomically.
         """
-        ns, out = self._ns(namespace), pathlib.Path(out_path).expanduser().absolute()
-        extra = {"config": json.dumps(ns.config, sort_keys=True), "featcache_export": 1}
-        try:
-            if out.suffix.lower() == ".npz":
-                keys, feats, sources = ns._retry(_owned_rows)
-                _shards.write_npz(out, keys, feats, sources, ns.failures(),
-                                  fingerprint=ns.fingerprint, config=extra["config"])
-            else:
-                ns._retry(lambda idx: _shards.merge(sorted(idx.shards, key=lambda s: s.name),
-                                                    out, ns.fingerprint, extra_attrs=extra))
-        except OSError as exc:
-            raise _shards.write_error(exc, out.parent, what=f"the export {out.name}") from exc
-        return out
+        from ._maintenance import export_namespace
 
-
-def _owned_rows(idx):
-    """keys, float32 features and sources of the rows an index serves, in shard order."""
-    parts = idx.owned()
-    if not parts:
-        return np.zeros((0, 16), np.uint8), np.zeros((0, idx.dim or 0), np.float32), []
-    sources = []
-    for info, rows in parts:
-        names = _shards.read_sources(info.path)
-        sources += [names[r] for r in rows]
-    return (np.concatenate([i.keys[r] for i, r in parts]),
-            np.concatenate([_shards.read_rows(i.path, r) for i, r in parts]), sources)
-
-
-def _verify_shards(ns: Namespace) -> tuple:
-    """(shards checked, problems) for one namespace; results refresh the process memo."""
-    problems, dims, checked = [], {}, 0
-    for name in _shards.list_shards(ns.shards_dir):
-        path = ns.shards_dir / name
-        try:
-            info = _shards.load_shard(path, ns.fingerprint, check_checksum=True)
-        except FileNotFoundError:
-            continue
-        except CacheCorruptError as exc:
-            checked += 1
-            problems.append(str(exc))
-            _mark_bad(path, str(exc))
-            continue
-        checked += 1
-        _remember(info)
-        if info.rows:
-            dims.setdefault(info.dim, []).append(path)
-    if len(dims) > 1:
-        main = max(dims, key=lambda d: len(dims[d]))
-        problems += [f"shard {p}: features have dim {d}, the namespace's other shards {main}"
-                     for d, paths in dims.items() if d != main for p in paths]
-    return checked, problems
-
-
-def _compact_one(ns: Namespace, min_shards: int, stale_tmp_seconds: float) -> dict:
-    tmp_removed = _shards.remove_stale_temp(ns.path, stale_tmp_seconds)
-    for attempt in range(5):
-        idx = ns._index(force=attempt > 0)
-        infos = sorted(idx.shards, key=lambda s: s.name)
-        stats = {"fingerprint": ns.fingerprint, "shards_before": len(idx.listing),
-                 "corrupt_skipped": len(idx.bad), "tmp_removed": tmp_removed}
-        rows_before = sum(i.rows for i in infos)
-        if len(infos) < min_shards:
-            kept = infos
-            break
-        try:
-            merged = _shards.merge(infos, ns.shards_dir / _shards.new_shard_name(), ns.fingerprint)
-        except _shards.ShardGone:
-            continue  # a concurrent compact removed a shard: list again
-        except OSError as exc:
-            raise _shards.write_error(exc, ns.shards_dir, what="the compacted shard") from exc
-        _remember(merged)
-        for info in infos:
-            info.path.unlink(missing_ok=True)
-        _shards.fsync_path(ns.shards_dir)
-        kept = [merged]
-        break
-    else:
-        raise CacheError(f"could not compact {ns.path}: its shards kept changing; retry")
-    stats.update(shards_after=len(kept) + len(idx.bad), rows=sum(k.rows for k in kept),
-                 duplicates_removed=rows_before - sum(k.rows for k in kept))
-    if kept:
-        ns.cache.build_index(ns)
-    return stats
+        return export_namespace(self._ns(namespace), out_path)

@@ -1,4 +1,4 @@
-"""Tests of the HDF5 shard cache (featcache.cache) and its CLI: real files, real processes.
+"""Tests of the HDF5 shard cache (featcache.cache): real files, real processes.
 
 Features are synthetic and deterministic (seeded by the key bytes, see cache_writer_proc.py);
 no torch, no network.
@@ -37,59 +37,21 @@ from featcache.exceptions import CacheError
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from cache_writer_proc import CONFIG, FINGERPRINT, feature, features, key_of  # noqa: E402
 
-HELPER = str(pathlib.Path(__file__).with_name("cache_writer_proc.py"))
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-FAIL_EVERY = 37  # the helper's default: items i % 37 == 0 are recorded as failures
+from cache_helpers import (  # noqa: E402
+    FAIL_EVERY,
+    HELPER,
+    ROOT,
+    _check_served,
+    _fill,
+    _flip_feature_bytes,
+    _ns,
+    _run_helper,
+    _shard_paths,
+    _spawn,
+)
 
 
 # ---------------------------------------------------------------- helpers
-def _fill(ns, idx, *, commit_rows=50, dtype="float32", fail_every=FAIL_EVERY):
-    """Write items ``idx`` (failures for i % fail_every == 0) through a writer."""
-    with ns.writer(commit_rows=commit_rows, dtype=dtype) as w:
-        for i in idx:
-            if fail_every and not i % fail_every:
-                w.add_failure(key_of(i), f"item-{i}", f"synthetic failure {i}")
-            else:
-                w.add([key_of(i)], feature(key_of(i))[None], [f"item-{i}"])
-    return w
-
-
-def _ns(tmp_path, name="c"):
-    return FeatureCache(tmp_path / name).namespace(FINGERPRINT, dict(CONFIG))
-
-
-def _spawn(mode, cache, *args):
-    cmd = [sys.executable, HELPER, mode, str(cache), *map(str, args)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT)
-
-
-def _run_helper(mode, cache, *args, timeout=60):
-    p = _spawn(mode, cache, *args)
-    out, err = p.communicate(timeout=timeout)
-    assert p.returncode == 0, f"helper failed ({p.returncode}):\n{out}\n{err}"
-    return out
-
-
-def _check_served(cache_dir, n):
-    """verify() is ok and every served row equals its expected value; returns hit mask."""
-    clear_memo()  # look at the files as a fresh process would
-    cache = FeatureCache(cache_dir)
-    report = cache.verify()
-    assert report.ok, report.problems
-    ns = cache.namespace(FINGERPRINT)
-    keys = [key_of(i) for i in range(n)]
-    hit = ns.lookup(keys)
-    if hit.any():
-        got = ns.read([k for k, h in zip(keys, hit) if h])
-        np.testing.assert_array_equal(got, features([k for k, h in zip(keys, hit) if h]))
-    fails = ns.failures(keys)
-    assert all(int(s.split("-")[1]) % FAIL_EVERY == 0 for s, _ in fails.values())
-    return hit, fails
-
-
-def _shard_paths(ns):
-    return [ns.shards_dir / n for n in _shards.list_shards(ns.shards_dir)]
 
 
 # ---------------------------------------------------------------- 1. round trip
@@ -306,16 +268,6 @@ def test_threads_reading_while_a_thread_writes(tmp_path):
 
 
 # ---------------------------------------------------------------- 5. corruption
-def _flip_feature_bytes(path):
-    with h5py.File(path, "r") as f:
-        offset = f["features"].id.get_offset()
-    st = os.stat(path)
-    with open(path, "r+b") as fh:
-        fh.seek(offset + 10)
-        b = fh.read(1)
-        fh.seek(offset + 10)
-        fh.write(bytes([b[0] ^ 0xFF]))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - 10**9))
 
 
 def test_corrupt_shards_are_reported_and_never_served(tmp_path, capsys):
@@ -386,24 +338,6 @@ def test_existing_files_are_never_opened_for_writing(tmp_path, monkeypatch):
             assert mode in ("w-", "x") and "/.tmp-" in name, (name, mode)
 
 
-def test_writer_during_compaction_loses_no_rows(tmp_path):
-    cache = FeatureCache(tmp_path / "c")
-    ns = cache.namespace(FINGERPRINT, CONFIG)
-    _fill(ns, range(300), commit_rows=16)
-    writer = _spawn("write", cache.path, "--start", 300, "--stop", 1500, "--commit-rows", 8,
-                    "--delay", 0.002)
-    compactions = 0
-    while writer.poll() is None:
-        cache.compact(min_shards=2)
-        compactions += 1
-        hit = ns.lookup([key_of(i) for i in range(1, 300)])
-        assert hit.sum() == sum(1 for i in range(1, 300) if i % FAIL_EVERY)
-    assert writer.returncode == 0, writer.stderr.read()
-    assert compactions >= 2
-    hit, fails = _check_served(cache.path, 1500)
-    assert hit.sum() + len(fails) == 1500
-
-
 # ---------------------------------------------------------------- 7. disk full
 def test_disk_full_during_commit(tmp_path, monkeypatch):
     ns = _ns(tmp_path)
@@ -441,7 +375,7 @@ def test_real_write_failure_with_a_file_size_limit(tmp_path):
     code = f"""
 import resource, signal, sys, numpy as np
 sys.path.insert(0, {str(pathlib.Path(HELPER).parent)!r})
-from cache_writer_proc import import_cache, key_of, FINGERPRINT
+from cache_writer_proc import import_cache, key_of, FINGERPRINT  # noqa: E402
 cache = import_cache()
 ns = cache.FeatureCache({str(tmp_path / 'c')!r}).namespace(FINGERPRINT)
 with ns.writer() as w:
@@ -464,7 +398,7 @@ except cache.CacheError as e:
 _TMPFS_SCRIPT = """
 import os, sys, numpy as np
 sys.path.insert(0, {helper_dir!r})
-from cache_writer_proc import import_cache, key_of, FINGERPRINT
+from cache_writer_proc import import_cache, key_of, FINGERPRINT  # noqa: E402
 cm = import_cache()
 ns = cm.FeatureCache({d!r}).namespace(FINGERPRINT, {{"model": "x"}})
 with ns.writer() as w:
@@ -503,46 +437,6 @@ def test_real_disk_full_on_a_small_tmpfs(tmp_path):
 
 
 # ---------------------------------------------------------------- 8. compact / export
-def test_compact_merges_and_dedupes_then_export(tmp_path):
-    cache = FeatureCache(tmp_path / "c")
-    ns = cache.namespace(FINGERPRINT, CONFIG)
-    _fill(ns, range(200), commit_rows=25)
-    _fill(ns, range(100, 300), commit_rows=25)  # 100 keys written twice
-    keys = [key_of(i) for i in range(300)]
-    before = ns.read(keys, missing="nan")
-    old = _shard_paths(ns)
-    stale, live = ns.shards_dir / ".tmp-stale.h5", ns.shards_dir / ".tmp-live.h5"
-    stale.write_bytes(b"left by a killed writer")
-    live.write_bytes(b"being written right now")
-    os.utime(stale, (time.time() - 3600, time.time() - 3600))
-    assert ns.rows() == 291  # readers ignore temporary files
-    stats = cache.compact()
-    assert stats["tmp_removed"] == 1 and not stale.exists() and live.exists()
-    live.unlink()
-    assert stats["shards_before"] == len(old) and stats["shards_after"] == 1
-    assert stats["rows"] == ns.rows() == 291 and stats["duplicates_removed"] == 97
-    assert not any(p.exists() for p in old) and cache.verify().ok
-    np.testing.assert_array_equal(ns.read(keys, missing="nan"), before)
-    assert len(ns.failures()) == 9
-    with h5py.File(ns.path / "index.h5", "r") as f:  # virtual dataset over the shards
-        assert f["features"].shape == (291, 16)
-    assert cache.compact()["shards_after"] == 1  # nothing to merge
-
-    out = cache.export(tmp_path / "exp.h5")
-    with h5py.File(out, "r") as f:
-        k, x = f["keys"][()], f["features"][()]
-        src = f["sources"].asstr()[()]
-        assert json.loads(f.attrs["config"]) == CONFIG and len(f["failures/keys"]) == 9
-    assert x.shape == (291, 16) and len(src) == 291
-    np.testing.assert_array_equal(x, features([bytes(r) for r in k]))
-    assert all(s == f"item-{i}" for s, i in zip(src, [keys.index(bytes(r)) for r in k]))
-    z = np.load(cache.export(tmp_path / "exp.npz"))
-    np.testing.assert_array_equal(z["features"], x)
-    np.testing.assert_array_equal(z["keys"], k)
-    assert list(z["sources"]) == list(src) and len(z["failure_keys"]) == 9
-    k2, x2 = cache.to_numpy(FINGERPRINT)
-    np.testing.assert_array_equal(k2, k)
-    np.testing.assert_array_equal(x2, x)
 
 
 def test_info_and_namespaces(tmp_path):
@@ -576,48 +470,5 @@ def test_reading_a_cache_never_imports_torch(tmp_path):
 
 
 # ---------------------------------------------------------------- 10. CLI
-def test_cli_commands(tmp_path, capsys):
-    cache = FeatureCache(tmp_path / "c")
-    _fill(cache.namespace(FINGERPRINT, CONFIG), range(100), commit_rows=30)
-    d = str(cache.path)
-    assert cli_main(["info", d]) == 0
-    out = capsys.readouterr().out
-    assert "synthetic" in out and "rows      97" in out and "failures  3" in out
-    assert cli_main(["info", d, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["namespaces"][0]["rows"] == 97
-    assert cli_main(["verify", d]) == 0 and "ok: 4 shard(s)" in capsys.readouterr().out
-    assert cli_main(["compact", d]) == 0 and "4 -> 1 shard(s)" in capsys.readouterr().out
-    assert cli_main(["export", d, str(tmp_path / "e.npz")]) == 0
-    assert np.load(tmp_path / "e.npz")["features"].shape == (97, 16)
-    assert cli_main(["info", str(tmp_path / "nope")]) == 1
-    err = capsys.readouterr().err
-    assert "no featcache.json" in err and "Traceback" not in err
-    with pytest.raises(SystemExit) as e:
-        cli_main(["export", d])
-    assert e.value.code == 2
 
 
-def test_cli_in_a_real_process(tmp_path):
-    ns = _ns(tmp_path)
-    _fill(ns, range(1, 61), commit_rows=30, fail_every=0)
-    _flip_feature_bytes(_shard_paths(ns)[0])
-    run = [sys.executable, "-m", "featcache.cli", "verify", str(ns.cache.path)]
-    out = subprocess.run(run, capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert out.returncode == 1, out.stdout + out.stderr
-    assert str(_shard_paths(ns)[0]) in out.stdout and "checksum mismatch" in out.stdout
-    assert "Traceback" not in out.stderr
-
-
-
-def test_annotations_are_kept_per_key_newest_first(tmp_path):
-    cache = FeatureCache(tmp_path / "c")
-    k1, k2, k3 = (bytes([i]) * 16 for i in (1, 2, 3))
-    cache.annotate([k1, k2], label=["cat", None], group=["p1", "p2"], split=["train", "val"])
-    cache.annotate([k2], label=["dog"], source=["/x/b.png"])
-    got = cache.annotations()
-    assert got[k1] == {"label": "cat", "group": "p1", "split": "train", "source": None}
-    assert got[k2]["label"] == "dog" and got[k2]["source"] == "/x/b.png"
-    assert cache.annotations([k3, k1]) == {k1: got[k1]}
-    assert cache.namespaces() == [] and cache.verify().ok
-    with pytest.raises(ValueError, match="expected 2 values, got 1"):
-        cache.annotate([k1, k2], label=["only one"])

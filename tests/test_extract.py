@@ -59,26 +59,6 @@ def test_skip_records_failures_and_a_rerun_computes_nothing(xray_pngs, tmp_path)
         extract(X[:4], tmp_path / "c", image_size=32, progress=False)
 
 
-def test_cli_extract_exit_codes_and_summary(xray_pngs, tmp_path, capsys):
-    paths, _ = xray_pngs
-    folder = Path(paths[0]).parent
-    assert main(["extract", str(folder), "--cache", str(tmp_path / "c"), "--image-size", "32",
-                 "--quiet"]) == 0
-    out = capsys.readouterr().out
-    assert "60 inputs: 60 computed, 0 from cache, 0 failed" in out
-    (folder / "zzz_broken.png").write_text("text")
-    code = main(["extract", str(folder), "--cache", str(tmp_path / "c"), "--image-size", "32",
-                 "--quiet", "--on-error", "skip"])
-    captured = capsys.readouterr()
-    assert code == 1 and "61 inputs: 0 computed, 60 from cache, 1 failed" in captured.out
-    assert "1 input(s) failed" in captured.err and "zzz_broken.png" in captured.err
-    assert main(["extract", str(tmp_path / "nothing"), "--cache", str(tmp_path / "c")]) == 1
-    assert "does not exist" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as usage:
-        main(["extract", str(folder)])
-    assert usage.value.code == 2
-
-
 def test_three_concurrent_shard_jobs_fill_one_cache(xray_pngs, tmp_path):
     paths, _ = xray_pngs
     folder, cache = str(Path(paths[0]).parent), str(tmp_path / "c")

@@ -1,0 +1,138 @@
+"""Maintenance of a cache directory: verify, compact, build the index, export.
+
+The operations behind :meth:`featcache.cache.FeatureCache.verify`, ``compact``,
+``build_index`` and ``export`` (and the ``featcache verify/compact/export`` commands). Like
+the rest of the cache they use h5py and numpy only, write new files atomically and never
+modify a committed shard.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+
+from . import _shards
+from .cache import MARKER, Namespace, VerifyReport, _mark_bad, _remember
+from .exceptions import CacheCorruptError, CacheError
+
+__all__ = ["verify_cache", "compact_namespace", "build_index", "export_namespace"]
+
+
+def verify_cache(cache) -> VerifyReport:
+    """Re-read every shard of ``cache``: open, attributes, shapes, checksum, one dim per namespace."""
+    problems, notes, checked = [], [], 0
+    try:
+        cache._check_marker(cache.path / MARKER, (cache.path / MARKER).read_text("utf-8"))
+    except (OSError, CacheError) as exc:
+        problems.append(str(exc))
+    for fp in cache.namespaces():
+        ns = cache.namespace(fp)
+        try:
+            ns.config
+        except CacheError as exc:
+            problems.append(str(exc))
+        n, found = _verify_shards(ns)
+        checked += n
+        problems += found
+        notes += [f"temporary file {p} (left by an interrupted writer; `featcache compact` "
+                  "removes it once it is old)" for p in _shards.temp_files(ns.path)]
+    return VerifyReport(ok=not problems, problems=problems, shards_checked=checked, notes=notes)
+
+
+def build_index(ns: Namespace) -> pathlib.Path:
+    """(Re)build ``<fingerprint>/index.h5``: virtual ``features``/``keys`` over all shards."""
+    shards = sorted(ns._index().shards, key=lambda s: s.name)
+    try:
+        return _shards.write_index(ns.path, shards)
+    except OSError as exc:
+        raise _shards.write_error(exc, ns.path, what="index.h5") from exc
+
+
+def export_namespace(ns: Namespace, out_path) -> pathlib.Path:
+    """Write one namespace to a plain ``.h5`` or ``.npz`` file (see ``FeatureCache.export``)."""
+    out = pathlib.Path(out_path).expanduser().absolute()
+    extra = {"config": json.dumps(ns.config, sort_keys=True), "featcache_export": 1}
+    try:
+        if out.suffix.lower() == ".npz":
+            keys, feats, sources = ns._retry(_owned_rows)
+            _shards.write_npz(out, keys, feats, sources, ns.failures(),
+                              fingerprint=ns.fingerprint, config=extra["config"])
+        else:
+            ns._retry(lambda idx: _shards.merge(sorted(idx.shards, key=lambda s: s.name),
+                                                out, ns.fingerprint, extra_attrs=extra))
+    except OSError as exc:
+        raise _shards.write_error(exc, out.parent, what=f"the export {out.name}") from exc
+    return out
+
+
+def _owned_rows(idx):
+    """keys, float32 features and sources of the rows an index serves, in shard order."""
+    parts = idx.owned()
+    if not parts:
+        return np.zeros((0, 16), np.uint8), np.zeros((0, idx.dim or 0), np.float32), []
+    sources = []
+    for info, rows in parts:
+        names = _shards.read_sources(info.path)
+        sources += [names[r] for r in rows]
+    return (np.concatenate([i.keys[r] for i, r in parts]),
+            np.concatenate([_shards.read_rows(i.path, r) for i, r in parts]), sources)
+
+
+def _verify_shards(ns: Namespace) -> tuple:
+    """(shards checked, problems) for one namespace; results refresh the process memo."""
+    problems, dims, checked = [], {}, 0
+    for name in _shards.list_shards(ns.shards_dir):
+        path = ns.shards_dir / name
+        try:
+            info = _shards.load_shard(path, ns.fingerprint, check_checksum=True)
+        except FileNotFoundError:
+            continue
+        except CacheCorruptError as exc:
+            checked += 1
+            problems.append(str(exc))
+            _mark_bad(path, str(exc))
+            continue
+        checked += 1
+        _remember(info)
+        if info.rows:
+            dims.setdefault(info.dim, []).append(path)
+    if len(dims) > 1:
+        main = max(dims, key=lambda d: len(dims[d]))
+        problems += [f"shard {p}: features have dim {d}, the namespace's other shards {main}"
+                     for d, paths in dims.items() if d != main for p in paths]
+    return checked, problems
+
+
+def compact_namespace(ns: Namespace, min_shards: int, stale_tmp_seconds: float) -> dict:
+    """Merge one namespace's shards into one (see ``FeatureCache.compact``); its counts."""
+    tmp_removed = _shards.remove_stale_temp(ns.path, stale_tmp_seconds)
+    for attempt in range(5):
+        idx = ns._index(force=attempt > 0)
+        infos = sorted(idx.shards, key=lambda s: s.name)
+        stats = {"fingerprint": ns.fingerprint, "shards_before": len(idx.listing),
+                 "corrupt_skipped": len(idx.bad), "tmp_removed": tmp_removed}
+        rows_before = sum(i.rows for i in infos)
+        if len(infos) < min_shards:
+            kept = infos
+            break
+        try:
+            merged = _shards.merge(infos, ns.shards_dir / _shards.new_shard_name(), ns.fingerprint)
+        except _shards.ShardGone:
+            continue  # a concurrent compact removed a shard: list again
+        except OSError as exc:
+            raise _shards.write_error(exc, ns.shards_dir, what="the compacted shard") from exc
+        _remember(merged)
+        for info in infos:
+            info.path.unlink(missing_ok=True)
+        _shards.fsync_path(ns.shards_dir)
+        kept = [merged]
+        break
+    else:
+        raise CacheError(f"could not compact {ns.path}: its shards kept changing; retry")
+    stats.update(shards_after=len(kept) + len(idx.bad), rows=sum(k.rows for k in kept),
+                 duplicates_removed=rows_before - sum(k.rows for k in kept))
+    if kept:
+        build_index(ns)
+    return stats

@@ -1,0 +1,85 @@
+"""Tests for featcache._maintenance: verify, compact, index, export of a cache directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+import time
+
+import h5py
+import numpy as np
+
+from featcache.cache import FeatureCache
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from cache_writer_proc import CONFIG, FINGERPRINT, features, key_of  # noqa: E402
+
+from cache_helpers import (  # noqa: E402
+    FAIL_EVERY,
+    _check_served,
+    _fill,
+    _shard_paths,
+    _spawn,
+)
+
+
+def test_compact_merges_and_dedupes_then_export(tmp_path):
+    cache = FeatureCache(tmp_path / "c")
+    ns = cache.namespace(FINGERPRINT, CONFIG)
+    _fill(ns, range(200), commit_rows=25)
+    _fill(ns, range(100, 300), commit_rows=25)  # 100 keys written twice
+    keys = [key_of(i) for i in range(300)]
+    before = ns.read(keys, missing="nan")
+    old = _shard_paths(ns)
+    stale, live = ns.shards_dir / ".tmp-stale.h5", ns.shards_dir / ".tmp-live.h5"
+    stale.write_bytes(b"left by a killed writer")
+    live.write_bytes(b"being written right now")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    assert ns.rows() == 291  # readers ignore temporary files
+    stats = cache.compact()
+    assert stats["tmp_removed"] == 1 and not stale.exists() and live.exists()
+    live.unlink()
+    assert stats["shards_before"] == len(old) and stats["shards_after"] == 1
+    assert stats["rows"] == ns.rows() == 291 and stats["duplicates_removed"] == 97
+    assert not any(p.exists() for p in old) and cache.verify().ok
+    np.testing.assert_array_equal(ns.read(keys, missing="nan"), before)
+    assert len(ns.failures()) == 9
+    with h5py.File(ns.path / "index.h5", "r") as f:  # virtual dataset over the shards
+        assert f["features"].shape == (291, 16)
+    assert cache.compact()["shards_after"] == 1  # nothing to merge
+
+    out = cache.export(tmp_path / "exp.h5")
+    with h5py.File(out, "r") as f:
+        k, x = f["keys"][()], f["features"][()]
+        src = f["sources"].asstr()[()]
+        assert json.loads(f.attrs["config"]) == CONFIG and len(f["failures/keys"]) == 9
+    assert x.shape == (291, 16) and len(src) == 291
+    np.testing.assert_array_equal(x, features([bytes(r) for r in k]))
+    assert all(s == f"item-{i}" for s, i in zip(src, [keys.index(bytes(r)) for r in k]))
+    z = np.load(cache.export(tmp_path / "exp.npz"))
+    np.testing.assert_array_equal(z["features"], x)
+    np.testing.assert_array_equal(z["keys"], k)
+    assert list(z["sources"]) == list(src) and len(z["failure_keys"]) == 9
+    k2, x2 = cache.to_numpy(FINGERPRINT)
+    np.testing.assert_array_equal(k2, k)
+    np.testing.assert_array_equal(x2, x)
+
+
+def test_writer_during_compaction_loses_no_rows(tmp_path):
+    cache = FeatureCache(tmp_path / "c")
+    ns = cache.namespace(FINGERPRINT, CONFIG)
+    _fill(ns, range(300), commit_rows=16)
+    writer = _spawn("write", cache.path, "--start", 300, "--stop", 1500, "--commit-rows", 8,
+                    "--delay", 0.002)
+    compactions = 0
+    while writer.poll() is None:
+        cache.compact(min_shards=2)
+        compactions += 1
+        hit = ns.lookup([key_of(i) for i in range(1, 300)])
+        assert hit.sum() == sum(1 for i in range(1, 300) if i % FAIL_EVERY)
+    assert writer.returncode == 0, writer.stderr.read()
+    assert compactions >= 2
+    hit, fails = _check_served(cache.path, 1500)
+    assert hit.sum() + len(fails) == 1500
