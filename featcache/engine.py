@@ -171,6 +171,11 @@ def _forward(extractor, images, device) -> dict:
     return {name: torch.cat([p[name] for p in parts]).float().cpu().numpy() for name in parts[0]}
 
 
+def _denormals_flushed() -> bool:
+    """Whether this thread already flushes denormal floats to zero (torch has no getter)."""
+    return float(torch.tensor([1e-40]).mul(1.0)) == 0.0
+
+
 def run_batches(extractor, items, positions, *, image_size, policy=None, batch_size=64,
                 device="auto", precision="auto", num_workers=None, on_error="raise",
                 progress=None, progress_desc="featcache"):
@@ -213,7 +218,10 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
     bar = tqdm(total=len(positions), unit="img", desc=progress_desc,
                disable=None if progress is None else not progress, leave=False)
     n_failed = 0
-    flush_denormal = device.type == "cpu" and torch.set_flush_denormal(True)  # tiny values slow CPUs down
+    # Tiny (denormal) values slow CPUs down: flush them to zero during the run, then restore.
+    restore_denormals = device.type == "cpu" and not _denormals_flushed()
+    if restore_denormals:
+        restore_denormals = torch.set_flush_denormal(True)
     # On a CPU, freed activation buffers are reused instead of page-faulted back in per chunk.
     allocator = reuse_freed_memory() if device.type == "cpu" else contextlib.nullcontext()
     try:
@@ -232,5 +240,5 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
                 yield Batch(batch_positions, features, failures)
     finally:
         bar.close()
-        if flush_denormal:
+        if restore_denormals:
             torch.set_flush_denormal(False)

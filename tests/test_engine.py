@@ -103,3 +103,20 @@ def test_cpu_chunks_are_cache_sized():
     from featcache.engine import cpu_chunk_size
 
     assert cpu_chunk_size(224) == 8 and cpu_chunk_size(96) == 43 and cpu_chunk_size(4000) == 1
+
+
+def test_denormal_flushing_is_on_during_a_cpu_run_and_restored_after():
+    from featcache.engine import _denormals_flushed
+
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals")
+    loaded = load_backbone(image_size=32)
+    seen = []
+    for caller_setting in (False, True):
+        torch.set_flush_denormal(caller_setting)
+        for _ in run_batches(loaded.extractor, _items(2), [0, 1], image_size=32, device="cpu",
+                             progress=False):
+            seen.append(_denormals_flushed())
+        assert _denormals_flushed() == caller_setting, "the caller's setting is restored"
+    torch.set_flush_denormal(False)
+    assert seen == [True, True]
