@@ -34,7 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from featcache.backbones import load_backbone
-from featcache.engine import _DecodeDataset, _collate, to_unit_float
+from featcache.engine import _DecodeDataset, _collate, resize_and_crop, to_unit_float
 from featcache.extract import extract
 from featcache.inputs import DecodePolicy
 from featcache.sources import collect_inputs
@@ -107,20 +107,12 @@ class _FileBytes(Dataset):
 
 def _gpu_decoded_batches(paths, device, batch_size, workers):
     from torchvision.io import ImageReadMode, decode_jpeg
-    from torchvision.transforms.v2 import functional as TF
 
     loader = DataLoader(_FileBytes(paths), batch_size=batch_size, num_workers=workers,
                         collate_fn=list)
     for data in loader:
         images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-        resized = []
-        for img in images:  # shorter side to SIZE, centre crop, as featcache does
-            h, w = img.shape[1:]
-            scale = SIZE / min(h, w)
-            img = TF.resize(img, [max(SIZE, round(h * scale)), max(SIZE, round(w * scale))],
-                            antialias=True)
-            resized.append(TF.center_crop(img, [SIZE, SIZE]))
-        yield torch.stack(resized)
+        yield torch.stack([resize_and_crop(img, SIZE) for img in images])  # as featcache does
 
 
 def gpu_decode_only(paths, device, batch_size, workers) -> float:

@@ -27,6 +27,7 @@ __all__ = [
     "resolve_precision",
     "resolve_num_workers",
     "to_model_input",
+    "resize_and_crop",
     "to_unit_float",
     "run_batches",
 ]
@@ -93,15 +94,23 @@ def resolve_num_workers(num_workers, device: torch.device) -> int:
 def to_model_input(image: np.ndarray, size: int) -> torch.Tensor:
     """(H, W, 3) image -> (3, size, size) tensor of the same kind: uint8, or float32 in [0, 1].
 
-    The shorter side is resized to ``size`` (bilinear, antialiased), then the centre square
-    is cropped; a square image is simply resized. 8-bit images stay uint8 (a quarter of the
+    Resized and cropped by :func:`resize_and_crop`. 8-bit images stay uint8 (a quarter of the
     bytes to move to the device, where :func:`to_unit_float` scales them).
     """
-    from torchvision.transforms.v2 import functional as TF
-
     t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     if t.dtype != torch.uint8:
         t = t.float()
+    return resize_and_crop(t, size)
+
+
+def resize_and_crop(t: torch.Tensor, size: int) -> torch.Tensor:
+    """A (C, H, W) uint8 or float tensor, on any device -> (C, size, size).
+
+    The shorter side is resized to ``size`` (bilinear, antialiased), then the centre square
+    is cropped; a square image is simply resized.
+    """
+    from torchvision.transforms.v2 import functional as TF
+
     h, w = t.shape[1:]
     if (h, w) != (size, size):
         scale = size / min(h, w)
