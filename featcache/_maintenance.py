@@ -14,19 +14,28 @@ import pathlib
 import numpy as np
 
 from . import _shards
-from .cache import MARKER, Namespace, VerifyReport, _mark_bad, _remember
+from .annotations import verify_annotations
+from .cache import MARKER, CacheValueError, Namespace, VerifyReport, _mark_bad, _remember
 from .exceptions import CacheCorruptError, CacheError
 
-__all__ = ["verify_cache", "compact_namespace", "build_index", "export_namespace"]
+__all__ = ["verify_cache", "compact_namespace", "build_index", "export_namespace",
+           "EXPORT_SUFFIXES"]
+
+#: Output extensions :func:`export_namespace` writes (compared case-insensitively).
+EXPORT_SUFFIXES = (".h5", ".hdf5", ".npz")
 
 
 def verify_cache(cache) -> VerifyReport:
-    """Re-read every shard of ``cache``: open, attributes, shapes, checksum, one dim per namespace."""
+    """Re-read every shard of ``cache``: open, attributes, shapes, checksum, one dim per namespace.
+
+    The marker ``featcache.json`` and the annotations files are checked too.
+    """
     problems, notes, checked = [], [], 0
     try:
-        cache._check_marker(cache.path / MARKER, (cache.path / MARKER).read_text("utf-8"))
+        cache._check_marker(cache.path / MARKER, (cache.path / MARKER).read_bytes())
     except (OSError, CacheError) as exc:
         problems.append(str(exc))
+    problems += verify_annotations(cache.path)
     for fp in cache.namespaces():
         ns = cache.namespace(fp)
         try:
@@ -51,8 +60,15 @@ def build_index(ns: Namespace) -> pathlib.Path:
 
 
 def export_namespace(ns: Namespace, out_path) -> pathlib.Path:
-    """Write one namespace to a plain ``.h5`` or ``.npz`` file (see ``FeatureCache.export``)."""
-    out = pathlib.Path(out_path).expanduser().absolute()
+    """Write one namespace to a plain ``.h5`` or ``.npz`` file (see ``FeatureCache.export``).
+
+    Raises
+    ------
+    CacheValueError
+        When ``out_path`` lies inside the cache directory, is a directory, or does not end in
+        one of :data:`EXPORT_SUFFIXES`.
+    """
+    out = _check_export_path(pathlib.Path(out_path).expanduser().absolute(), ns)
     extra = {"config": json.dumps(ns.config, sort_keys=True), "featcache_export": 1}
     try:
         if out.suffix.lower() == ".npz":
@@ -64,6 +80,25 @@ def export_namespace(ns: Namespace, out_path) -> pathlib.Path:
                                                 out, ns.fingerprint, extra_attrs=extra))
     except OSError as exc:
         raise _shards.write_error(exc, out.parent, what=f"the export {out.name}") from exc
+    return out
+
+
+def _check_export_path(out: pathlib.Path, ns: Namespace) -> pathlib.Path:
+    """Refuse an export path inside the cache, a directory, or an unknown extension."""
+    root, real = ns.cache.path.resolve(), out.resolve()
+    if real == root or root in real.parents:
+        where = ("is the cache directory" if real == root
+                 else f"is inside the cache directory {root}")
+        raise CacheValueError(f"export path {out} {where}; writing there could overwrite the "
+                              f"cache's own files ({MARKER}, shards). Write the export outside "
+                              f"it, e.g. {root.parent / (ns.fingerprint + '.h5')}")
+    if out.suffix.lower() not in EXPORT_SUFFIXES:
+        raise CacheValueError(f"export path {out} has the extension {out.suffix or '(none)'!r}; "
+                              "expected .h5 or .hdf5 (HDF5) or .npz (NumPy). Use e.g. "
+                              f"{out.with_name(out.stem + '.h5')}")
+    if real.is_dir():
+        raise CacheValueError(f"export path {out} is a directory; give a file name, e.g. "
+                              f"{out / (ns.fingerprint + '.h5')}")
     return out
 
 

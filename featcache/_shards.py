@@ -11,6 +11,12 @@ A shard is one immutable HDF5 file ``<seq>-<uuid>.h5``:
 ``checksum`` is the blake2b-256 hex digest of ``keys`` bytes, then ``features`` bytes (stored
 dtype, little-endian, C order), then the failure keys' bytes.
 
+Reading trusts nothing a file declares: before a dataset is read (or anything is allocated
+from its shape or from an attribute), :func:`check_stored` checks that its declared bytes fit
+in the file's real size and are really stored there, so a damaged or crafted file is a
+:class:`CacheCorruptError` naming it, never a memory bomb. Strings are written through
+:func:`safe_text`, so any Python str (file names that are not UTF-8 included) can be stored.
+
 Every file is written by :func:`atomic_h5`: a temporary ``.tmp-<uuid>.h5`` in the same
 directory, opened with mode ``"w-"``, flushed, fsync'ed, then ``os.replace``'d into place and
 the directory fsync'ed. Existing files are only ever opened with mode ``"r"``.
@@ -23,6 +29,7 @@ import dataclasses
 import datetime
 import errno
 import hashlib
+import math
 import os
 import pathlib
 import re
@@ -42,6 +49,41 @@ KEY_BYTES = 16
 DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 _STR = h5py.string_dtype("utf-8")
 _WINDOW_BYTES = 64 * 2**20  # features are streamed in windows of about this size
+#: Lower bound of the bytes one variable-length string takes in a dataset's own storage
+#: (its length and global heap id); bounds how many strings a file of a given size can hold.
+_VLEN_MIN_BYTES = 12
+_LAYOUTS = (h5py.h5d.COMPACT, h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED)
+
+
+def safe_text(value) -> str:
+    """Return ``str(value)`` in a form HDF5 can store as UTF-8.
+
+    File names that are not valid UTF-8 (legal on Linux) reach Python as strings with lone
+    surrogates (``os.fsdecode(b"caf\\xe9")`` is ``"caf\\udce9"``), which cannot be encoded as
+    UTF-8; NUL characters end an HDF5 string. Both are stored as readable backslash escapes
+    (``"caf\\\\udce9"``, ``"\\\\x00"``); every other string is returned unchanged.
+
+    Parameters
+    ----------
+    value : object
+        Usually a str (a source path, a failure reason, an annotation).
+
+    Returns
+    -------
+    str
+        Valid UTF-8 text without NUL characters.
+    """
+    text = str(value)
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def text_array(values) -> np.ndarray:
+    """A 1-d object array of :func:`safe_text` strings, ready for a UTF-8 string dataset."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = [safe_text(v) for v in values]
+    return out
 
 
 def now_iso() -> str:
@@ -152,6 +194,36 @@ def atomic_write_bytes(final_path: pathlib.Path, data: bytes) -> None:
         fh.write(data)
 
 
+def publish_once(final_path: pathlib.Path, data: bytes) -> bool:
+    """Create ``final_path`` holding ``data`` unless it exists; True if this call created it.
+
+    The bytes go to a temporary file (fsync'ed) that is hard-linked to ``final_path``, so the
+    file appears complete or not at all and, when several threads or processes create it at
+    once, exactly one wins and the others leave it alone. Where hard links are not supported,
+    it falls back to ``os.replace`` (then the last writer wins, with equally complete content).
+    """
+    final_path = pathlib.Path(final_path)
+    tmp = _tmp_path(final_path.parent, suffix=final_path.suffix)
+    try:
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            _fsync(fh.fileno())
+        try:
+            os.link(tmp, final_path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (some network or FAT file systems)
+            if final_path.exists():
+                return False
+            os.replace(tmp, final_path)
+        fsync_path(final_path.parent)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
 def write_error(exc: BaseException, directory: pathlib.Path,
                 what: str = "a cache shard") -> CacheError:
     """Turn an OSError raised while writing into a CacheError that names the directory."""
@@ -172,6 +244,105 @@ def write_error(exc: BaseException, directory: pathlib.Path,
                "that the directory is writable and has space; shards committed earlier are "
                "intact and a rerun computes only the rows not saved.")
     return CacheError(msg)
+
+
+def _element_bytes(ds) -> int:
+    """Bytes one element of ``ds`` takes at least in the dataset's own storage."""
+    if ds.dtype.kind == "O" or h5py.check_vlen_dtype(ds.dtype) is not None:
+        return _VLEN_MIN_BYTES
+    return ds.dtype.itemsize
+
+
+def check_stored(ds, path, size: int, what: str = "shard") -> None:
+    """Check that dataset ``ds`` of file ``path`` really holds the data its shape declares.
+
+    Run before reading ``ds`` (or allocating from its shape): a damaged or crafted file can
+    declare 10**8 rows in a few kilobytes, and reading it would allocate gigabytes of fill
+    values. The declared bytes must fit in the file (``size``, its real size on disk), be
+    stored (not unallocated or compressed away) and lie inside the file.
+
+    Parameters
+    ----------
+    ds : h5py.Dataset
+    path : path-like
+        The file, named in the error.
+    size : int
+        The file's size on disk in bytes (``os.stat(path).st_size``).
+    what : str, default="shard"
+        What the file is, for the error message.
+
+    Raises
+    ------
+    CacheCorruptError
+        When the dataset cannot hold what it declares.
+    """
+    if ds.shape is None:
+        raise CacheCorruptError(f"{what} {path}: dataset {ds.name!r} has no shape")
+    need = math.prod(ds.shape) * _element_bytes(ds)
+    if need > size:
+        raise CacheCorruptError(f"{what} {path}: dataset {ds.name!r} declares shape {ds.shape} "
+                                f"(at least {need} bytes) but the whole file has {size} bytes")
+    dcpl = ds.id.get_create_plist()
+    if dcpl.get_layout() not in _LAYOUTS or dcpl.get_external_count():
+        raise CacheCorruptError(f"{what} {path}: dataset {ds.name!r} keeps its data in other "
+                                "files (virtual or external storage); featcache never does")
+    stored = ds.id.get_storage_size()
+    if stored < need:
+        raise CacheCorruptError(f"{what} {path}: dataset {ds.name!r} declares shape {ds.shape} "
+                                f"({need} bytes) but stores only {stored} bytes")
+    offset = ds.id.get_offset()
+    if offset is not None and offset + stored > size:
+        raise CacheCorruptError(f"{what} {path}: dataset {ds.name!r} ends at byte "
+                                f"{offset + stored}, past the end of the file ({size} bytes)")
+
+
+def get_dataset(group, name: str, path, size: int, shape: tuple, dtype=None,
+                what: str = "shard"):
+    """The dataset ``group[name]``, checked: shape, dtype (``None``: a string) and storage.
+
+    Raises
+    ------
+    CacheCorruptError
+        When it is missing, has another shape or dtype, or does not store its data
+        (see :func:`check_stored`).
+    """
+    ds = group.get(name)
+    full = f"{group.name.rstrip('/')}/{name}".lstrip("/")
+    ok = isinstance(ds, h5py.Dataset) and ds.shape == shape and (
+        ds.dtype == dtype if dtype is not None else h5py.check_string_dtype(ds.dtype) is not None)
+    if not ok:
+        got = ("missing" if not isinstance(ds, h5py.Dataset)
+               else f"shape {ds.shape} dtype {ds.dtype}")
+        raise CacheCorruptError(f"{what} {path}: dataset {full!r} should have shape {shape} "
+                                f"dtype {dtype if dtype is not None else 'string'}, found {got}")
+    check_stored(ds, path, size, what)
+    return ds
+
+
+def scalar_attr(attrs, name: str, path, what: str = "shard"):
+    """Attribute ``name`` after checking it is one value (not an array that could be huge).
+
+    Raises
+    ------
+    CacheCorruptError
+        When it is missing or holds more than one value.
+    """
+    if name not in attrs:
+        raise CacheCorruptError(f"{what} {path}: attribute {name!r} is missing")
+    shape = attrs.get_id(name).shape
+    if shape is None or math.prod(shape) != 1:
+        raise CacheCorruptError(f"{what} {path}: attribute {name!r} should be a single value, "
+                                f"found shape {shape}")
+    value = attrs[name]
+    return value.reshape(-1)[0] if isinstance(value, np.ndarray) else value
+
+
+def _count_attr(attrs, name: str, path) -> int:
+    value = scalar_attr(attrs, name, path)
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+        raise CacheCorruptError(f"shard {path}: attribute {name!r} should be a count "
+                                f"(an integer >= 0), found {value!r}")
+    return int(value)
 
 
 @dataclasses.dataclass
@@ -226,6 +397,8 @@ def write_shard(shards_dir: pathlib.Path, fingerprint: str, keys: np.ndarray,
     feats = np.ascontiguousarray(features, dtype=DTYPES[dtype])
     keys = np.ascontiguousarray(keys, dtype=np.uint8).reshape(-1, KEY_BYTES)
     fail_keys = np.ascontiguousarray(fail_keys, dtype=np.uint8).reshape(-1, KEY_BYTES)
+    fail_sources = [safe_text(s) for s in fail_sources]
+    fail_reasons = [safe_text(r) for r in fail_reasons]
     h = _hasher(keys)
     h.update(feats.tobytes())
     h.update(fail_keys.tobytes())
@@ -236,22 +409,22 @@ def write_shard(shards_dir: pathlib.Path, fingerprint: str, keys: np.ndarray,
         with atomic_h5(final) as f:
             f.create_dataset("keys", data=keys)
             f.create_dataset("features", data=feats)
-            f.create_dataset("sources", data=np.array(list(sources), dtype=object), dtype=_STR)
+            f.create_dataset("sources", data=text_array(list(sources)), dtype=_STR)
             _write_failures(f, fail_keys, fail_sources, fail_reasons)
             _write_attrs(f, fingerprint, len(keys), feats.shape[1], dtype, checksum, created,
                          len(fail_keys))
     except OSError as exc:
         raise write_error(exc, shards_dir) from exc
     return ShardInfo(final, stat_key(final), len(keys), feats.shape[1], dtype, fingerprint,
-                     created, checksum, keys, fail_keys, list(fail_sources),
-                     list(fail_reasons), checksum_ok=True)
+                     created, checksum, keys, fail_keys, fail_sources, fail_reasons,
+                     checksum_ok=True)
 
 
 def _write_failures(f, fail_keys, fail_sources, fail_reasons) -> None:
     g = f.create_group("failures")
     g.create_dataset("keys", data=fail_keys.reshape(-1, KEY_BYTES))
-    g.create_dataset("sources", data=np.array(list(fail_sources), dtype=object), dtype=_STR)
-    g.create_dataset("reasons", data=np.array(list(fail_reasons), dtype=object), dtype=_STR)
+    g.create_dataset("sources", data=text_array(list(fail_sources)), dtype=_STR)
+    g.create_dataset("reasons", data=text_array(list(fail_reasons)), dtype=_STR)
 
 
 def _write_attrs(f, fingerprint, rows, dim, dtype, checksum, created, n_failures) -> None:
@@ -293,28 +466,41 @@ def load_shard(path: pathlib.Path, fingerprint: str | None, *, check_checksum: b
 
 
 def _parse(f, path, key) -> ShardInfo:
+    """Check a shard's attributes, shapes and storage, then read its keys and failures.
+
+    Every size read from the file is checked against the file's real size (``key[0]``)
+    before anything is read or allocated from it.
+    """
     a = f.attrs
-    for name in ("fingerprint", "rows", "dim", "dtype", "checksum", "created"):
-        if name not in a:
-            raise CacheCorruptError(f"shard {path}: attribute {name!r} is missing")
-    rows, dim, dtype = int(a["rows"]), int(a["dim"]), str(a["dtype"])
-    expect = {"keys": ((rows, KEY_BYTES), np.dtype(np.uint8)),
-              "features": ((rows, dim), DTYPES.get(dtype)), "sources": ((rows,), None)}
-    for name, (shape, dt) in expect.items():
-        ds = f.get(name)
-        if ds is None or ds.shape != shape or (dt is not None and ds.dtype != dt):
-            got = "missing" if ds is None else f"shape {ds.shape} dtype {ds.dtype}"
-            raise CacheCorruptError(f"shard {path}: dataset {name!r} should have shape {shape}"
-                                    f"{'' if dt is None else f' dtype {dt}'}, found {got}")
+    text = {n: str(scalar_attr(a, n, path)) for n in ("fingerprint", "dtype", "checksum",
+                                                       "created")}
+    rows, dim = _count_attr(a, "rows", path), _count_attr(a, "dim", path)
+    dtype, size = text["dtype"], key[0]
+    if dtype not in DTYPES:
+        raise CacheCorruptError(f"shard {path}: attribute 'dtype' is {dtype!r}, expected one "
+                                f"of {sorted(DTYPES)}")
+    keys = get_dataset(f, "keys", path, size, (rows, KEY_BYTES), np.dtype(np.uint8))
+    get_dataset(f, "features", path, size, (rows, dim), DTYPES[dtype])
+    get_dataset(f, "sources", path, size, (rows,))
+    fk, fs, fr = _parse_failures(f, path, size)
+    return ShardInfo(pathlib.Path(path), key, rows, dim, dtype, text["fingerprint"],
+                     text["created"], text["checksum"], keys[()], fk, fs, fr)
+
+
+def _parse_failures(f, path, size: int) -> tuple:
+    """(keys, sources, reasons) of a shard's ``failures`` group, checked before reading."""
     g = f.get("failures")
-    if g is None or any(n not in g for n in ("keys", "sources", "reasons")):
+    if not isinstance(g, h5py.Group) or not isinstance(g.get("keys"), h5py.Dataset):
         raise CacheCorruptError(f"shard {path}: the 'failures' group is missing or incomplete")
-    m = g["keys"].shape[0]
-    if (g["keys"].shape, g["sources"].shape, g["reasons"].shape) != ((m, KEY_BYTES), (m,), (m,)):
-        raise CacheCorruptError(f"shard {path}: the 'failures' datasets have inconsistent shapes")
-    return ShardInfo(pathlib.Path(path), key, rows, dim, dtype, str(a["fingerprint"]),
-                     str(a["created"]), str(a["checksum"]), f["keys"][()], g["keys"][()],
-                     _str_list(g["sources"]), _str_list(g["reasons"]))
+    m = g["keys"].shape[0] if g["keys"].shape else -1
+    declared = _count_attr(f.attrs, "failures", path) if "failures" in f.attrs else m
+    if declared != m:
+        raise CacheCorruptError(f"shard {path}: attribute 'failures' says {declared} but "
+                                f"'failures/keys' has shape {g['keys'].shape}")
+    keys = get_dataset(g, "keys", path, size, (m, KEY_BYTES), np.dtype(np.uint8))
+    sources = get_dataset(g, "sources", path, size, (m,))
+    reasons = get_dataset(g, "reasons", path, size, (m,))
+    return keys[()], _str_list(sources), _str_list(reasons)
 
 
 def _check_checksum(f, info: ShardInfo) -> None:
@@ -335,18 +521,23 @@ def read_rows(path: pathlib.Path, rows: np.ndarray) -> np.ndarray:
     """Read ``features[rows]`` as float32; ``rows`` must be sorted and unique.
 
     Dense runs are read as one slice (then indexed in numpy); sparse ones with h5py fancy
-    indexing, which needs increasing indices. Windows bound the memory used.
+    indexing, which needs increasing indices. Windows bound the memory used. A shard that
+    vanished or no longer matches what its index says raises :class:`ShardGone` (readers then
+    refresh the index, which re-checks it).
     """
     rows = np.asarray(rows, dtype=np.int64)
     try:
         return _read_rows(path, rows)
-    except OSError as exc:
+    except (OSError, KeyError, CacheCorruptError) as exc:  # KeyError: h5py, no such dataset
         raise ShardGone(path, exc) from exc
 
 
 def _read_rows(path, rows: np.ndarray) -> np.ndarray:
+    size = os.stat(path).st_size
     with open_read(path) as f:
         ds = f["features"]
+        check_stored(ds, path, size)
+        _check_row_range(ds, path, rows)
         out = np.empty((len(rows), ds.shape[1]), dtype=np.float32)
         step = _window_rows(ds.shape[1], ds.dtype.itemsize)
         i = 0
@@ -362,12 +553,24 @@ def _read_rows(path, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+def _check_row_range(ds, path, rows: np.ndarray) -> None:
+    """Raise CacheCorruptError unless 2-d ``ds`` holds every row of (sorted) ``rows``."""
+    if len(ds.shape) != 2 or (len(rows) and (rows[0] < 0 or rows[-1] >= ds.shape[0])):
+        span = f"rows {rows[0]}..{rows[-1]}" if len(rows) else "2-d rows"
+        raise CacheCorruptError(f"shard {path}: 'features' has shape {ds.shape}, which does not "
+                                f"hold the {span} its index lists; the file was changed after "
+                                "it was written. Run `featcache verify` and delete it")
+
+
 def read_sources(path: pathlib.Path) -> list:
     """All ``sources`` strings of a shard."""
     try:
+        size = os.stat(path).st_size
         with open_read(path) as f:
-            return _str_list(f["sources"])
-    except OSError as exc:
+            ds = f["sources"]
+            check_stored(ds, path, size)
+            return _str_list(ds)
+    except (OSError, KeyError, CacheCorruptError) as exc:
         raise ShardGone(path, exc) from exc
 
 
@@ -583,10 +786,15 @@ def write_npz(out: pathlib.Path, keys, features, sources, failures: dict, *, fin
               config: str) -> None:
     """Write an export ``.npz`` atomically (no pickled objects: strings are unicode arrays)."""
     fk = np.frombuffer(b"".join(failures), dtype=np.uint8).reshape(-1, KEY_BYTES)
-    arrays = {"keys": keys, "features": features, "sources": np.array(sources, dtype=str),
+    arrays = {"keys": keys, "features": features, "sources": _unicode(sources),
               "failure_keys": fk,
-              "failure_sources": np.array([s for s, _ in failures.values()], dtype=str),
-              "failure_reasons": np.array([r for _, r in failures.values()], dtype=str),
+              "failure_sources": _unicode([s for s, _ in failures.values()]),
+              "failure_reasons": _unicode([r for _, r in failures.values()]),
               "config": np.array(config), "fingerprint": np.array(fingerprint)}
     with atomic_file(out) as fh:
         np.savez(fh, **arrays)
+
+
+def _unicode(values) -> np.ndarray:
+    """A numpy unicode array of :func:`safe_text` strings (``<U1`` when empty)."""
+    return np.array([safe_text(v) for v in values], dtype=str)

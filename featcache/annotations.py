@@ -8,13 +8,16 @@ never modified; when several files annotate one key, the newest wins. h5py + num
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import numpy as np
 
 from . import _shards
+from .exceptions import CacheCorruptError
 
-__all__ = ["ANNOTATIONS_DIR", "write_annotations", "read_annotations", "FIELDS"]
+__all__ = ["ANNOTATIONS_DIR", "write_annotations", "read_annotations", "verify_annotations",
+           "FIELDS"]
 
 ANNOTATIONS_DIR = "annotations"
 #: Per-input fields; an empty string stands for "none".
@@ -24,7 +27,7 @@ FIELDS = ("label", "group", "split", "source")
 def _as_str(values, n):
     if values is None:
         return [""] * n
-    values = ["" if v is None else str(v) for v in values]
+    values = ["" if v is None else _shards.safe_text(v) for v in values]
     if len(values) != n:
         raise ValueError(f"expected {n} values, got {len(values)}")
     return values
@@ -54,15 +57,60 @@ def read_annotations(cache_dir, keys=None) -> dict:
     """``key -> {"label", "group", "split", "source"}`` (None for unknown), newest file winning.
 
     With ``keys``, only those keys are returned (keys never annotated are absent).
+
+    Raises
+    ------
+    CacheCorruptError
+        When an annotations file is damaged (named in the message; ``featcache verify``
+        lists it too). It is not skipped: an older label would then win without notice.
     """
     directory = pathlib.Path(cache_dir) / ANNOTATIONS_DIR
     wanted = None if keys is None else {bytes(k) for k in keys}
     out: dict = {}
     for name in _shards.list_shards(directory):
-        with _shards.open_read(directory / name) as f:
-            file_keys = f["keys"][:]
-            columns = {field: _shards._str_list(f[field]) for field in FIELDS}
+        read = _read_file(directory / name)
+        if read is None:
+            continue
+        file_keys, columns = read
         for i, key in enumerate(map(bytes, file_keys)):
             if wanted is None or key in wanted:
                 out[key] = {field: (columns[field][i] or None) for field in FIELDS}
     return out
+
+
+def verify_annotations(cache_dir) -> list:
+    """Messages naming each damaged annotations file of ``cache_dir`` (empty when all read)."""
+    directory = pathlib.Path(cache_dir) / ANNOTATIONS_DIR
+    problems = []
+    for name in _shards.list_shards(directory):
+        try:
+            _read_file(directory / name)
+        except CacheCorruptError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def _read_file(path: pathlib.Path):
+    """(keys, {field: strings}) of one annotations file; None if it vanished meanwhile.
+
+    Every dataset's declared size is checked against the file's real size before it is read.
+    """
+    fix = "; delete it and annotate those inputs again"
+    try:
+        size = os.stat(path).st_size
+        with _shards.open_read(path) as f:
+            keys = f.get("keys")
+            n = keys.shape[0] if getattr(keys, "shape", None) else -1
+            keys = _shards.get_dataset(f, "keys", path, size, (n, _shards.KEY_BYTES),
+                                       np.dtype(np.uint8), what="annotations file")
+            columns = {field: _shards._str_list(_shards.get_dataset(
+                f, field, path, size, (n,), what="annotations file")) for field in FIELDS}
+            return keys[()], columns
+    except FileNotFoundError:
+        return None
+    except CacheCorruptError as exc:
+        raise CacheCorruptError(f"{exc}{fix}") from exc
+    except Exception as exc:  # h5py raises OSError/KeyError/ValueError/TypeError on damage
+        raise CacheCorruptError(f"annotations file {path}: cannot be read "
+                                f"({type(exc).__name__}: {exc}); it is truncated, damaged or "
+                                f"not a featcache annotations file{fix}") from exc

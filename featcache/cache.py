@@ -45,6 +45,7 @@ __all__ = ["FeatureCache", "Namespace", "ShardWriter", "VerifyReport", "default_
 
 FORMAT_VERSION = 1
 MARKER = "featcache.json"
+_RETRIES = 10  # attempts of a read that keeps meeting shards removed by a concurrent compact
 _FP_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 
 
@@ -226,12 +227,17 @@ class Namespace:
         """The configuration stored in ``config.json`` ({} when absent)."""
         p = self.path / "config.json"
         try:
-            return json.loads(p.read_text("utf-8"))
+            config = json.loads(p.read_text("utf-8"))
         except FileNotFoundError:
             return {}
-        except ValueError as exc:
-            raise CacheCorruptError(f"{p} is not valid JSON ({exc}); restore it, or delete the "
-                                    f"namespace directory {self.path} to recompute it") from exc
+        except ValueError as exc:  # also UnicodeDecodeError: not UTF-8
+            raise CacheCorruptError(f"{p} is not valid UTF-8 JSON ({exc}); restore it, or delete "
+                                    f"the namespace directory {self.path} to recompute it") from exc
+        if not isinstance(config, dict):
+            raise CacheCorruptError(f"{p} holds a JSON {type(config).__name__}, expected an "
+                                    f"object; restore it, or delete the namespace directory "
+                                    f"{self.path} to recompute it")
+        return config
 
     # -- key index -------------------------------------------------------------------
     def _index(self, force: bool = False) -> _shards.KeyIndex:
@@ -285,8 +291,14 @@ class Namespace:
         return info
 
     def _retry(self, fn):
-        """Run fn(index), refreshing when a shard vanished (a concurrent compact) or failed."""
-        for attempt in range(5):
+        """Run fn(index), refreshing when a shard vanished (a concurrent compact) or failed.
+
+        Retries back off (about 1 s in all), so that a compaction removing many shards on a
+        busy machine finishes between two attempts instead of outlasting all of them.
+        """
+        for attempt in range(_RETRIES):
+            if attempt > 1:
+                time.sleep(min(0.002 * 2 ** attempt, 0.25))
             idx = self._index(force=attempt > 0)
             try:
                 return fn(idx)
@@ -435,7 +447,12 @@ class ShardWriter:
         return self._n + len(self._fk)
 
     def add(self, keys, features, sources) -> None:
-        """Buffer successful rows: ``keys`` (n x 16 bytes), ``features`` (n, d), ``sources`` (n)."""
+        """Buffer successful rows: ``keys`` (n x 16 bytes), ``features`` (n, d), ``sources`` (n).
+
+        Sources (and failure sources and reasons) that are not valid UTF-8, such as file names
+        with lone surrogates from ``os.fsdecode``, are stored with backslash escapes
+        (:func:`featcache._shards.safe_text`).
+        """
         self._check_open()
         k = _as_keys(keys)
         f = np.asarray(features)
@@ -556,37 +573,65 @@ class FeatureCache:
         return f"FeatureCache({str(self.path)!r})"
 
     def _open(self, create: bool) -> None:
+        """Check the marker, or create the cache (race-free) when ``create`` and it is new."""
         marker = self.path / MARKER
         if self.path.exists() and not self.path.is_dir():
             raise CacheError(f"cache path {self.path} is a file, not a directory; pass a directory")
-        try:
-            text = marker.read_text("utf-8")
-        except FileNotFoundError:
-            text = None
-        except OSError as exc:
-            raise CacheError(f"cannot read {marker}: {exc}") from exc
-        if text is not None:
-            return self._check_marker(marker, text)
-        if not create:
+        data = self._read_marker(marker)
+        if data is None and not create:
             raise CacheError(f"{self.path} is not a featcache cache (no {MARKER}); check the "
                              "path, or create one with FeatureCache(path)")
-        if self.path.is_dir() and any(not n.startswith(".") for n in os.listdir(self.path)):
-            raise CacheError(f"{self.path} is not empty and has no {MARKER}, so it is not a "
-                             "featcache cache directory; use a new or empty directory")
+        if data is None and self._has_entries():
+            # Another thread or process may have created the cache since the marker was read:
+            # the marker is always written before anything else appears, so read it again.
+            data = self._read_marker(marker)
+            if data is None:
+                raise CacheError(f"{self.path} is not empty and has no {MARKER}, so it is not a "
+                                 "featcache cache directory; use a new or empty directory")
+        if data is None:
+            data = self._create_marker(marker)
+        self._check_marker(marker, data)
+
+    def _has_entries(self) -> bool:
+        """True when the directory holds anything but dot-files (temporary files are hidden)."""
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            body = {"format_version": FORMAT_VERSION, "created": _shards.now_iso()}
-            _shards.atomic_write_bytes(marker, (json.dumps(body, indent=2) + "\n").encode())
-        except OSError as exc:
-            raise _shards.write_error(exc, self.path, what=MARKER) from exc
+            return any(not n.startswith(".") for n in os.listdir(self.path))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     @staticmethod
-    def _check_marker(marker, text) -> None:
+    def _read_marker(marker: pathlib.Path) -> "bytes | None":
+        """The marker's bytes, or None when it does not exist."""
         try:
+            return marker.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CacheError(f"cannot read {marker}: {exc}; check its permissions") from exc
+
+    def _create_marker(self, marker: pathlib.Path) -> bytes:
+        """Create the directory and its marker; returns the marker that won (maybe another's)."""
+        body = {"format_version": FORMAT_VERSION, "created": _shards.now_iso()}
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            _shards.publish_once(marker, (json.dumps(body, indent=2) + "\n").encode())
+        except OSError as exc:
+            raise _shards.write_error(exc, self.path, what=MARKER) from exc
+        data = self._read_marker(marker)
+        if data is None:
+            raise CacheError(f"{marker} vanished right after it was created; is another program "
+                             f"deleting files in {self.path}?")
+        return data
+
+    @staticmethod
+    def _check_marker(marker, data) -> None:
+        """Check the marker's content (bytes or str): UTF-8 JSON with our format_version."""
+        try:
+            text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
             version = json.loads(text)["format_version"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CacheCorruptError(f"{marker} is damaged ({exc!r}); expected JSON with a "
-                                    f"format_version. Restore it as "
+        except (ValueError, KeyError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+            raise CacheCorruptError(f"{marker} is damaged ({type(exc).__name__}: {exc}); "
+                                    "expected UTF-8 JSON with a format_version. Restore it as "
                                     f'{{"format_version": {FORMAT_VERSION}}}') from exc
         if version != FORMAT_VERSION:
             raise CacheError(f"{marker} has format_version {version!r} but this featcache reads "
@@ -618,7 +663,7 @@ class FeatureCache:
                                       f"JSON-serialisable: {exc}") from exc
             try:
                 ns.path.mkdir(parents=True, exist_ok=True)
-                _shards.atomic_write_bytes(ns.path / "config.json", text.encode())
+                _shards.publish_once(ns.path / "config.json", text.encode())
             except OSError as exc:
                 raise _shards.write_error(exc, ns.path, what="config.json") from exc
         return ns
@@ -668,7 +713,8 @@ class FeatureCache:
         """Record labels, groups (patients), splits and sources of inputs, by content key.
 
         Stored once per cache directory (see :mod:`featcache.annotations`), so every
-        namespace and ``featcache probe`` can use them without the original manifest.
+        namespace and ``featcache probe`` can use them without the original manifest. Text
+        that is not valid UTF-8 is stored with backslash escapes.
         """
         from .annotations import write_annotations
 
@@ -686,7 +732,10 @@ class FeatureCache:
 
     # -- maintenance (implemented in featcache._maintenance) ----------------------------
     def verify(self) -> VerifyReport:
-        """Re-read every shard: open, attributes, shapes, checksum, one dim per namespace."""
+        """Re-read every shard: open, attributes, shapes, checksum, one dim per namespace.
+
+        The marker ``featcache.json`` and the annotations files are checked too.
+        """
         from ._maintenance import verify_cache
 
         return verify_cache(self)
@@ -723,6 +772,12 @@ class FeatureCache:
         (keys, sources, reasons), with attrs ``config`` (JSON) and ``fingerprint``. The .npz
         holds ``features, keys, sources, failure_keys, failure_sources, failure_reasons,
         config, fingerprint``. The file is written atomically.
+
+        Raises
+        ------
+        CacheValueError
+            When ``out_path`` lies inside the cache directory (it could overwrite the cache's
+            own files), is a directory, or does not end in ``.h5``, ``.hdf5`` or ``.npz``.
         """
         from ._maintenance import export_namespace
 

@@ -80,3 +80,69 @@ def _flip_feature_bytes(path):
         fh.seek(offset + 10)
         fh.write(bytes([b[0] ^ 0xFF]))
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - 10**9))
+
+
+def _bomb_file(path, rows, *, chunked=True, fields=("keys", "features", "sources"),
+               failures=True, fingerprint=FINGERPRINT, dim=16):
+    """A tiny HDF5 file whose attributes and dataset shapes declare ``rows`` rows, none stored.
+
+    Reading what it declares would allocate gigabytes (a "memory bomb"); a reader must see
+    that the data is not in the file before it allocates anything.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = h5py.string_dtype("utf-8")
+    spec = {"keys": ((rows, 16), np.uint8), "features": ((rows, dim), "<f4")}
+
+    def make(group, name):
+        shape, dtype = spec.get(name, ((rows,), text))
+        chunks = (min(1024, rows),) + shape[1:] if chunked else None
+        group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks)
+
+    with h5py.File(path, "w") as f:
+        for name in fields:
+            make(f, name)
+        if failures:
+            g = f.create_group("failures")
+            for name in ("keys", "sources", "reasons"):
+                make(g, name)
+        f.attrs.update({"fingerprint": fingerprint, "rows": rows, "dim": dim,
+                        "dtype": "float32", "checksum": "0" * 64, "failures": rows,
+                        "created": "2024-01-01T00:00:00+00:00", "format_version": 1})
+    return path
+
+
+_MEMORY_PROBE = r"""
+import json, resource, sys, tracemalloc, warnings
+sys.path.insert(0, "tests")
+from cache_writer_proc import import_cache
+cache_mod = import_cache()
+from featcache.exceptions import CacheCorruptError
+warnings.simplefilter("ignore")
+cache = cache_mod.FeatureCache(sys.argv[1], create=False, verify_on_load=False)
+rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+tracemalloc.start()
+info = {e["fingerprint"]: [e["rows"], e["bad_shards"]] for e in cache.info()}
+report = cache.verify()
+try:
+    cache.annotations()
+    annotations = "read"
+except CacheCorruptError as exc:
+    annotations = str(exc)
+peak = tracemalloc.get_traced_memory()[1]
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0
+print(json.dumps({"info": info, "problems": report.problems, "annotations": annotations,
+                  "peak_mib": peak / 2**20, "rss_growth_mib": rss / 1024}))
+"""
+
+
+def _memory_probe(cache_dir, timeout=120):
+    """Run info(), verify() and annotations() on ``cache_dir`` in a fresh process.
+
+    Returns what it saw and its peak memory (tracemalloc peak and growth of the peak RSS).
+    """
+    import json
+
+    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(cache_dir)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -41,9 +41,11 @@ from cache_helpers import (  # noqa: E402
     FAIL_EVERY,
     HELPER,
     ROOT,
+    _bomb_file,
     _check_served,
     _fill,
     _flip_feature_bytes,
+    _memory_probe,
     _ns,
     _run_helper,
     _shard_paths,
@@ -309,6 +311,124 @@ def test_corrupt_shards_are_reported_and_never_served(tmp_path, capsys):
     _fill(ns, range(1, 61), fail_every=0)
     np.testing.assert_array_equal(ns.read(keys), features(keys))
     assert cache.verify().ok
+
+
+def test_files_that_declare_huge_sizes_are_damaged_not_allocated(tmp_path):
+    rows = 25_000_000  # reading what these files declare would take more than 2 GB
+    cache = FeatureCache(tmp_path / "c")
+    _fill(cache.namespace(FINGERPRINT, CONFIG), range(1, 41), fail_every=0)
+    bombs = [_bomb_file(cache.path / fp / "shards" / f"{0:020d}-{'b' * 32}.h5", rows,
+                        chunked=fp.endswith("chunked"), fingerprint=fp)
+             for fp in ("bomb-chunked", "bomb-contiguous", FINGERPRINT)]
+    notes = _bomb_file(cache.path / "annotations" / f"{0:020d}-{'c' * 32}.h5", rows,
+                       fields=("keys", "label", "group", "split", "source"), failures=False)
+    seen = _memory_probe(cache.path)
+    assert seen["peak_mib"] < 100 and seen["rss_growth_mib"] < 200, seen
+    assert seen["info"] == {"bomb-chunked": [0, 1], "bomb-contiguous": [0, 1],
+                            FINGERPRINT: [40, 1]}, seen
+    for bomb in bombs:
+        assert any(str(bomb) in p and "bytes" in p for p in seen["problems"]), seen["problems"]
+    assert str(notes) in seen["annotations"] and "delete" in seen["annotations"], seen
+    assert any(str(notes) in p for p in seen["problems"]), seen["problems"]
+    # the good rows are still served, and the damaged files are skipped with a warning
+    clear_memo()
+    with pytest.warns(CorruptShardWarning, match=str(bombs[2])):
+        got = cache.namespace(FINGERPRINT).read([key_of(i) for i in range(1, 41)])
+    np.testing.assert_array_equal(got, features([key_of(i) for i in range(1, 41)]))
+
+
+def test_a_shard_whose_attributes_lie_is_damaged(tmp_path):
+    ns = _ns(tmp_path)
+    _fill(ns, range(1, 11), fail_every=0)
+    [shard] = _shard_paths(ns)
+    lies = {"a": ("rows", 10**8), "b": ("failures", 10**8), "c": ("dim", np.arange(1000))}
+    for name, (attr, value) in lies.items():
+        bad = ns.shards_dir / f"{9:020d}-{name * 32}.h5"
+        shutil.copy(shard, bad)
+        with h5py.File(bad, "r+") as f:
+            f.attrs[attr] = value
+    padded = _bomb_file(ns.shards_dir / f"{9:020d}-{'d' * 32}.h5", 1000, chunked=False)
+    with h5py.File(padded, "a") as f:  # the file is big enough, but the rows are not stored
+        f.create_dataset("padding", data=np.ones(2**16))
+    clear_memo()
+    problems = ns.cache.verify().problems
+    assert len(problems) == 4, problems
+    assert any("'failures' says 100000000" in p for p in problems), problems
+    assert any("attribute 'dim' should be a single value" in p for p in problems), problems
+    assert any(str(padded) in p and "stores only 0 bytes" in p for p in problems), problems
+    clear_memo()
+    quick = FeatureCache(ns.cache.path, verify_on_load=False)  # checks shapes, not checksums
+    with pytest.warns(CorruptShardWarning):
+        assert quick.info()[0]["bad_shards"] == 4 and quick.namespace(FINGERPRINT).rows() == 10
+
+
+def test_a_shard_replaced_after_it_was_indexed_is_never_served(tmp_path):
+    ns = _ns(tmp_path)
+    _fill(ns, range(1, 11), fail_every=0)
+    keys = [key_of(i) for i in range(1, 11)]
+    assert ns.lookup(keys).all()  # the shard is in this process's key index
+    [shard] = _shard_paths(ns)
+    shard.unlink()
+    _bomb_file(shard, 10**6, chunked=False)  # same name, rows declared but never stored
+    with pytest.warns(CorruptShardWarning, match=str(shard)):
+        with pytest.raises(CacheMissError, match="10 of 10 keys"):
+            ns.read(keys)
+
+
+def test_threads_creating_one_new_cache_directory_at_once(tmp_path):
+    import threading
+
+    n_threads, errors = 16, []
+
+    def open_and_use(directory, barrier, i):
+        try:
+            barrier.wait()
+            cache = FeatureCache(directory)
+            if i % 2:
+                cache.namespace(FINGERPRINT, CONFIG)
+            else:
+                cache.annotate([key_of(i)], label=[f"label-{i}"])
+        except Exception as exc:  # reported below
+            errors.append(f"thread {i} on {directory.name}: {exc!r}")
+
+    for rep in range(50):
+        directory, barrier = tmp_path / f"c{rep}", threading.Barrier(n_threads)
+        threads = [threading.Thread(target=open_and_use, args=(directory, barrier, i))
+                   for i in range(n_threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[:3]
+        cache = FeatureCache(directory, create=False)
+        assert cache.namespaces() == [FINGERPRINT] and len(cache.annotations()) == 8
+        assert not [n for n in os.listdir(directory) if n.startswith(".tmp-")]
+
+
+def test_sources_and_reasons_that_are_not_utf8_are_stored_escaped(tmp_path):
+    cache = FeatureCache(tmp_path / "c")
+    ns = cache.namespace(FINGERPRINT, CONFIG)
+    odd = os.fsdecode(b"/data/caf\xe9.png")  # a Latin-1 file name: legal on Linux, not UTF-8
+    assert odd == "/data/caf\udce9.png"
+    k1, k2 = key_of(1), key_of(2)
+    with ns.writer() as w:
+        w.add([k1, k2], features([k1, k2]), [odd, "/data/ok.png"])
+        w.add_failure(key_of(3), odd + "x", f"cannot decode {odd}: bad\x00byte")
+    assert len(w.shards) == 1 and w.rows_written == 2 and w.failures_written == 1
+    escaped = "/data/caf\\udce9.png"
+    assert _shards.read_sources(w.shards[0]) == [escaped, "/data/ok.png"]
+    expect = {key_of(3): (escaped + "x", f"cannot decode {escaped}: bad\\x00byte")}
+    assert ns.failures() == expect
+    _fill(ns, range(10, 20))  # a second shard: compact merges what this process wrote
+    assert cache.compact()["shards_after"] == 1 and ns.failures() == expect
+    clear_memo()
+    assert ns.failures() == expect and cache.verify().ok
+    np.testing.assert_array_equal(ns.read([k1, k2]), features([k1, k2]))
+    with h5py.File(cache.export(tmp_path / "out.h5"), "r") as f:
+        assert escaped in list(f["sources"].asstr()[()])
+        assert list(f["failures/reasons"].asstr()[()]) == [expect[key_of(3)][1]]
+    with np.load(cache.export(tmp_path / "out.npz")) as z:
+        assert escaped in list(z["sources"]) and list(z["failure_sources"]) == [escaped + "x"]
 
 
 # ---------------------------------------------------------------- 6. no "w" on live files

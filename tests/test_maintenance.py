@@ -10,8 +10,11 @@ import time
 
 import h5py
 import numpy as np
+import pytest
 
-from featcache.cache import FeatureCache
+from featcache.cache import CacheValueError, FeatureCache
+from featcache.cli import main as cli_main
+from featcache.exceptions import CacheCorruptError
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from cache_writer_proc import CONFIG, FINGERPRINT, features, key_of  # noqa: E402
@@ -83,3 +86,46 @@ def test_writer_during_compaction_loses_no_rows(tmp_path):
     assert compactions >= 2
     hit, fails = _check_served(cache.path, 1500)
     assert hit.sum() + len(fails) == 1500
+
+
+def test_export_refuses_paths_inside_the_cache_and_unknown_extensions(tmp_path, capsys):
+    cache = FeatureCache(tmp_path / "c")
+    ns = cache.namespace(FINGERPRINT, CONFIG)
+    _fill(ns, range(10))
+    marker = cache.path / "featcache.json"
+    before = marker.read_bytes()
+    (tmp_path / "link").symlink_to(cache.path)
+    inside = [marker, cache.path / "copy.h5", ns.shards_dir / "x.h5", tmp_path / "link" / "y.npz",
+              cache.path, tmp_path / "link"]
+    for out in inside:
+        with pytest.raises(CacheValueError, match="cache directory.*outside it") as e:
+            cache.export(out)
+        assert str(out) in str(e.value)
+    assert cli_main(["export", str(cache.path), str(marker)]) == 1
+    assert "outside it" in capsys.readouterr().err
+    assert marker.read_bytes() == before and FeatureCache(cache.path).namespaces() == [FINGERPRINT]
+    for name in ("out.csv", "out", "out.json", "out.h5.part"):
+        with pytest.raises(CacheValueError, match=r"extension .*\.h5.*\.hdf5.*\.npz") as e:
+            cache.export(tmp_path / name)
+        assert str(tmp_path / name) in str(e.value) and not (tmp_path / name).exists()
+    assert isinstance(e.value, ValueError)
+    (tmp_path / "folder.h5").mkdir()
+    with pytest.raises(CacheValueError, match="is a directory"):
+        cache.export(tmp_path / "folder.h5")
+    for name in ("out.H5", "out.hdf5", "out.NPZ"):
+        assert cache.export(tmp_path / name) == tmp_path / name and (tmp_path / name).is_file()
+    with h5py.File(tmp_path / "out.hdf5", "r") as f:
+        assert f["features"].shape == (9, 16)
+
+
+def test_a_damaged_cache_marker_is_a_named_error(tmp_path):
+    cache = FeatureCache(tmp_path / "c")
+    marker = cache.path / "featcache.json"
+    bodies = (b"\xff\xfe{ not utf-8 \xe9", b"\x89HDF\r\n\x1a\n" + bytes(64), b"not json",
+              b"[1, 2]", b'{"created": "today"}')
+    for body in bodies:
+        marker.write_bytes(body)
+        with pytest.raises(CacheCorruptError, match=f"{marker} is damaged.*Restore it"):
+            FeatureCache(cache.path)
+        report = cache.verify()
+        assert not report.ok and str(marker) in report.problems[0], report.problems
