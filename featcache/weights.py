@@ -5,6 +5,9 @@ default backbone), a local checkpoint the user names (``weights="path/to/file.pt
 named weights of torchvision or timm (downloaded by those libraries, see
 :mod:`featcache.backbones`). Whatever the source, the fingerprint records a digest of the
 tensors that were actually loaded, so two checkpoints never share cache rows.
+
+torch is imported inside the functions that need it, so :func:`file_identity` and
+:func:`is_weights_path` serve a fitted estimator's warm-cache path without importing torch.
 """
 
 from __future__ import annotations
@@ -13,8 +16,6 @@ import hashlib
 import os
 from collections import OrderedDict
 from pathlib import Path
-
-import torch
 
 from .exceptions import WeightsError
 
@@ -35,20 +36,48 @@ _digest_memo: dict[tuple, str] = {}
 
 
 def file_identity(path) -> tuple:
-    """Identity of a file for memoising: resolved path, size and modification time (ns)."""
+    """Identity of a weights file, the key of every memo that depends on its contents.
+
+    The same rule as the content-key memo of inputs (:mod:`featcache.inputs`): a file
+    rewritten in place with its size kept and its mtime restored (``os.utime``) still gets a
+    new identity, because its status-change time (``st_ctime_ns``, which no user call can set
+    back) moves; a file replaced by another (``os.replace``) gets a new inode as well.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The weights file.
+
+    Returns
+    -------
+    tuple
+        ``(resolved path, size, mtime_ns, inode, device, ctime_ns)``.
+
+    Raises
+    ------
+    WeightsError
+        When ``path`` is not an existing file.
+    """
     path = _require_file(path).resolve()
-    st = path.stat()
-    return (str(path), st.st_size, st.st_mtime_ns)
+    try:
+        st = path.stat()
+    except OSError as exc:  # removed between the check and the stat
+        raise _not_found(path) from exc
+    return (str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns)
 
 
 def _require_file(path) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(
-            f"weights file not found: '{path}'. Pass weights='DEFAULT' for the backbone's "
-            "pretrained weights, None for random weights, or the path of an existing checkpoint."
-        )
+        raise _not_found(path)
     return path
+
+
+def _not_found(path) -> WeightsError:
+    return WeightsError(
+        f"weights file not found: '{path}'. Pass weights='DEFAULT' for the backbone's "
+        "pretrained weights, None for random weights, or the path of an existing checkpoint."
+    )
 
 
 def load_checkpoint(path) -> "OrderedDict[str, torch.Tensor]":
@@ -68,6 +97,8 @@ def load_checkpoint(path) -> "OrderedDict[str, torch.Tensor]":
     OrderedDict
         Parameter and buffer names mapped to tensors.
     """
+    import torch
+
     path = _require_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -104,6 +135,8 @@ def _unwrap_state_dict(obj, path) -> "OrderedDict[str, torch.Tensor]":
 
 
 def _is_flat_tensor_dict(obj: dict) -> bool:
+    import torch
+
     return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
@@ -175,9 +208,12 @@ def map_state_dict_by_order(source_state, model: torch.nn.Module, *, source) -> 
 def state_dict_digest(model: torch.nn.Module, memo_key=None) -> str:
     """Hex blake2b-128 digest of every tensor of ``model`` (names, dtypes, shapes, values).
 
-    ``memo_key`` (e.g. :func:`file_identity` of the weights file) memoises the digest for the
-    process, so the same file is hashed once.
+    ``memo_key`` (:func:`file_identity` of the weights file, taken *before* the file was read,
+    so a rewrite during the read can only leave a stale entry under a key no later stat gives)
+    memoises the digest for the process, so the same file is hashed once.
     """
+    import torch
+
     if memo_key is not None and memo_key in _digest_memo:
         return _digest_memo[memo_key]
     h = hashlib.blake2b(digest_size=16)

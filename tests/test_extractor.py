@@ -1,5 +1,7 @@
 """Tests for featcache.extractor: pooling and layer capture."""
 
+import threading
+
 import pytest
 import torch
 from torch import nn
@@ -112,3 +114,51 @@ def test_batchnorm_folding_restores_a_network_it_misread():
     assert isinstance(net.bn, nn.BatchNorm2d)
     with torch.inference_mode():
         torch.testing.assert_close(net(x), before)
+
+
+class _GatedNet(_Net):
+    """_Net whose forward pass pauses, in one chosen thread, until the test lets it go on."""
+
+    def __init__(self):
+        super().__init__()
+        self.paused_thread = None
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        if threading.current_thread() is self.paused_thread:
+            self.entered.set()
+            assert self.release.wait(timeout=60)
+        x = torch.flatten(self.pool(x), 1)
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("second_layer", [None, "fc"], ids=["same extractor", "other layer"])
+def test_a_capture_in_one_thread_never_touches_a_capture_in_another(second_layer):
+    net = _GatedNet()
+    first = FeatureExtractor(net, [None], "avg", (0.5,) * 3, (0.5,) * 3)
+    second = first if second_layer is None else FeatureExtractor(net, ["fc"], "avg", (0.5,) * 3, (0.5,) * 3)
+    a, b = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    with torch.inference_mode():
+        expected_a, expected_b = first(a), second(b)
+    results = {}
+
+    def paused_capture():
+        with torch.inference_mode():
+            results["a"] = first(a)
+
+    worker = threading.Thread(target=paused_capture)
+    net.paused_thread = worker
+    worker.start()
+    try:
+        assert net.entered.wait(timeout=60), "the worker never reached the pause"
+        with torch.inference_mode():  # runs whole while the worker's capture is half done
+            results["b"] = second(b)
+    finally:
+        net.release.set()
+        worker.join(timeout=60)
+    assert not worker.is_alive()
+    for name, got, want in (("a", results.get("a"), expected_a), ("b", results["b"], expected_b)):
+        assert got is not None, f"capture {name} failed"
+        for layer in want:
+            torch.testing.assert_close(got[layer], want[layer], msg=f"capture {name}, {layer}")

@@ -3,7 +3,9 @@
 import pickle
 import subprocess
 import sys
+import threading
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import joblib
@@ -365,3 +367,38 @@ def test_a_fitted_estimator_reads_a_warm_cache_without_importing_torch(xray, tmp
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "b.joblib"), str(tmp_path / "x.npy"),
                     str(tmp_path / "out.npy")], check=True, timeout=120)
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
+
+
+def test_threads_sharing_one_network_get_their_own_layers_and_build_it_once(xray, monkeypatch):
+    import featcache.backbones as backbones
+
+    images = xray[0][:16]
+    layers = ["blocks.4"] * 4 + [None] * 2
+    expected = {layer: small(layer=layer).fit_transform(images) for layer in set(layers)}
+    monkeypatch.setattr(backbones, "_NETWORKS", OrderedDict())  # the threads load it together
+    monkeypatch.setattr(backbones, "_LOADED", OrderedDict())
+    builds = []
+    build = backbones._build_network
+    monkeypatch.setattr(backbones, "_build_network", lambda *a: builds.append(a) or build(*a))
+    barrier = threading.Barrier(len(layers))
+    results, errors = [], []
+
+    def work(layer):
+        try:
+            for _ in range(3):
+                barrier.wait(timeout=300)
+                results.append((layer, small(layer=layer).fit_transform(images)))
+        except Exception as exc:  # noqa: BLE001 - reported below, with its thread's layer
+            errors.append(f"layer={layer}: {type(exc).__name__}: {exc}")
+            barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(layer,)) for layer in layers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert not errors, errors
+    assert len(results) == 3 * len(layers)
+    for layer, out in results:
+        np.testing.assert_allclose(out, expected[layer], atol=1e-5, err_msg=f"layer={layer}")
+    assert len(builds) == 1, "two threads built (and folded) the same network"

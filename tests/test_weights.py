@@ -1,13 +1,17 @@
 """Tests for featcache.weights: checkpoints, unwrapping, prefix stripping, shape checks."""
 
+import io
+import os
 import warnings
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from featcache.backbones import load_backbone
 from featcache.exceptions import WeightsError
-from featcache.weights import load_checkpoint, map_state_dict_by_order
+from featcache.weights import file_identity, load_checkpoint, map_state_dict_by_order
 
 
 def test_order_mapping_checks_every_shape():
@@ -85,3 +89,84 @@ def _random_resnet18(**kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return load_backbone("resnet18", weights=None, **kw)
+
+
+# ---------------------------------------------------------------- a checkpoint edited in place
+
+
+def _resnet18_state(scale):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        import torchvision
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(7)
+            state = torchvision.models.resnet18(weights=None).state_dict()
+    return {k: v * scale if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _checkpoint_bytes(state) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _wait_for_the_file_clock_to_pass(directory, ctime_ns):
+    """Touch a scratch file until the file system's clock is past ``ctime_ns`` (coarse clocks)."""
+    probe = Path(directory) / "clock-probe"
+    probe.touch()
+    while os.stat(probe).st_ctime_ns <= ctime_ns:
+        os.utime(probe)
+
+
+def _rewrite_in_place_keeping_size_and_times(path, data: bytes):
+    """Overwrite ``path``'s bytes (same inode, same size) and restore its atime and mtime."""
+    before = os.stat(path)
+    assert len(data) == before.st_size, "the rewrite must keep the size"
+    _wait_for_the_file_clock_to_pass(Path(path).parent, before.st_ctime_ns)
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    kept = ("st_ino", "st_size", "st_mtime_ns")
+    assert [getattr(after, a) for a in kept] == [getattr(before, a) for a in kept]
+
+
+def test_file_identity_changes_when_a_file_is_rewritten_with_its_mtime_restored(tmp_path):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"a" * 64)
+    before = file_identity(path)
+    assert file_identity(path) == before  # a stat of an unchanged file is stable
+    _rewrite_in_place_keeping_size_and_times(path, b"b" * 64)
+    assert file_identity(path) != before
+    os.replace(tmp_path / "weights.bin", tmp_path / "moved.bin")
+    with pytest.raises(WeightsError, match=r"weights file not found: '.*weights.bin'.*existing checkpoint"):
+        file_identity(path)
+
+
+def test_a_checkpoint_rewritten_in_place_with_its_mtime_restored_is_noticed(tmp_path):
+    from featcache import FrozenBackbone
+    from featcache.exceptions import FeatcacheError
+
+    path = tmp_path / "resnet18.pt"
+    path.write_bytes(_checkpoint_bytes(_resnet18_state(1.0)))
+    X = np.random.default_rng(0).integers(0, 256, (4, 32, 32), dtype=np.uint8)
+    params = dict(weights=str(path), image_size=32, cache=tmp_path / "cache", progress=False)
+    old = FrozenBackbone("resnet18", **params).fit(X)
+    before = old.transform(X)
+    os.utime(path)  # touched, same bytes: verified by its digest, and the cached rows still serve
+    np.testing.assert_array_equal(old.transform(X), before)
+    assert old.transform_stats_["cached"] == 4
+    _rewrite_in_place_keeping_size_and_times(path, _checkpoint_bytes(_resnet18_state(1.5)))
+
+    new = FrozenBackbone("resnet18", **params).fit(X)
+    assert new.fingerprint_ != old.fingerprint_, "the old weights' memoised fingerprint was served"
+    after = new.transform(X)
+    assert new.transform_stats_["computed"] == 4
+    assert not np.allclose(after, before)
+    # Every row of the old estimator is cached, yet it must not serve them for the new file.
+    with pytest.raises(FeatcacheError, match=r"changed since fit.*Call fit again"):
+        old.transform(X)
+    with pytest.raises(FeatcacheError, match=r"changed since fit.*Call fit again"):
+        old.set_params(cache=False).transform(X)  # and with every row to compute
+    np.testing.assert_allclose(old.fit(X).transform(X), after, atol=1e-6)  # a refit uses the new file
