@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ._allocator import reuse_freed_memory
-from .exceptions import FeatcacheError, InputError
-from .inputs import DecodePolicy, decode
+from .exceptions import FeatcacheError, InputChangedError, InputError
+from .inputs import DecodePolicy, decode, describe
 
 __all__ = [
     "Batch",
@@ -47,11 +47,15 @@ class Batch:
         Layer name -> float32 array ``(len(positions), dim)``.
     failures : list of (int, str)
         Positions that could not be decoded, with the reason (only with ``on_error="skip"``).
+    transient : set of int
+        Those of ``failures`` that say nothing about the input itself (it changed while it was
+        read): they are reported but never recorded in the cache, so a rerun tries again.
     """
 
     positions: np.ndarray
     features: dict
     failures: list = field(default_factory=list)
+    transient: set = field(default_factory=set)
 
 
 def resolve_device(device="auto") -> torch.device:
@@ -127,31 +131,42 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
 
 
 class _DecodeDataset(Dataset):
-    """Decodes and resizes one item; a failure becomes a reason string, never an exception."""
+    """Decodes and resizes one item; a failure becomes an InputError value, never a raise.
 
-    def __init__(self, items, positions, policy: DecodePolicy, size: int):
+    With ``keys``, each item is checked to still have the content key it was planned under.
+    """
+
+    def __init__(self, items, positions, policy: DecodePolicy, size: int, keys=None):
         self.items, self.positions, self.policy, self.size = items, positions, policy, size
+        self.keys = keys
 
     def __len__(self):
         return len(self.positions)
 
     def __getitem__(self, i):
         pos = int(self.positions[i])
+        item = self.items[pos]
         try:
-            return pos, to_model_input(decode(self.items[pos], pos, self.policy), self.size), None
+            image = decode(item, pos, self.policy, image_size=self.size,
+                           key=None if self.keys is None else self.keys[pos])
         except InputError as exc:
-            return pos, None, str(exc)
+            return pos, None, exc
+        try:
+            return pos, to_model_input(image, self.size), None
+        except Exception as exc:  # any failure of one input is that input's error
+            return pos, None, InputError(f"{describe(item, pos)}: cannot be resized to "
+                                         f"{self.size} px ({type(exc).__name__}: {exc}).")
 
 
 def _collate(samples):
     good = [(p, t) for p, t, _ in samples if t is not None]
-    failures = [(p, reason) for p, _, reason in samples if reason is not None]
+    errors = [(p, error) for p, _, error in samples if error is not None]
     positions = np.array([p for p, _ in good], dtype=np.int64)
     tensors = [t for _, t in good]
     if any(t.dtype != torch.uint8 for t in tensors):  # a mixed batch travels as float
         tensors = [to_unit_float(t) for t in tensors]
     images = torch.stack(tensors) if tensors else None
-    return positions, images, failures
+    return positions, images, errors
 
 
 #: On a CPU, the forward pass runs in chunks of about this many input pixels: small chunks keep
@@ -187,7 +202,7 @@ def _denormals_flushed() -> bool:
 
 def run_batches(extractor, items, positions, *, image_size, policy=None, batch_size=64,
                 device="auto", precision="auto", num_workers=None, on_error="raise",
-                progress=None, progress_desc="featcache"):
+                progress=None, progress_desc="featcache", keys=None):
     """Compute features for ``items[positions]``, one :class:`Batch` at a time.
 
     Parameters
@@ -205,6 +220,9 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
     on_error : {"raise", "skip"}
         ``"raise"``: the first undecodable input raises :class:`InputError`; ``"skip"``:
         it is reported in ``Batch.failures`` and the loop goes on.
+    keys : list of bytes, optional
+        Content keys aligned with ``items``: each input is checked, on exactly the bytes that
+        are decoded, to still have its key (else :class:`InputChangedError`).
     progress : bool or None
         tqdm bar; None shows it only on an interactive terminal.
 
@@ -219,7 +237,8 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
     workers = resolve_num_workers(num_workers, device)
     extractor.to(device=device, memory_format=torch.channels_last)
     loader = DataLoader(
-        _DecodeDataset(items, np.asarray(positions, dtype=np.int64), policy or DecodePolicy(), image_size),
+        _DecodeDataset(items, np.asarray(positions, dtype=np.int64), policy or DecodePolicy(),
+                       image_size, keys),
         batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
         pin_memory=device.type == "cuda", persistent_workers=False,
     )
@@ -235,9 +254,11 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
     allocator = reuse_freed_memory() if device.type == "cpu" else contextlib.nullcontext()
     try:
         with allocator:
-            for batch_positions, images, failures in loader:
-                if failures and on_error == "raise":
-                    raise InputError(failures[0][1])
+            for batch_positions, images, errors in loader:
+                if errors and on_error == "raise":
+                    raise errors[0][1]
+                failures = [(pos, str(error)) for pos, error in errors]
+                transient = {pos for pos, error in errors if isinstance(error, InputChangedError)}
                 if failures:
                     n_failed += len(failures)
                     bar.set_postfix(failed=n_failed, refresh=False)
@@ -246,7 +267,7 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
                     with torch.inference_mode(), autocast:
                         features = _forward(extractor, images, device)
                 bar.update(len(batch_positions) + len(failures))
-                yield Batch(batch_positions, features, failures)
+                yield Batch(batch_positions, features, failures, transient)
     finally:
         bar.close()
         if restore_denormals:

@@ -9,6 +9,7 @@ __all__ = [
     "WeightsError",
     "LayerError",
     "InputError",
+    "InputChangedError",
     "CacheError",
     "CacheCorruptError",
 ]
@@ -32,6 +33,14 @@ class LayerError(FeatcacheError, ValueError):
 
 class InputError(FeatcacheError, ValueError):
     """An input that cannot be turned into an image (names its index and path)."""
+
+
+class InputChangedError(InputError):
+    """An input whose content changed between its content key and its decoding.
+
+    Never recorded in the cache as a failure (the input itself may be fine): a rerun reads it
+    again.
+    """
 
 
 class CacheError(FeatcacheError):

@@ -10,6 +10,7 @@ path), what was expected and the fix. torch and pandas are handled duck-typed, n
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import stat
@@ -21,9 +22,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .exceptions import InputError
+from .dicom import decode_dicom
+from .exceptions import InputChangedError, InputError
+from .pixels import composite, gray3, scale_intensity
 
-__all__ = ["DecodePolicy", "as_items", "content_key", "decode", "describe"]
+__all__ = ["DecodePolicy", "as_items", "content_key", "decode", "describe", "resized_pixels",
+           "max_resized_pixels", "RESIZED_PIXELS_LIMIT"]
+
+#: Default largest image, in pixels, that the shorter-side resize may produce before the centre
+#: crop (a 1x100000 image at 224 px would need 224 x 22.4 million): 2**24 pixels, about 200 MB
+#: as float32 RGB. Override with the environment variable ``FEATCACHE_MAX_RESIZED_PIXELS``.
+#: The decoded image itself is bounded by Pillow's decompression-bomb limit
+#: (``PIL.Image.MAX_IMAGE_PIXELS``), which featcache applies to every decoder, DICOM included.
+RESIZED_PIXELS_LIMIT = 2**24
 
 DECODER_VERSION = "1"
 _CHUNK = 1 << 20
@@ -35,8 +46,6 @@ _HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 _ARTICLE = {"path": "a path", "array": "an array", "PIL image": "a PIL image"}
 _DTYPE_HELP = ("accepted dtypes: uint8 (8-bit), other integer types such as uint16, "
                "int16 or int32, and float16/float32/float64")
-_DICOM_DECODERS = ("pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg "
-                   "(or pip install python-gdcm)")
 
 
 @dataclass(frozen=True)
@@ -142,10 +151,21 @@ def _torch_to_numpy(X):
     if X.ndim != 4 or X.shape[1] not in (1, 3, 4):
         raise InputError(f"a torch tensor must be (n, C, H, W) with C in 1, 3, 4, got shape "
                          f"{tuple(X.shape)}; add a channel axis with x.unsqueeze(1) for (n, H, W).")
-    X = X.detach().cpu()
-    if "bfloat16" in str(X.dtype):
-        X = X.float()
-    return X.numpy().transpose(0, 2, 3, 1)
+    device, layout = getattr(X, "device", None), str(getattr(X, "layout", "torch.strided"))
+    if getattr(device, "type", "cpu") == "meta" or layout != "torch.strided" or X.is_complex():
+        raise InputError(f"X is a torch tensor on device {device} with layout {layout} and "
+                         f"dtype {X.dtype}, which holds no image data featcache can read; pass "
+                         "a dense real tensor with data (e.g. x.to_dense().to('cpu')), an "
+                         "array or file paths.")
+    try:
+        X = X.detach().cpu()
+        if "bfloat16" in str(X.dtype):
+            X = X.float()
+        return X.numpy().transpose(0, 2, 3, 1)
+    except Exception as exc:  # torch raises many types for tensors numpy cannot take
+        raise InputError(f"X is a torch tensor (device {device}, dtype {X.dtype}) that cannot be "
+                         f"read as an array ({type(exc).__name__}: {exc}); pass x.detach()"
+                         ".cpu().numpy() or file paths.") from exc
 
 
 def _pandas_to_objects(X):
@@ -251,24 +271,57 @@ def content_key(item, index: int) -> bytes:
         files are not re-read while any edit (new size, mtime_ns or ctime_ns) re-reads; an
         array's dtype string, shape and C-contiguous bytes; a PIL image's mode, size, pixel
         bytes, palette, transparency and EXIF orientation (all that :func:`decode` uses).
+
+    Raises
+    ------
+    InputError
+        For anything that goes wrong while reading the item, whatever raised it.
     """
-    if isinstance(item, (str, os.PathLike)):
-        return _file_key(Path(item), index)
+    with _as_input_error(item, index, "cannot be read"):
+        if isinstance(item, (str, os.PathLike)):
+            return _file_key(Path(item), index)
+        if isinstance(item, np.ndarray):
+            return _array_key(item)
+        if isinstance(item, Image.Image):
+            return _pil_key(item, index)
+        raise _fail(item, index, "is not an item from as_items()")
+
+
+def _array_key(item) -> bytes:
     h = hashlib.blake2b(digest_size=16)
-    if isinstance(item, np.ndarray):
-        arr = np.ascontiguousarray(item)
-        h.update(f"ndarray|{arr.dtype.str}|{arr.shape}|".encode())
-        h.update(arr.reshape(-1).view(np.uint8))
-        return h.digest()
-    if isinstance(item, Image.Image):
-        with _pil_errors(item, index):
-            pixels = item.tobytes()
-            extra = (item.getpalette(), item.info.get("transparency"),
-                     item.getexif().get(0x0112))
-        h.update(f"PIL|{item.mode}|{item.size}|{extra!r}|".encode())
-        h.update(pixels)
-        return h.digest()
-    raise _fail(item, index, "is not an item from as_items()")
+    arr = np.ascontiguousarray(item)
+    h.update(f"ndarray|{arr.dtype.str}|{arr.shape}|".encode())
+    h.update(arr.reshape(-1).view(np.uint8))
+    return h.digest()
+
+
+def _pil_key(item, index) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    with _pil_errors(item, index):
+        pixels = item.tobytes()
+        extra = (item.getpalette(), item.info.get("transparency"), item.getexif().get(0x0112))
+    h.update(f"PIL|{item.mode}|{item.size}|{extra!r}|".encode())
+    h.update(pixels)
+    return h.digest()
+
+
+def _bytes_key(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+@contextmanager
+def _as_input_error(item, index, what):
+    """Any exception but InputError (and interrupts) becomes this input's InputError."""
+    try:
+        yield
+    except InputError:
+        raise
+    except MemoryError as exc:
+        raise _fail(item, index, f"{what}: not enough memory",
+                    "Free memory or lower the size limits (see the FAQ).") from exc
+    except Exception as exc:
+        raise _fail(item, index, f"{what} ({type(exc).__name__}: {exc})",
+                    "Check the input; with on_error='skip' it becomes a NaN row.") from exc
 
 
 def _stat(path, item, index):
@@ -285,9 +338,13 @@ def _stat(path, item, index):
     return st
 
 
+def _identity(path, st) -> tuple:
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns)
+
+
 def _file_key(path, index):
     st = _stat(path, path, index)
-    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns)
+    memo = _identity(path, st)
     key = _KEY_MEMO.get(memo)
     if key is not None:
         return key
@@ -299,16 +356,50 @@ def _file_key(path, index):
     except OSError as exc:
         raise _fail(path, index, f"cannot be read ({exc.strerror or exc}).") from None
     key = h.digest()
-    after = os.stat(path)
-    if (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns):  # unchanged meanwhile
+    if _identity(path, os.stat(path)) == memo:  # unchanged meanwhile
         if len(_KEY_MEMO) >= _MEMO_MAX:
             _KEY_MEMO.clear()
         _KEY_MEMO[memo] = key
     return key
 
 
+# ---------------------------------------------------------------- size limits
+def max_resized_pixels() -> int:
+    """Largest image the shorter-side resize may produce (``FEATCACHE_MAX_RESIZED_PIXELS``)."""
+    text = os.environ.get("FEATCACHE_MAX_RESIZED_PIXELS", "")
+    try:
+        return int(text) if text.strip() else RESIZED_PIXELS_LIMIT
+    except ValueError:
+        raise InputError(f"FEATCACHE_MAX_RESIZED_PIXELS={text!r} is not an integer; unset it "
+                         f"or give a pixel count such as {RESIZED_PIXELS_LIMIT}.") from None
+
+
+def resized_pixels(height: int, width: int, size: int) -> int:
+    """Pixels of an ``height x width`` image after its shorter side is resized to ``size``."""
+    scale = size / min(height, width)
+    return max(size, round(height * scale)) * max(size, round(width * scale))
+
+
+def _check_size(item, index, height, width, image_size, decoded_limit=None):
+    """Refuse, before anything is allocated, an image too large to decode or to resize."""
+    if decoded_limit and height * width > decoded_limit:
+        raise _fail(item, index, f"declares {width}x{height} = {height * width} pixels, over the "
+                    f"decode limit PIL.Image.MAX_IMAGE_PIXELS = {decoded_limit}",
+                    "If you trust the file, raise the limit: `from PIL import Image; "
+                    "Image.MAX_IMAGE_PIXELS = <pixels>`.")
+    if image_size and height and width:
+        need, limit = resized_pixels(height, width, image_size), max_resized_pixels()
+        if need > limit:
+            raise _fail(item, index, f"is {width}x{height} pixels: resizing its shorter side to "
+                        f"{image_size} would make a {need}-pixel image, over the limit of "
+                        f"{limit} (aspect ratio {max(height, width) / min(height, width):.0f}:1)",
+                        "Crop it first, or raise FEATCACHE_MAX_RESIZED_PIXELS if you have the "
+                        "memory.")
+
+
 # ---------------------------------------------------------------- decoding
-def decode(item, index: int, policy: DecodePolicy = DecodePolicy()) -> np.ndarray:
+def decode(item, index: int, policy: DecodePolicy = DecodePolicy(), *, key: bytes | None = None,
+           image_size: int | None = None) -> np.ndarray:
     """Decode one item to an ``(H, W, 3)`` array.
 
     Parameters
@@ -319,6 +410,14 @@ def decode(item, index: int, policy: DecodePolicy = DecodePolicy()) -> np.ndarra
         Its position in ``X`` (for error messages).
     policy : DecodePolicy
         Background for transparency and intensity window.
+    key : bytes, optional
+        The item's content key as computed earlier. The item is read once (a file's bytes, a
+        snapshot of an array or image), its key recomputed from exactly what is decoded, and
+        :class:`~featcache.exceptions.InputChangedError` raised when they differ, so an input
+        that changed since it was keyed never gives a row under the old key.
+    image_size : int, optional
+        The network input size: an image whose shorter-side resize to it would exceed
+        :func:`max_resized_pixels` is refused before it is decoded.
 
     Returns
     -------
@@ -329,37 +428,58 @@ def decode(item, index: int, policy: DecodePolicy = DecodePolicy()) -> np.ndarra
     Raises
     ------
     InputError
-        For a missing, empty, truncated, undecodable or badly shaped input.
+        For a missing, empty, truncated, undecodable, too large or badly shaped input, and
+        for any other exception raised while reading or decoding it (kept as its cause).
     """
-    if isinstance(item, (str, os.PathLike)):
-        return _decode_file(Path(item), index, policy)
-    if isinstance(item, np.ndarray):
-        return _decode_array(item, index, policy)
-    if isinstance(item, Image.Image):
-        with _pil_errors(item, index):
-            item.load()
-        return _decode_pil(item, item, index, policy)
-    raise _fail(item, index, "is not an item from as_items()")
+    with _as_input_error(item, index, "cannot be decoded"):
+        if isinstance(item, (str, os.PathLike)):
+            return _decode_file(Path(item), index, policy, key, image_size)
+        if isinstance(item, np.ndarray):
+            snapshot = np.array(item, copy=True)
+            _check_key(item, index, key, lambda: _array_key(snapshot))
+            return _decode_array(snapshot, index, policy, image_size)
+        if isinstance(item, Image.Image):
+            with _pil_errors(item, index):
+                item.load()
+                snapshot = item.copy()
+            _check_key(item, index, key, lambda: _pil_key(snapshot, index))
+            _check_size(item, index, snapshot.height, snapshot.width, image_size)
+            return _decode_pil(snapshot, item, index, policy)
+        raise _fail(item, index, "is not an item from as_items()")
 
 
-def _decode_file(path, index, policy):
+def _check_key(item, index, key, compute):
+    if key is not None and compute() != key:
+        raise InputChangedError(
+            f"{describe(item, index)}: changed while featcache was reading it (its content "
+            "differs from the one it was keyed by moments before), so no row is stored for it. "
+            "Run again once it is stable: it is recomputed from its current content.")
+
+
+def _read_file(path, index) -> bytes:
     st = _stat(path, path, index)
     if st.st_size == 0:
         raise _fail(path, index, "empty file (0 bytes).", "Re-create or remove the file.")
     try:
         with open(path, "rb") as f:
-            head = f.read(132)
-            if head[128:132] == b"DICM" or path.suffix.lower() == ".dcm":
-                return _decode_dicom(path, index, policy)
-            f.seek(0)
-            with warnings.catch_warnings(), _pil_errors(path, index):
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(f)
-                img.load()  # force full decoding: truncated files fail here
-            with img:
-                return _decode_pil(img, path, index, policy)
-    except OSError as exc:  # opening or reading the file itself (Pillow's errors are handled)
+            return f.read()
+    except OSError as exc:
         raise _fail(path, index, f"cannot be read ({exc.strerror or exc}).") from None
+
+
+def _decode_file(path, index, policy, key, image_size):
+    data = _read_file(path, index)  # read once: the key is checked on what is decoded
+    _check_key(path, index, key, lambda: _bytes_key(data))
+    if data[128:132] == b"DICM" or path.suffix.lower() == ".dcm":
+        return decode_dicom(data, describe(path, index), policy,
+                            lambda h, w, limit: _check_size(path, index, h, w, image_size, limit))
+    with warnings.catch_warnings(), _pil_errors(path, index):
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(data))
+        _check_size(path, index, img.height, img.width, image_size)
+        img.load()  # force full decoding: truncated files fail here
+    with img:
+        return _decode_pil(img, path, index, policy)
 
 
 @contextmanager
@@ -377,14 +497,14 @@ def _pil_errors(item, index):
                     "If you trust the file, raise the limit: `from PIL import Image; "
                     "Image.MAX_IMAGE_PIXELS = <pixels>` (None disables it).") from exc
     except UnidentifiedImageError as exc:
-        original = re.sub(r"<_io\.\w+ name=(.*?)>", r"\1", str(exc))
+        original = re.sub(r"<_io\.\w+ (name=)?(.*?)>", r"\2", str(exc))
         raise _fail(item, index, "not an image Pillow can read.",
                     f"Expected an image file (PNG, JPEG, TIFF, ...) or DICOM ({original}).",
                     ) from exc
     except Exception as exc:
-        raise _fail(item, index, f"image file is truncated or corrupt ({exc}).",
+        raise _fail(item, index, f"image file is truncated or corrupt ({type(exc).__name__}: "
+                    f"{exc}).",
                     "Re-export or remove the file.") from exc
-
 
 def _decode_pil(img, item, index, policy):
     """Decode a loaded PIL image: EXIF orientation, then mode-specific conversion."""
@@ -398,130 +518,28 @@ def _decode_pil(img, item, index, policy):
         else:
             kind, arr = "rgb", np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
     if kind == "alpha":
-        return _composite(arr[..., :3], arr[..., 3:] / np.float32(255), policy)
+        return composite(arr[..., :3], arr[..., 3:] / np.float32(255), policy.background)
     if kind == "rgb":
         return np.array(arr, dtype=np.uint8)
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise _fail(item, index, "contains NaN or inf values.")
-    return _gray3(_scale(arr, policy))
+    return gray3(scale_intensity(arr, policy.window))
 
 
-def _gray3(arr):
-    """(H, W), (H, W, 1) or (H, W, 3) -> a new C-contiguous (H, W, 3) array."""
-    if arr.ndim == 3 and arr.shape[2] == 3:
-        return np.array(arr, order="C")  # always a copy: never hand out a view of X
-    arr = arr.reshape(arr.shape[:2])
-    return np.repeat(arr[:, :, None], 3, axis=2)
-
-
-def _composite(rgb, alpha, policy):
-    """Alpha-blend ``rgb`` (uint8 0..255 or float 0..1) on the policy background."""
-    bg = np.asarray(policy.background, dtype=np.float32)
-    if rgb.dtype == np.uint8:
-        out = rgb.astype(np.float32) * alpha + bg * (1 - alpha)
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    return (rgb * alpha + (bg / 255) * (1 - alpha)).astype(np.float32)
-
-
-def _scale(arr, policy, window=None, keep_unit=True):
-    """Map intensities to float32 [0, 1]: policy window, else ``window``, else min..max.
-
-    Float data already within [0, 1] is kept as is when ``keep_unit`` and no window applies.
-    """
-    x = arr.astype(np.float64)
-    window = policy.window or window
-    if window is None and keep_unit and arr.dtype.kind == "f" and x.min() >= 0 and x.max() <= 1:
-        return x.astype(np.float32)
-    if window is not None:
-        lo, width = window[0] - window[1] / 2, window[1]
-    else:
-        lo, width = x.min(), x.max() - x.min()
-        if width == 0:
-            return np.zeros(arr.shape, dtype=np.float32)
-    return np.clip((x - lo) / width, 0, 1).astype(np.float32)
-
-
-def _decode_array(arr, index, policy):
+def _decode_array(arr, index, policy, image_size=None):
     _check_image(arr, index)
+    _check_size(arr, index, arr.shape[0], arr.shape[1], image_size)
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise _fail(arr, index, "contains NaN or inf values.", "Replace them before extraction.")
     channels = arr.shape[2] if arr.ndim == 3 else 1
     if arr.dtype == np.uint8:
         if channels == 4:
-            return _composite(arr[..., :3], arr[..., 3:] / np.float32(255), policy)
-        return _gray3(arr)
+            return composite(arr[..., :3], arr[..., 3:] / np.float32(255), policy.background)
+        return gray3(arr)
     if channels == 4:
         alpha = arr[..., 3:].astype(np.float32)
         if arr.dtype.kind in "ui":
             alpha = alpha / np.float32(np.iinfo(arr.dtype).max)
-        return _composite(_scale(arr[..., :3], policy), np.clip(alpha, 0, 1), policy)
-    return _gray3(_scale(arr, policy))
-
-
-# ---------------------------------------------------------------- DICOM
-def _decode_dicom(path, index, policy):
-    ds = _read_dicom(path, index)
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise _fail(path, index, f"is a multi-frame DICOM ({ds.NumberOfFrames} frames), "
-                    "which is not supported yet.", "Export the frames as single-frame files.")
-    if "PixelData" not in ds:
-        raise _fail(path, index, "is a DICOM file without pixel data (e.g. a DICOMDIR or a "
-                    "structured report).", "Pass image DICOM files only.")
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    try:
-        pixels = ds.pixel_array
-    except MemoryError:
-        raise
-    except Exception as exc:
-        if "missing dependencies" in str(exc) or "Unable to decompress" in str(exc):
-            raise _fail(path, index, f"uses the compressed transfer syntax "
-                        f"'{getattr(syntax, 'name', syntax)}', for which no decoder is "
-                        f"installed.", f"Install one: {_DICOM_DECODERS}.") from exc
-        raise _fail(path, index, f"DICOM pixel data is truncated or corrupt ({exc}).") from exc
-    return _dicom_to_image(ds, pixels, policy)
-
-
-def _read_dicom(path, index):
-    try:
-        import pydicom
-        from pydicom.errors import InvalidDicomError
-    except ImportError:
-        raise _fail(path, index, "is a DICOM file but pydicom is not installed.",
-                    "Install it: pip install featcache[dicom]") from None
-    try:
-        try:
-            return pydicom.dcmread(path)
-        except InvalidDicomError:
-            return pydicom.dcmread(path, force=True)
-    except MemoryError:
-        raise
-    except Exception as exc:
-        raise _fail(path, index, f"not a DICOM file pydicom can read ({exc}).") from exc
-
-
-def _dicom_to_image(ds, pixels, policy):
-    """Modality LUT, VOI window, MONOCHROME1 inversion; colour images as RGB."""
-    from pydicom.pixels import apply_color_lut, apply_modality_lut
-
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if photometric == "PALETTE COLOR":
-        pixels = apply_color_lut(pixels, ds)
-    if pixels.ndim == 3:  # colour (already converted to RGB by pydicom)
-        if pixels.dtype == np.uint8 and policy.window is None:
-            return np.ascontiguousarray(pixels)
-        return _scale(pixels, policy, keep_unit=False)
-    values = apply_modality_lut(pixels, ds)
-    out = _scale(values, policy, _dicom_window(ds), keep_unit=False)
-    if photometric == "MONOCHROME1":
-        out = 1 - out
-    return _gray3(out)
-
-
-def _dicom_window(ds):
-    """The file's first (WindowCenter, WindowWidth), or None."""
-    values = [ds.get("WindowCenter"), ds.get("WindowWidth")]
-    try:
-        center, width = (float(v[0] if type(v).__name__ == "MultiValue" else v) for v in values)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return (center, width) if width > 0 and np.isfinite([center, width]).all() else None
+        return composite(scale_intensity(arr[..., :3], policy.window), np.clip(alpha, 0, 1),
+                         policy.background)
+    return gray3(scale_intensity(arr, policy.window))

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from featcache import inputs
-from featcache.exceptions import FeatcacheError, InputError
+from featcache.exceptions import FeatcacheError, InputChangedError, InputError
 from featcache.inputs import DecodePolicy, as_items, content_key, decode, describe
 
 
@@ -31,10 +31,10 @@ def _rgb(h=4, w=6):
     return (np.arange(h * w * 3).reshape(h, w, 3) * 7 % 256).astype(np.uint8)
 
 
-def _bad(item, index, match, policy=DecodePolicy()):
+def _bad(item, index, match, policy=DecodePolicy(), image_size=None):
     """decode() must raise InputError matching ``match`` and naming the index (and path)."""
     with pytest.raises(InputError, match=match) as info:
-        decode(item, index, policy)
+        decode(item, index, policy, image_size=image_size)
     msg = str(info.value)
     assert f"input {index}" in msg
     if isinstance(item, (str, os.PathLike)):
@@ -412,74 +412,6 @@ def test_describe(tmp_path):
     assert "PIL image" in describe(Image.new("L", (2, 2)), 0)
 
 
-# ---------------------------------------------------------------- DICOM
-def _dcm(name):
-    pydicom_data = pytest.importorskip("pydicom.data")
-    path = pydicom_data.get_testdata_file(name, download=False)
-    if path is None:
-        pytest.skip(f"pydicom test file {name} not available")
-    return path
-
-
-def test_dicom_ct_modality_lut_and_window(tmp_path):
-    import pydicom
-    from pydicom.pixels import apply_modality_lut
-
-    path = _dcm("CT_small.dcm")
-    ds = pydicom.dcmread(path)
-    hu = apply_modality_lut(ds.pixel_array, ds)
-    assert (hu.min(), hu.max()) == (-896, 1167)
-    out = decode(path, 0)  # no window in the file: min..max
-    assert out.dtype == np.float32 and out.shape == hu.shape + (3,)
-    np.testing.assert_allclose(out[..., 0], (hu + 896) / 2063, atol=1e-6)
-    win = decode(path, 0, DecodePolicy(window=(40, 400)))
-    np.testing.assert_allclose(win[..., 1], np.clip((hu + 160) / 400, 0, 1), atol=1e-6)
-    renamed = tmp_path / "ct_no_extension"  # found by its "DICM" preamble
-    shutil.copy(path, renamed)
-    np.testing.assert_array_equal(decode(renamed, 0), out)
-
-
-def test_dicom_file_window_and_monochrome1():
-    import pydicom
-    from pydicom.pixels import apply_modality_lut
-
-    mr = _dcm("MR_small.dcm")
-    ds = pydicom.dcmread(mr)
-    assert (float(ds.WindowCenter), float(ds.WindowWidth)) == (600, 1600)
-    vals = apply_modality_lut(ds.pixel_array, ds)
-    np.testing.assert_allclose(decode(mr, 0)[..., 0], np.clip((vals + 200) / 1600, 0, 1),
-                               atol=1e-6)
-    cr = _dcm("6278")  # a MONOCHROME1 CR image (WindowCenter 1600, WindowWidth 2800)
-    ds = pydicom.dcmread(cr)
-    assert ds.PhotometricInterpretation == "MONOCHROME1"
-    vals = apply_modality_lut(ds.pixel_array, ds)
-    np.testing.assert_allclose(decode(cr, 0)[..., 2], 1 - np.clip((vals - 200) / 2800, 0, 1),
-                               atol=1e-6)
-
-
-def test_dicom_rgb():
-    out = decode(_dcm("SC_rgb_small_odd.dcm"), 0)
-    assert out.dtype == np.uint8 and out.shape == (3, 3, 3)
-
-
-def test_dicom_errors(tmp_path, monkeypatch):
-    _bad(_dcm("rtdose.dcm"), 0, "multi-frame DICOM")
-    jpegls = _dcm("MR_small_jpeg_ls_lossless.dcm")
-    import pydicom
-    try:
-        pydicom.dcmread(jpegls).pixel_array
-        pytest.skip("a JPEG-LS decoder is installed")
-    except RuntimeError:
-        pass
-    msg = _bad(jpegls, 1, "JPEG-LS.*no decoder")
-    assert "pylibjpeg" in msg and "gdcm" in msg
-    junk = tmp_path / "junk.dcm"
-    junk.write_bytes(b"\x00\x01garbage" * 10)
-    _bad(junk, 2, "DICOM")
-    monkeypatch.setitem(sys.modules, "pydicom", None)
-    _bad(_dcm("CT_small.dcm"), 3, r"pip install featcache\[dicom\]")
-
-
 def test_missing_values_in_a_pandas_column(tmp_path):
     pd = pytest.importorskip("pandas")
     for missing in (None, float("nan")):
@@ -495,3 +427,77 @@ def test_truncated_pil_image(tmp_path):
     _bad(img, 6, "truncated or corrupt")
     with pytest.raises(InputError, match="input 6 .*truncated or corrupt"):
         content_key(img, 6)
+
+
+# ---------------------------------------------------------------- trust: changes, limits, errors
+def test_a_file_changed_after_keying_is_refused_on_the_bytes_decoded(tmp_path):
+    path = _png(tmp_path / "a.png", _rgb())
+    key = content_key(path, 0)
+    assert decode(path, 0, key=key).shape == (4, 6, 3)  # unchanged: decodes
+    _png(path, _rgb()[::-1])  # replaced by another image
+    with pytest.raises(InputChangedError, match=r"input 0 .*a\.png.*changed while featcache"):
+        decode(path, 0, key=key)
+
+
+def test_arrays_and_pil_images_changed_after_keying_are_refused():
+    arr = _rgb()
+    key = content_key(arr, 0)
+    arr[0, 0, 0] ^= 1  # mutated in place by someone else
+    with pytest.raises(InputChangedError, match="input 0 .*changed while featcache"):
+        decode(arr, 0, key=key)
+    img = Image.fromarray(_rgb())
+    key = content_key(img, 1)
+    img.putpixel((0, 0), (1, 2, 3))
+    with pytest.raises(InputChangedError, match="input 1 .*changed while featcache"):
+        decode(img, 1, key=key)
+    assert decode(img, 1, key=content_key(img, 1)).shape == (4, 6, 3)
+
+
+def test_an_image_whose_resize_would_be_huge_is_refused_before_allocating(tmp_path, monkeypatch):
+    import tracemalloc
+
+    path = _png(tmp_path / "line.png", np.zeros((1, 100_000), np.uint8))
+    assert path.stat().st_size < 1000  # a few hundred bytes, 15 GB once resized to 224 px
+    tracemalloc.start()
+    try:
+        msg = _bad(path, 0, "would make a 5017600000-pixel image, over the limit", image_size=224)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20 and "FEATCACHE_MAX_RESIZED_PIXELS" in msg
+    _bad(np.zeros((100_000, 1), np.uint16), 1, "over the limit", image_size=224)
+    assert decode(path, 0, image_size=None).shape == (1, 100_000, 3)  # no resize, no limit
+    monkeypatch.setenv("FEATCACHE_MAX_RESIZED_PIXELS", str(3 * 10**9))
+    assert inputs.max_resized_pixels() == 3 * 10**9
+    monkeypatch.setenv("FEATCACHE_MAX_RESIZED_PIXELS", "lots")
+    with pytest.raises(InputError, match="FEATCACHE_MAX_RESIZED_PIXELS='lots'"):
+        decode(path, 0, image_size=224)
+
+
+def test_resized_pixels_matches_the_engine_resize():
+    assert inputs.resized_pixels(28, 28, 224) == 224 * 224
+    assert inputs.resized_pixels(100, 200, 50) == 50 * 100
+    assert inputs.resized_pixels(1, 100_000, 224) == 224 * 22_400_000
+
+
+def test_any_exception_while_decoding_becomes_the_inputs_error(tmp_path, monkeypatch):
+    path = _png(tmp_path / "a.png", _rgb())
+
+    def explode(*args, **kwargs):
+        raise KeyError("a decoder bug")
+
+    monkeypatch.setattr(inputs.ImageOps, "exif_transpose", explode)
+    with pytest.raises(InputError, match=r"input 2 .*a\.png.*KeyError") as info:
+        decode(path, 2)
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+def test_tensors_without_readable_data_are_named():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(InputError, match="device meta"):
+        as_items(torch.empty(2, 3, 8, 8, device="meta"))
+    with pytest.raises(InputError, match="complex"):
+        as_items(torch.zeros(2, 3, 8, 8, dtype=torch.complex64))
+    sparse = torch.zeros(2, 3, 8, 8).to_sparse()
+    with pytest.raises(InputError, match="sparse"):
+        as_items(sparse)
