@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import warnings
+
+from .options import ON_ERROR, POOLINGS, PRECISIONS
 
 
 def _size(n: int) -> str:
@@ -142,18 +145,18 @@ def _add_extract(sub) -> None:
                    help="DEFAULT, a weights tag, a checkpoint path, or 'none' (random)")
     p.add_argument("--layer", default=None, metavar="L[,L...]",
                    help="module name(s), comma-separated; 'default' is the final feature map")
-    p.add_argument("--pooling", default="avg", choices=["avg", "max", "gem", "cls", "none"])
+    p.add_argument("--pooling", default="avg", choices=POOLINGS)
     p.add_argument("--image-size", type=int, default=None, metavar="S")
     p.add_argument("--window", default=None, metavar="CENTER,WIDTH",
                    help="intensity window for 16-bit/float/DICOM images (default: the DICOM "
                         "file's own window, else each image's min..max)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--batch-size", type=int, default=64, metavar="B")
     p.add_argument("--device", default="auto", metavar="D")
     p.add_argument("--workers", type=int, default=None, metavar="W", help="decode workers")
     p.add_argument("--shard", default="0/1", metavar="i/N",
                    help="embed only share i of N (deterministic), for N parallel jobs")
-    p.add_argument("--on-error", default="raise", choices=["raise", "skip"])
+    p.add_argument("--on-error", default="raise", choices=ON_ERROR)
     p.add_argument("--retry-failed", action="store_true",
                    help="decode inputs whose failure an earlier run recorded")
     p.add_argument("--commit-seconds", type=float, default=30.0, metavar="S",
@@ -167,25 +170,40 @@ def _add_extract(sub) -> None:
 
 def _parse_window(text):
     from .exceptions import FeatcacheError
+    from .options import validate_window
 
     if text is None:
         return None
     try:
         center, width = (float(v) for v in text.split(","))
+        return validate_window((center, width))
     except ValueError:
-        raise FeatcacheError(f"--window {text!r}: expected CENTER,WIDTH, e.g. 40,400") from None
-    if width <= 0:
-        raise FeatcacheError(f"--window {text!r}: the width must be positive")
-    return center, width
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+        raise FeatcacheError(f"--window {text!r}: expected CENTER,WIDTH with finite numbers and "
+                             "a positive width, e.g. 40,400") from None
 
 
 def _run_extract(args) -> int:
-    import signal
+    from .interrupts import deferred_signals, raise_if_interrupted, take_interrupt
 
+    # SIGTERM and Ctrl-C are deferred until the summary is printed: they stop the job at the
+    # end of a batch, after every finished row is committed, never in the middle of a commit.
+    with deferred_signals():
+        try:
+            summary = _extract_from_args(args, raise_if_interrupted)
+        except KeyboardInterrupt:
+            print("featcache extract: interrupted; every finished row is committed. Run the "
+                  "same command again to resume: only what was not committed is computed.",
+                  file=sys.stderr)
+            return 130
+        status = _print_extract_summary(summary)
+        if take_interrupt() is not None:
+            print("featcache extract: interrupted after the work was done; every row is "
+                  "committed.", file=sys.stderr)
+            return 130
+    return status
+
+
+def _extract_from_args(args, raise_if_interrupted):
     from .extract import extract
     from .sources import collect_inputs, parse_shard
 
@@ -195,22 +213,18 @@ def _run_extract(args) -> int:
               for name in (args.layer.split(",") if args.layer else [""])]
     inputs = collect_inputs(args.inputs, path_column=args.path_column,
                             label_column=args.label_column, group_column=args.group_column)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        summary = extract(
-            inputs, args.cache, model=args.model,
-            weights=None if args.weights.lower() == "none" else args.weights, layers=layers,
-            pooling=args.pooling, image_size=args.image_size, batch_size=args.batch_size,
-            device=args.device, precision=args.precision, num_workers=args.workers, shard=shard,
-            on_error=args.on_error, retry_failed=args.retry_failed,
-            progress=False if args.quiet else True, commit_seconds=args.commit_seconds,
-            window=window)
-    except KeyboardInterrupt:
-        print("featcache extract: interrupted; every committed row is kept. Run the same "
-              "command again to resume: only what was not committed is computed.", file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    raise_if_interrupted()
+    return extract(
+        inputs, args.cache, model=args.model,
+        weights=None if args.weights.lower() == "none" else args.weights, layers=layers,
+        pooling=args.pooling, image_size=args.image_size, batch_size=args.batch_size,
+        device=args.device, precision=args.precision, num_workers=args.workers, shard=shard,
+        on_error=args.on_error, retry_failed=args.retry_failed,
+        progress=False if args.quiet else True, commit_seconds=args.commit_seconds,
+        window=window)
+
+
+def _print_extract_summary(summary) -> int:
     print(summary.line())
     for layer, fp in summary.fingerprints.items():
         print(f"  layer {layer}: namespace {fp}")
@@ -295,6 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: API parameter -> command-line option, where the names differ.
+_OPTION_NAMES = {"num_workers": "--workers", "layers": "--layer", "layer": "--layer"}
+
+
+def _as_option(message: str) -> str:
+    """``The 'batch_size' parameter of extract must be`` -> ``--batch-size must be``."""
+    def option(match):
+        name = match.group(1)
+        return _OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
+
+    return re.sub(r"The '(\w+)' parameter of \w+", option, message)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"featcache: warning: {message}", file=sys.stderr)
 
@@ -303,6 +330,7 @@ def main(argv=None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 featcache error, 2 usage)."""
     args = build_parser().parse_args(argv)
     from .exceptions import FeatcacheError
+    from .options import is_invalid_parameter
 
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
@@ -311,6 +339,12 @@ def main(argv=None) -> int:
         except FeatcacheError as exc:
             print(f"featcache {args.command}: error: {exc}", file=sys.stderr)
             return 1
+        except ValueError as exc:
+            if not is_invalid_parameter(exc):
+                raise
+            # the API's validation, in the command line's words
+            print(f"featcache {args.command}: error: {_as_option(str(exc))}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             print(f"featcache {args.command}: interrupted", file=sys.stderr)
             return 130

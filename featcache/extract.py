@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .exceptions import InputError
+from .interrupts import deferred_signals, raise_if_interrupted
 
 __all__ = ["content_keys", "plan", "fill_cache", "extract", "ExtractSummary", "namespace_configs"]
 
@@ -28,6 +29,7 @@ def content_keys(items, on_error="raise"):
 
     keys, failures = [], {}
     for pos, item in enumerate(items):
+        raise_if_interrupted()  # Ctrl-C/SIGTERM while hashing a long input list
         try:
             keys.append(content_key(item, pos))
         except InputError as exc:
@@ -92,17 +94,21 @@ def fill_cache(loaded, items, keys, sources, todo, namespaces, *, run, commit_ro
 
     from .engine import run_batches
 
-    with ExitStack() as stack:  # every writer commits what it holds, also on errors and Ctrl-C
-        writers = {layer: stack.enter_context(ns.writer(commit_rows=commit_rows,
-                                                        commit_seconds=commit_seconds))
-                   for layer, ns in namespaces.items()}
-        background = stack.enter_context(_BackgroundWrites())
-        for batch in run_batches(loaded.extractor, items, todo,
-                                 image_size=loaded.preprocessing.image_size, **run):
-            failures.update(batch.failures)
-            background.submit(_write_batch, writers, batch, keys, sources)
-            if on_batch is not None:
-                on_batch(batch)
+    # Ctrl-C and SIGTERM are deferred to the end of a batch, so they never cut a commit short;
+    # every writer then commits what it holds (also on errors) before the interrupt propagates.
+    with deferred_signals():
+        with ExitStack() as stack:
+            writers = {layer: stack.enter_context(ns.writer(commit_rows=commit_rows,
+                                                            commit_seconds=commit_seconds))
+                       for layer, ns in namespaces.items()}
+            background = stack.enter_context(_BackgroundWrites())
+            for batch in run_batches(loaded.extractor, items, todo, keys=keys,
+                                     image_size=loaded.preprocessing.image_size, **run):
+                failures.update(batch.failures)
+                background.submit(_write_batch, writers, batch, keys, sources)
+                if on_batch is not None:
+                    on_batch(batch)
+                raise_if_interrupted()
     return failures
 
 
@@ -113,6 +119,8 @@ def _write_batch(writers, batch, keys, sources):
         for layer, writer in writers.items():
             writer.add(batch_keys, batch.features[layer], batch_sources)
     for pos, reason in batch.failures:
+        if pos in batch.transient:  # the input changed while read: not its failure to record
+            continue
         for writer in writers.values():
             writer.add_failure(keys[pos], sources[pos], reason)
 
@@ -195,6 +203,16 @@ def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", lay
         ``(i, N)``: embed only this job's deterministic share of the inputs.
     Other parameters are those of :class:`featcache.FrozenBackbone`.
     """
+    from .options import validate_run_options
+
+    validate_run_options(dict(model=model, weights=weights, pooling=pooling,
+                              image_size=image_size, batch_size=batch_size, device=device,
+                              precision=precision, num_workers=num_workers, on_error=on_error,
+                              retry_failed=retry_failed, progress=progress,
+                              commit_rows=commit_rows, commit_seconds=commit_seconds,
+                              window=window), caller="extract")
+    for layer in layers:
+        validate_run_options({"layer": layer}, caller="extract")
     from .backbones import load_backbone
     from .cache import resolve_cache
     from .engine import resolve_device, resolve_precision

@@ -141,20 +141,39 @@ def _from_manifest(manifest: Path, found: InputSet, path_column, label_column, g
 
 
 def _from_npz(path: Path, found: InputSet):
-    with np.load(path, allow_pickle=False) as data:
-        splits = sorted(k[: -len("_images")] for k in data.files if k.endswith("_images"))
-        if not splits and "images" in data.files:
-            splits = [""]
-        if not splits:
-            raise FeatcacheError(f"'{path}' has no '<split>_images' or 'images' array (found "
-                                 f"{data.files}); expected the MedMNIST layout.")
-        for split in splits:
-            prefix = f"{split}_" if split else ""
-            images = data[f"{prefix}images"]
-            labels = data[f"{prefix}labels"] if f"{prefix}labels" in data.files else None
-            labels = None if labels is None else [str(v) for v in labels.reshape(len(images), -1)[:, 0]]
-            found.extend(list(images), [f"{path.name}:{prefix}images[{i}]" for i in range(len(images))],
-                         labels, None, [split or None] * len(images))
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            _npz_splits(path, data, found)
+    except FeatcacheError:
+        raise
+    except Exception as exc:  # zipfile, numpy's format reader and pickled arrays raise many types
+        raise FeatcacheError(f"cannot read '{path}' as an .npz of image arrays "
+                             f"({type(exc).__name__}: {exc}); expected numpy.savez output in the "
+                             "MedMNIST layout (<split>_images (n, H, W[, C]) and optional "
+                             "<split>_labels), without pickled objects.") from exc
+
+
+def _npz_splits(path, data, found):
+    splits = sorted(k[: -len("_images")] for k in data.files if k.endswith("_images"))
+    if not splits and "images" in data.files:
+        splits = [""]
+    if not splits:
+        raise FeatcacheError(f"'{path}' has no '<split>_images' or 'images' array (found "
+                             f"{data.files}); expected the MedMNIST layout.")
+    for split in splits:
+        prefix = f"{split}_" if split else ""
+        images = data[f"{prefix}images"]
+        if images.ndim not in (3, 4) or images.dtype.kind not in "uif":
+            raise FeatcacheError(f"'{path}': array '{prefix}images' has shape {images.shape} and "
+                                 f"dtype {images.dtype}; expected numeric images (n, H, W) or "
+                                 "(n, H, W, C).")
+        labels = data[f"{prefix}labels"] if f"{prefix}labels" in data.files else None
+        if labels is not None and len(labels) != len(images):
+            raise FeatcacheError(f"'{path}': '{prefix}labels' has {len(labels)} entries for "
+                                 f"{len(images)} images; they must match.")
+        labels = None if labels is None else [str(v) for v in labels.reshape(len(images), -1)[:, 0]]
+        found.extend(list(images), [f"{path.name}:{prefix}images[{i}]" for i in range(len(images))],
+                     labels, None, [split or None] * len(images))
 
 
 def parse_shard(text: str) -> tuple:
@@ -176,6 +195,7 @@ def shard_positions(sources, index: int, count: int) -> np.ndarray:
     """
     if count == 1:
         return np.arange(len(sources))
-    owner = [int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "big") % count
-             for s in sources]
+    owner = [int.from_bytes(hashlib.blake2b(s.encode("utf-8", "surrogateescape"),
+                                            digest_size=8).digest(), "big") % count
+             for s in sources]  # surrogateescape: file names need not be valid UTF-8
     return np.flatnonzero(np.asarray(owner) == index)

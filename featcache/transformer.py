@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import os
 import time
-from numbers import Integral
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import HasMethods, Interval, InvalidParameterError, StrOptions
+from sklearn.utils._param_validation import HasMethods, InvalidParameterError
 from sklearn.utils.validation import check_is_fitted
 
 from .exceptions import FeatcacheError, InputError
+from .options import run_constraints, validate_run_options
 
 __all__ = ["FrozenBackbone"]
 
 _NO_KEY = b"\xff" * 16  # stands for an input without a content key (unreadable): a NaN row
+_UNRECORDED = object()  # weights_identity_ of an estimator pickled before it was recorded
+
+
+def _weights_identity(weights):
+    """Identity of a weights file (a stat, no torch), or None when ``weights`` names no file."""
+    from .weights import file_identity, is_weights_path
+
+    return file_identity(weights) if is_weights_path(weights) else None
 
 
 class _MemoryNamespace:
@@ -128,6 +136,11 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         Hash of everything that changes the numbers (see :func:`featcache.backbones.fingerprint`).
     config_ : dict
         The configuration behind ``fingerprint_``.
+    weights_identity_ : tuple or None
+        Identity of the weights file at fit (resolved path, size, mtime, inode, device,
+        ctime; see :func:`featcache.weights.file_identity`), None for named or random
+        weights. Every ``transform`` compares the file with it, so a checkpoint rewritten
+        since fit is refused before any cached row is served.
     failures_ : dict
         Position -> reason of the inputs skipped by the last ``transform`` (``on_error="skip"``).
     transform_stats_ : dict
@@ -145,20 +158,9 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     """
 
     _parameter_constraints: dict = {
-        "model": [str],
-        "weights": [str, os.PathLike, None],
-        "layer": [str, None],
-        "pooling": [StrOptions({"avg", "max", "gem", "cls", "none"})],
-        "image_size": [Interval(Integral, 8, None, closed="left"), None],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "device": [str],
-        "precision": [StrOptions({"auto", "fp32", "bf16", "fp16"})],
+        **{name: constraint for name, constraint in run_constraints().items()
+           if name not in ("commit_rows", "commit_seconds")},
         "cache": [str, os.PathLike, "boolean", None, HasMethods(["namespace", "verify"])],
-        "num_workers": [Interval(Integral, 0, None, closed="left"), None],
-        "on_error": [StrOptions({"raise", "skip"})],
-        "progress": ["boolean", None],
-        "retry_failed": ["boolean"],
-        "window": [tuple, list, None],
     }
 
     def __init__(self, model="efficientnet_lite0", *, weights="DEFAULT", layer=None, pooling="avg",
@@ -199,9 +201,11 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         """
         from .inputs import as_items
 
+        validate_run_options({"window": self.window, "device": self.device}, "FrozenBackbone")
         as_items(X)
         self._check_input_columns(X, reset=True)
-        _, self.config_, self.fingerprint_ = self._resolve()
+        loaded, self.config_, self.fingerprint_ = self._resolve()
+        self.weights_identity_ = loaded.weights_identity
         self.n_features_out_ = self.config_["dim"]
         return self
 
@@ -237,6 +241,22 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 "changed. Call fit again."
             )
         return loaded
+
+    def _check_weights_unchanged(self):
+        """Refuse to serve rows when the weights file changed since fit.
+
+        A stat compares the file with ``weights_identity_`` (no torch on this warm path); only
+        when they differ (an edit, a copy, another path set without refitting) is the backbone
+        loaded and its fingerprint compared, which raises if the weights really changed.
+        """
+        fitted = self.__dict__.get("weights_identity_", _UNRECORDED)
+        current = _weights_identity(self.weights)
+        if fitted is _UNRECORDED:  # pickled by an older featcache: verify a file the long way
+            changed = current is not None
+        else:
+            changed = current != fitted
+        if changed:
+            self._loaded_for_transform()
 
     def _check_input_columns(self, X, *, reset):
         columns = getattr(X, "columns", None)
@@ -284,6 +304,7 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         from .extract import content_keys, fill_cache, plan
 
         start = time.perf_counter()
+        self._check_weights_unchanged()
         cache = resolve_cache(self.cache)
         layer = self.config_["layer"]
         store = _MemoryNamespace(self.n_features_out_) if cache is None else \

@@ -76,3 +76,39 @@ def test_cli_extract_exit_codes_and_summary(xray_pngs, tmp_path, capsys):
     with pytest.raises(SystemExit) as usage:
         cli_main(["extract", str(folder)])
     assert usage.value.code == 2
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["--batch-size", "0"], 2, "--batch-size must be an int in the range [1, inf)"),
+    (["--workers", "-1"], 2, "--workers must be an int in the range [0, inf)"),
+    (["--image-size", "0"], 2, "--image-size must be an int in the range [8, inf)"),
+    (["--image-size", "4"], 2, "--image-size must be an int in the range [8, inf)"),
+    (["--commit-seconds", "nan"], 2, "--commit-seconds must be a float"),
+    (["--device", "gpu"], 2, "--device must be 'auto', 'cpu'"),
+    (["--window", "nan,400"], 1, "--window 'nan,400': expected CENTER,WIDTH"),
+    (["--window", "40"], 1, "--window '40': expected CENTER,WIDTH"),
+    (["--shard", "3/2"], 1, "--shard '3/2'"),
+])
+def test_cli_refuses_what_the_api_refuses_in_one_line(tmp_path, capsys, args, code, words):
+    np.savez(tmp_path / "d.npz", images=np.zeros((2, 16, 16), np.uint8))
+    assert cli_main(["extract", str(tmp_path / "d.npz"), "--cache", str(tmp_path / "c"),
+                     "--quiet", *args]) == code
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").glob("*/shards/*.h5"))
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"PK\x03\x04 not a zip", "cannot read"),
+    (None, "has shape (5,)"),
+])
+def test_cli_names_a_malformed_npz_without_a_traceback(tmp_path, content, words):
+    path = tmp_path / "d.npz"
+    if content is None:
+        np.savez(path, images=np.zeros(5))
+    else:
+        path.write_bytes(content)
+    run = subprocess.run([sys.executable, "-m", "featcache.cli", "extract", str(path), "--cache",
+                          str(tmp_path / "c"), "--quiet"], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 1 and words in run.stderr and "Traceback" not in run.stderr

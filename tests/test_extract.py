@@ -75,29 +75,6 @@ def test_three_concurrent_shard_jobs_fill_one_cache(xray_pngs, tmp_path):
     assert FeatureCache(cache).verify().ok
 
 
-def test_sigterm_commits_what_is_done_and_the_rerun_resumes(tmp_path):
-    images = np.random.default_rng(0).integers(0, 255, (240, 24, 24), dtype=np.uint8)
-    np.savez(tmp_path / "d.npz", images=images)
-    cache = tmp_path / "c"
-    command = CLI + ["extract", str(tmp_path / "d.npz"), "--cache", str(cache), "--image-size",
-                     "64", "--batch-size", "8", "--commit-seconds", "0.2", "--quiet"]
-    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(cache.glob("*/shards/*.h5")):
-        time.sleep(0.1)
-    job.send_signal(signal.SIGTERM)
-    _, err = job.communicate(timeout=120)
-    assert job.returncode == 130, err
-    assert "Run the same command again to resume" in err
-    store = FeatureCache(cache)
-    assert store.verify().ok
-    committed = store.info()[0]["rows"]
-    assert 0 < committed < 240
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    assert f"240 inputs: {240 - committed} computed, {committed} from cache" in rerun.stdout
-
-
 def test_memory_is_bounded_by_the_batch_not_the_input_count(tmp_path):
     script = """
 import resource, sys, numpy as np
@@ -192,3 +169,114 @@ def test_dicom_window_changes_the_fingerprint_and_the_features(tmp_path):
                  "--window", "40,400", "--quiet"]) == 0
     with pytest.raises(Exception, match="window"):
         FrozenBackbone(window=(40, -1)).fit([ct])
+
+
+def _replace_after_planning(monkeypatch, action):
+    """Run ``action`` right after the cache misses are planned (keys computed, nothing decoded)."""
+    import featcache.extract as extract_module
+
+    real = extract_module.plan
+
+    def plan_then_act(*args, **kwargs):
+        planned = real(*args, **kwargs)
+        action()
+        return planned
+
+    monkeypatch.setattr(extract_module, "plan", plan_then_act)
+
+
+def test_a_file_replaced_between_keying_and_decoding_never_gets_a_row(xray_pngs, tmp_path,
+                                                                       monkeypatch):
+    from PIL import Image
+
+    from featcache.exceptions import InputChangedError
+
+    paths, _ = xray_pngs
+    X = paths[:6]
+    old_key, replacement = content_key(Path(X[0]), 0), np.full((28, 28), 200, np.uint8)
+    _replace_after_planning(monkeypatch, lambda: Image.fromarray(replacement).save(X[0]))
+    with pytest.raises(InputChangedError, match=r"img_000\.png.*changed while featcache"):
+        extract(X, tmp_path / "c", image_size=32, progress=False, batch_size=2)
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(X[0])  # another content, keyed anew
+    summary = extract(X, tmp_path / "c", image_size=32, progress=False, on_error="skip")
+    assert summary.failed == 1 and "changed while featcache" in summary.failures[0]
+    (fp,) = summary.fingerprints.values()
+    ns = FeatureCache(tmp_path / "c").namespace(fp)
+    new_key = content_key(Path(X[0]), 0)
+    assert not ns.lookup([old_key, new_key]).any()  # no row under either key
+    assert ns.failures([old_key, new_key]) == {}  # and no recorded failure: it is retried
+    monkeypatch.undo()
+    rerun = extract(X, tmp_path / "c", image_size=32, progress=False)
+    assert (rerun.computed, rerun.failed) == (1, 0)
+    fresh = FrozenBackbone(image_size=32, cache=False).fit_transform([X[0]])
+    np.testing.assert_allclose(ns.read([new_key]), fresh, rtol=1e-5, atol=1e-6)
+
+
+def test_an_array_mutated_after_keying_gives_a_nan_row_not_a_wrong_one(xray, monkeypatch):
+    images, _ = xray
+    X = images[:4].copy()
+    _replace_after_planning(monkeypatch, lambda: X[1].fill(255))
+    backbone = FrozenBackbone(image_size=32, cache=False, on_error="skip").fit(X)
+    out = backbone.transform(X)
+    assert np.isnan(out[1]).all() and np.isfinite(out[[0, 2, 3]]).all()
+    assert "changed while featcache" in backbone.failures_[1]
+
+
+def test_oversized_and_malformed_inputs_fail_alone_and_the_batch_is_committed(tmp_path, xray):
+    from PIL import Image
+
+    pydicom = pytest.importorskip("pydicom")
+    images, _ = xray
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(images[i]).save(folder / f"ok_{i}.png")
+    Image.fromarray(np.zeros((1, 100_000), np.uint8)).save(folder / "line.png")
+    bad_vr = Path(pydicom.data.get_testdata_file("badVR.dcm", download=False))
+    (folder / "badVR.dcm").write_bytes(bad_vr.read_bytes())
+    summary = extract(collect_inputs([folder]), tmp_path / "c", image_size=224, batch_size=64,
+                      on_error="skip", progress=False)
+    assert (summary.computed, summary.failed) == (4, 2)
+    reasons = " ".join(summary.failures.values())
+    assert "over the limit" in reasons and "malformed NumberOfFrames" in reasons
+    (info,) = FeatureCache(tmp_path / "c").info()
+    assert (info["rows"], info["failures"]) == (4, 2)
+
+
+def test_extract_validates_its_options_like_frozen_backbone(tmp_path, xray):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    images, _ = xray
+    for bad in (dict(image_size=4), dict(batch_size=0), dict(num_workers=-1),
+                dict(window=(float("nan"), 400)), dict(device="gpu"), dict(pooling="mean")):
+        with pytest.raises(InvalidParameterError):
+            extract(images[:2], tmp_path / "c", progress=False, **bad)
+        with pytest.raises(InvalidParameterError):
+            FrozenBackbone(**bad).fit(images[:2])
+
+
+def test_file_names_that_are_not_utf8_are_embedded_committed_and_reported(xray, tmp_path):
+    from PIL import Image
+
+    images, _ = xray
+    folder = tmp_path / "in"
+    folder.mkdir()
+    raw = [b"caf\xe9.png", b"plain.png", b"\xff\xfe.png"]
+    for i, name in enumerate(raw):
+        Image.fromarray(images[i]).save(os.path.join(os.fsencode(folder), name))
+    with open(os.path.join(os.fsencode(folder), b"bad\xe9.png"), "wb") as f:
+        f.write(b"not an image")
+    cache = tmp_path / "c"
+    run = subprocess.run(CLI + ["extract", str(folder), "--cache", str(cache), "--image-size",
+                                "32", "--quiet", "--on-error", "skip"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "4 inputs: 3 computed, 0 from cache, 1 failed" in run.stdout
+    assert "Traceback" not in run.stderr and "bad" in run.stderr
+    (info,) = FeatureCache(cache).info()
+    assert (info["rows"], info["failures"]) == (3, 1)
+    paths = [os.path.join(os.fsdecode(os.fsencode(folder)), os.fsdecode(n)) for n in raw]
+    backbone = FrozenBackbone(image_size=32, cache=cache)
+    out = backbone.fit_transform(paths)
+    assert np.isfinite(out).all() and backbone.transform_stats_["computed"] == 0
+    assert FeatureCache(cache).verify().ok
+    assert main(["export", str(cache), str(tmp_path / "out.h5")]) == 0

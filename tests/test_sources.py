@@ -1,5 +1,7 @@
 """Tests for featcache.sources: directories, manifests, .npz inputs and --shard splits."""
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -95,3 +97,16 @@ def test_bad_shard_specs(text):
     with pytest.raises(FeatcacheError, match="--shard"):
         parse_shard(text)
     assert parse_shard("2/4") == (2, 4)
+
+
+def test_npz_that_is_not_images_is_a_named_error(tmp_path):
+    cases = {"pickled": dict(images=np.array([None, 1], dtype=object)),
+             "flat": dict(images=np.zeros(5)),
+             "labels": dict(images=np.zeros((3, 8, 8)), labels=np.zeros(2))}
+    for name, arrays in cases.items():
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+    (tmp_path / "garbage.npz").write_bytes(b"PK\x03\x04garbage")
+    for name, words in (("pickled", "pickled objects"), ("flat", "has shape (5,)"),
+                        ("labels", "2 entries for 3 images"), ("garbage", "cannot read")):
+        with pytest.raises(FeatcacheError, match=re.escape(words)):
+            collect_inputs([tmp_path / f"{name}.npz"])
