@@ -12,6 +12,10 @@ __all__ = [
     "InputChangedError",
     "CacheError",
     "CacheCorruptError",
+    "CacheMissError",
+    "CacheValueError",
+    "ProbeError",
+    "CorruptShardWarning",
 ]
 
 
@@ -49,3 +53,22 @@ class CacheError(FeatcacheError):
 
 class CacheCorruptError(CacheError):
     """A cache shard whose contents do not match its recorded checksum or shape."""
+
+
+class CacheMissError(CacheError, KeyError):
+    """Keys asked for that the cache does not hold."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class CacheValueError(CacheError, ValueError):
+    """An argument that is not a valid cache, namespace or key."""
+
+
+class ProbeError(FeatcacheError, ValueError):
+    """Inputs of a probe that cannot be used (shapes, labels, splits, a CSV, a namespace)."""
+
+
+class CorruptShardWarning(UserWarning):
+    """A shard was skipped because it is damaged; run ``featcache verify``."""

@@ -10,7 +10,7 @@ import sys
 import h5py
 import numpy as np
 
-from featcache import _shards
+from featcache.cache import files
 from featcache.cache import FeatureCache, clear_memo
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -67,7 +67,7 @@ def _check_served(cache_dir, n):
 
 
 def _shard_paths(ns):
-    return [ns.shards_dir / n for n in _shards.list_shards(ns.shards_dir)]
+    return [ns.shards_dir / n for n in files.list_shards(ns.shards_dir)]
 
 
 def _flip_feature_bytes(path):

@@ -34,7 +34,7 @@ def _hold_after_batches(count: int, marker: Path, go: Path) -> None:
 
 
 def _hold_in_first_commit(marker: Path, go: Path) -> None:
-    import featcache._shards as shards
+    import featcache.cache.shards as shards
 
     real = shards.write_shard
 

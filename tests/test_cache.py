@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import pytest
 
-from featcache import _shards
+from featcache.cache import files, shards
 from featcache.cache import (
     CacheMissError,
     CorruptShardWarning,
@@ -416,7 +416,7 @@ def test_sources_and_reasons_that_are_not_utf8_are_stored_escaped(tmp_path):
         w.add_failure(key_of(3), odd + "x", f"cannot decode {odd}: bad\x00byte")
     assert len(w.shards) == 1 and w.rows_written == 2 and w.failures_written == 1
     escaped = "/data/caf\\udce9.png"
-    assert _shards.read_sources(w.shards[0]) == [escaped, "/data/ok.png"]
+    assert shards.read_sources(w.shards[0]) == [escaped, "/data/ok.png"]
     expect = {key_of(3): (escaped + "x", f"cannot decode {escaped}: bad\\x00byte")}
     assert ns.failures() == expect
     _fill(ns, range(10, 20))  # a second shard: compact merges what this process wrote
@@ -467,14 +467,14 @@ def test_disk_full_during_commit(tmp_path, monkeypatch):
     def no_space(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(_shards, "_fsync", no_space)
+    monkeypatch.setattr(files, "_fsync", no_space)
     w = ns.writer(commit_rows=1000)
     w.add([key_of(i) for i in range(41, 61)], features([key_of(i) for i in range(41, 61)]),
           ["s"] * 20)
     with pytest.raises(CacheError, match="disk is full") as e:
         w.commit()
     assert str(ns.shards_dir) in str(e.value) and "rerun" in str(e.value)
-    assert _shard_paths(ns) == before and not _shards.temp_files(ns.path)
+    assert _shard_paths(ns) == before and not files.temp_files(ns.path)
     with pytest.raises(CacheError, match="disk is full"):  # __exit__ does not retry blindly
         with ns.writer() as w2:
             w2.add([key_of(99)], feature(key_of(99))[None], ["s"])
@@ -512,7 +512,7 @@ except cache.CacheError as e:
                          timeout=60)
     assert "CacheError: could not write a cache shard in" in out.stdout, out.stdout + out.stderr
     ns = FeatureCache(tmp_path / "c").namespace(FINGERPRINT)
-    assert ns.rows() == 10 and not _shards.temp_files(ns.path) and ns.cache.verify().ok
+    assert ns.rows() == 10 and not files.temp_files(ns.path) and ns.cache.verify().ok
 
 
 _TMPFS_SCRIPT = """

@@ -13,8 +13,9 @@ import pathlib
 
 import numpy as np
 
-from . import _shards
-from .exceptions import CacheCorruptError
+from ..exceptions import CacheCorruptError
+from . import files, shards
+from .checks import get_dataset
 
 __all__ = ["ANNOTATIONS_DIR", "write_annotations", "read_annotations", "verify_annotations",
            "FIELDS"]
@@ -27,7 +28,7 @@ FIELDS = ("label", "group", "split", "source")
 def _as_str(values, n):
     if values is None:
         return [""] * n
-    values = ["" if v is None else _shards.safe_text(v) for v in values]
+    values = ["" if v is None else files.safe_text(v) for v in values]
     if len(values) != n:
         raise ValueError(f"expected {n} values, got {len(values)}")
     return values
@@ -39,16 +40,16 @@ def write_annotations(cache_dir, keys, *, label=None, group=None, split=None, so
     Each of ``label``, ``group``, ``split``, ``source`` is a sequence aligned with ``keys``
     (None entries mean "unknown") or None for all unknown.
     """
-    keys = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(-1, _shards.KEY_BYTES)
+    keys = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(-1, shards.KEY_BYTES)
     n = len(keys)
     columns = dict(zip(FIELDS, (_as_str(v, n) for v in (label, group, split, source))))
     directory = pathlib.Path(cache_dir) / ANNOTATIONS_DIR
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / _shards.new_shard_name()
-    with _shards.atomic_h5(final) as f:
+    final = directory / files.new_shard_name()
+    with files.atomic_h5(final) as f:
         f.create_dataset("keys", data=keys)
         for name, values in columns.items():
-            f.create_dataset(name, data=np.array(values, dtype=object), dtype=_shards._STR)
+            f.create_dataset(name, data=np.array(values, dtype=object), dtype=files.STR_DTYPE)
         f.attrs["rows"] = n
     return final
 
@@ -67,7 +68,7 @@ def read_annotations(cache_dir, keys=None) -> dict:
     directory = pathlib.Path(cache_dir) / ANNOTATIONS_DIR
     wanted = None if keys is None else {bytes(k) for k in keys}
     out: dict = {}
-    for name in _shards.list_shards(directory):
+    for name in files.list_shards(directory):
         read = _read_file(directory / name)
         if read is None:
             continue
@@ -82,7 +83,7 @@ def verify_annotations(cache_dir) -> list:
     """Messages naming each damaged annotations file of ``cache_dir`` (empty when all read)."""
     directory = pathlib.Path(cache_dir) / ANNOTATIONS_DIR
     problems = []
-    for name in _shards.list_shards(directory):
+    for name in files.list_shards(directory):
         try:
             _read_file(directory / name)
         except CacheCorruptError as exc:
@@ -98,12 +99,12 @@ def _read_file(path: pathlib.Path):
     fix = "; delete it and annotate those inputs again"
     try:
         size = os.stat(path).st_size
-        with _shards.open_read(path) as f:
+        with files.open_read(path) as f:
             keys = f.get("keys")
             n = keys.shape[0] if getattr(keys, "shape", None) else -1
-            keys = _shards.get_dataset(f, "keys", path, size, (n, _shards.KEY_BYTES),
+            keys = get_dataset(f, "keys", path, size, (n, shards.KEY_BYTES),
                                        np.dtype(np.uint8), what="annotations file")
-            columns = {field: _shards._str_list(_shards.get_dataset(
+            columns = {field: shards.str_list(get_dataset(
                 f, field, path, size, (n,), what="annotations file")) for field in FIELDS}
             return keys[()], columns
     except FileNotFoundError:

@@ -8,21 +8,37 @@ modify a committed shard.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 
 import numpy as np
 
-from . import _shards
+from ..exceptions import CacheCorruptError, CacheError, CacheValueError
+from . import files, shards
+from .files import MARKER
 from .annotations import verify_annotations
-from .cache import MARKER, CacheValueError, Namespace, VerifyReport, _mark_bad, _remember
-from .exceptions import CacheCorruptError, CacheError
+from .memo import mark_bad, remember
+from .namespace import Namespace
 
-__all__ = ["verify_cache", "compact_namespace", "build_index", "export_namespace",
+__all__ = ["VerifyReport", "verify_cache", "compact_namespace", "build_index", "export_namespace",
            "EXPORT_SUFFIXES"]
 
 #: Output extensions :func:`export_namespace` writes (compared case-insensitively).
 EXPORT_SUFFIXES = (".h5", ".hdf5", ".npz")
+
+
+@dataclasses.dataclass
+class VerifyReport:
+    """Result of :meth:`FeatureCache.verify`; true when no problem was found."""
+
+    ok: bool
+    problems: list
+    shards_checked: int
+    notes: list = dataclasses.field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return self.ok
 
 
 def verify_cache(cache) -> VerifyReport:
@@ -32,7 +48,7 @@ def verify_cache(cache) -> VerifyReport:
     """
     problems, notes, checked = [], [], 0
     try:
-        cache._check_marker(cache.path / MARKER, (cache.path / MARKER).read_bytes())
+        cache.check_marker()
     except (OSError, CacheError) as exc:
         problems.append(str(exc))
     problems += verify_annotations(cache.path)
@@ -46,17 +62,17 @@ def verify_cache(cache) -> VerifyReport:
         checked += n
         problems += found
         notes += [f"temporary file {p} (left by an interrupted writer; `featcache compact` "
-                  "removes it once it is old)" for p in _shards.temp_files(ns.path)]
+                  "removes it once it is old)" for p in files.temp_files(ns.path)]
     return VerifyReport(ok=not problems, problems=problems, shards_checked=checked, notes=notes)
 
 
 def build_index(ns: Namespace) -> pathlib.Path:
     """(Re)build ``<fingerprint>/index.h5``: virtual ``features``/``keys`` over all shards."""
-    shards = sorted(ns._index().shards, key=lambda s: s.name)
+    infos = sorted(ns.key_index().shards, key=lambda s: s.name)
     try:
-        return _shards.write_index(ns.path, shards)
+        return shards.write_index(ns.path, infos)
     except OSError as exc:
-        raise _shards.write_error(exc, ns.path, what="index.h5") from exc
+        raise files.write_error(exc, ns.path, what="index.h5") from exc
 
 
 def export_namespace(ns: Namespace, out_path) -> pathlib.Path:
@@ -72,14 +88,14 @@ def export_namespace(ns: Namespace, out_path) -> pathlib.Path:
     extra = {"config": json.dumps(ns.config, sort_keys=True), "featcache_export": 1}
     try:
         if out.suffix.lower() == ".npz":
-            keys, feats, sources = ns._retry(_owned_rows)
-            _shards.write_npz(out, keys, feats, sources, ns.failures(),
+            keys, feats, sources = ns.retry(_owned_rows)
+            shards.write_npz(out, keys, feats, sources, ns.failures(),
                               fingerprint=ns.fingerprint, config=extra["config"])
         else:
-            ns._retry(lambda idx: _shards.merge(sorted(idx.shards, key=lambda s: s.name),
+            ns.retry(lambda idx: shards.merge(sorted(idx.shards, key=lambda s: s.name),
                                                 out, ns.fingerprint, extra_attrs=extra))
     except OSError as exc:
-        raise _shards.write_error(exc, out.parent, what=f"the export {out.name}") from exc
+        raise files.write_error(exc, out.parent, what=f"the export {out.name}") from exc
     return out
 
 
@@ -109,28 +125,28 @@ def _owned_rows(idx):
         return np.zeros((0, 16), np.uint8), np.zeros((0, idx.dim or 0), np.float32), []
     sources = []
     for info, rows in parts:
-        names = _shards.read_sources(info.path)
+        names = shards.read_sources(info.path)
         sources += [names[r] for r in rows]
     return (np.concatenate([i.keys[r] for i, r in parts]),
-            np.concatenate([_shards.read_rows(i.path, r) for i, r in parts]), sources)
+            np.concatenate([shards.read_rows(i.path, r) for i, r in parts]), sources)
 
 
 def _verify_shards(ns: Namespace) -> tuple:
     """(shards checked, problems) for one namespace; results refresh the process memo."""
     problems, dims, checked = [], {}, 0
-    for name in _shards.list_shards(ns.shards_dir):
+    for name in files.list_shards(ns.shards_dir):
         path = ns.shards_dir / name
         try:
-            info = _shards.load_shard(path, ns.fingerprint, check_checksum=True)
+            info = shards.load_shard(path, ns.fingerprint, check_checksum=True)
         except FileNotFoundError:
             continue
         except CacheCorruptError as exc:
             checked += 1
             problems.append(str(exc))
-            _mark_bad(path, str(exc))
+            mark_bad(path, str(exc))
             continue
         checked += 1
-        _remember(info)
+        remember(info)
         if info.rows:
             dims.setdefault(info.dim, []).append(path)
     if len(dims) > 1:
@@ -142,9 +158,9 @@ def _verify_shards(ns: Namespace) -> tuple:
 
 def compact_namespace(ns: Namespace, min_shards: int, stale_tmp_seconds: float) -> dict:
     """Merge one namespace's shards into one (see ``FeatureCache.compact``); its counts."""
-    tmp_removed = _shards.remove_stale_temp(ns.path, stale_tmp_seconds)
+    tmp_removed = files.remove_stale_temp(ns.path, stale_tmp_seconds)
     for attempt in range(5):
-        idx = ns._index(force=attempt > 0)
+        idx = ns.key_index(force=attempt > 0)
         infos = sorted(idx.shards, key=lambda s: s.name)
         stats = {"fingerprint": ns.fingerprint, "shards_before": len(idx.listing),
                  "corrupt_skipped": len(idx.bad), "tmp_removed": tmp_removed}
@@ -153,15 +169,15 @@ def compact_namespace(ns: Namespace, min_shards: int, stale_tmp_seconds: float) 
             kept = infos
             break
         try:
-            merged = _shards.merge(infos, ns.shards_dir / _shards.new_shard_name(), ns.fingerprint)
-        except _shards.ShardGone:
+            merged = shards.merge(infos, ns.shards_dir / files.new_shard_name(), ns.fingerprint)
+        except shards.ShardGone:
             continue  # a concurrent compact removed a shard: list again
         except OSError as exc:
-            raise _shards.write_error(exc, ns.shards_dir, what="the compacted shard") from exc
-        _remember(merged)
+            raise files.write_error(exc, ns.shards_dir, what="the compacted shard") from exc
+        remember(merged)
         for info in infos:
             info.path.unlink(missing_ok=True)
-        _shards.fsync_path(ns.shards_dir)
+        files.fsync_path(ns.shards_dir)
         kept = [merged]
         break
     else:
