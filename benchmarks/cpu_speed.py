@@ -28,11 +28,12 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "pneumoniamnist_trainval.n
 
 def naive(images, batch_size, size):
     """The hand-written loop: NCHW, no_grad, one batch after another."""
-    from featcache.backbones import _build_network, get_backbone
+    from featcache.backbones import get_backbone
+    from featcache.backbones.loading import build_network
 
     loaded = load_backbone(image_size=size)
     # the pretrained network as a hand-written script loads it (featcache's own copy is tuned)
-    network = _build_network(get_backbone("efficientnet_lite0"), "DEFAULT")[0].eval()
+    network = build_network(get_backbone("efficientnet_lite0"), "DEFAULT")[0].eval()
     mean, std = loaded.extractor.mean, loaded.extractor.std
     network.reset_classifier(0)
     out = []

@@ -108,9 +108,10 @@ def naive_loop(paths) -> float:
 
 def plain_network():
     """The pretrained network as a hand-written script loads it (featcache's own copy is tuned)."""
-    from featcache.backbones import _build_network, get_backbone
+    from featcache.backbones import get_backbone
+    from featcache.backbones.loading import build_network
 
-    return _build_network(get_backbone("efficientnet_lite0"), "DEFAULT")[0].eval()
+    return build_network(get_backbone("efficientnet_lite0"), "DEFAULT")[0].eval()
 
 
 def gflops_per_image(model, weights) -> float:

@@ -1,4 +1,4 @@
-"""Tests for featcache.extractor: pooling and layer capture."""
+"""Tests for featcache.backbones.capture: pooling and layer capture."""
 
 import threading
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from featcache.exceptions import LayerError
-from featcache.extractor import FeatureExtractor, pool_features
+from featcache.backbones.capture import FeatureExtractor, pool_features
 
 
 def test_pooling_of_feature_maps():
@@ -91,7 +91,7 @@ class _ConvBn(nn.Module):
 
 
 def test_batchnorm_folding_keeps_the_outputs_and_drops_the_norm():
-    from featcache.extractor import fold_batchnorm
+    from featcache.backbones.capture import fold_batchnorm
 
     net = _ConvBn().eval()
     x = torch.rand(2, 3, 16, 16)
@@ -104,7 +104,7 @@ def test_batchnorm_folding_keeps_the_outputs_and_drops_the_norm():
 
 
 def test_batchnorm_folding_restores_a_network_it_misread():
-    from featcache.extractor import fold_batchnorm
+    from featcache.backbones.capture import fold_batchnorm
 
     net = _ConvBn(misread=True).eval()
     x = torch.rand(2, 3, 16, 16)

@@ -1,4 +1,4 @@
-"""Tests for featcache.weights: checkpoints, unwrapping, prefix stripping, shape checks."""
+"""Tests for featcache.backbones.weights: checkpoints, unwrapping, prefix stripping, shape checks."""
 
 import io
 import os
@@ -11,7 +11,7 @@ import torch
 
 from featcache.backbones import load_backbone
 from featcache.exceptions import WeightsError
-from featcache.weights import file_identity, load_checkpoint, map_state_dict_by_order
+from featcache.backbones.weights import file_identity, load_checkpoint, map_state_dict_by_order
 
 
 def test_order_mapping_checks_every_shape():

@@ -21,11 +21,11 @@ import weakref
 import torch
 from torch import nn
 
-from .exceptions import LayerError
+from ..exceptions import LayerError
+from ..options import POOLINGS
 
 __all__ = ["FeatureExtractor", "POOLINGS", "pool_features", "DEFAULT_LAYER", "fold_batchnorm"]
 
-POOLINGS = ("avg", "max", "gem", "cls", "none")
 #: Name under which the default (penultimate) features are returned.
 DEFAULT_LAYER = "default"
 _GEM_P = 3.0

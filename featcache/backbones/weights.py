@@ -17,10 +17,11 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
-from .exceptions import WeightsError
+from ..exceptions import WeightsError
 
 __all__ = [
     "load_checkpoint",
+    "load_local_checkpoint",
     "load_state_dict_strict",
     "map_state_dict_by_order",
     "state_dict_digest",
@@ -179,6 +180,24 @@ def _mismatch_message(source, missing, unexpected, wrong_shape) -> str:
         + listing("shape mismatch", wrong_shape)
         + "\nCheck that `model=` names the architecture the checkpoint was trained with."
     )
+
+
+def load_local_checkpoint(model, path, *, head_prefixes=()) -> tuple:
+    """Load the local checkpoint ``path`` into ``model``: the one loader for every backbone.
+
+    The file's identity is taken before it is read (so a rewrite during the read is noticed
+    by the next identity check), then the state dict is read safely (:func:`load_checkpoint`)
+    and loaded strictly (:func:`load_state_dict_strict`; ``head_prefixes`` may be missing).
+
+    Returns
+    -------
+    tuple
+        ``(model, "checkpoint", identity)`` with :func:`file_identity` of the file.
+    """
+    identity = file_identity(path)
+    load_state_dict_strict(model, load_checkpoint(path), source=f"'{path}'",
+                           head_prefixes=head_prefixes)
+    return model, "checkpoint", identity
 
 
 def map_state_dict_by_order(source_state, model: torch.nn.Module, *, source) -> "OrderedDict":

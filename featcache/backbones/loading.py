@@ -1,0 +1,213 @@
+"""Loading a frozen feature extractor: build, load weights, fold BatchNorm, memoise per process.
+
+:func:`load_backbone` turns a name, weights and layers into a :class:`LoadedBackbone` (the
+frozen :class:`~featcache.backbones.capture.FeatureExtractor` and the configuration that
+produced it). Networks and extractors are kept in a small thread-safe LRU memo, so clones of
+an estimator and grid-search candidates reuse one network, built and folded once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from ..formats import FORMAT_VERSION
+from .registry import BackboneSpec, Preprocessing, get_backbone, seeded, warn_random
+
+__all__ = ["LoadedBackbone", "load_backbone", "layer_names", "build_network"]
+
+
+@dataclass
+class LoadedBackbone:
+    """A loaded, frozen feature extractor and the configuration that produced it."""
+
+    spec: BackboneSpec
+    extractor: object  # featcache.extractor.FeatureExtractor
+    config: dict
+    dims: dict  # layer name -> feature dimension
+    preprocessing: Preprocessing
+    #: :func:`featcache.weights.file_identity` of the weights file it was loaded from (None
+    #: for named or random weights): what a fitted estimator checks the file against.
+    weights_identity: tuple | None = None
+
+    def layer_config(self, layer: str, **extra) -> dict:
+        """Configuration of one layer's features: what a cache namespace is keyed by."""
+        return {**self.config, "layer": layer, "dim": self.dims[layer], **extra}
+
+
+def build_network(spec: BackboneSpec, weights):
+    """``(network, weights label, weights identity)`` of ``spec`` with ``weights``.
+
+    ``None``: random weights (seeded; warns). A path: a local checkpoint, loaded into the
+    architecture by the one loader for every backbone
+    (:func:`~featcache.backbones.weights.load_local_checkpoint`). Otherwise a named weights
+    tag of the backbone's library (``"DEFAULT"`` ...).
+    """
+    from .weights import is_weights_path, load_local_checkpoint
+
+    if weights is None or is_weights_path(weights):
+        with seeded():
+            model = spec.architecture()
+        if weights is None:
+            warn_random()
+            return model, None, None
+        return load_local_checkpoint(model, weights, head_prefixes=spec.head_prefixes(model))
+    return spec.pretrained(weights)
+
+
+_NETWORKS: "OrderedDict[tuple, tuple]" = OrderedDict()
+_LOADED: "OrderedDict[tuple, LoadedBackbone]" = OrderedDict()
+_MEMO_SIZE = 4
+#: Guards both memos and ``_BUILDING``; held only for dictionary operations, never while building.
+_MEMO_LOCK = threading.Lock()
+#: (memo id, key) -> lock held while that entry is being built, so threads asking for the
+#: same entry wait for one build (a network is built, and its BatchNorm folded, once).
+_BUILDING: dict = {}
+
+
+def _memo_get(memo, key, make):
+    """Small thread-safe LRU memo: networks and extractors are reused across clones and CV candidates.
+
+    Parameters
+    ----------
+    memo : OrderedDict
+        ``_NETWORKS`` or ``_LOADED``.
+    key : tuple
+        The configuration; a weights file enters it as its :func:`~featcache.weights.file_identity`.
+    make : callable
+        Builds the value. Threads asking for one key wait for a single build; the memo lock
+        is not held meanwhile, so other configurations load in parallel.
+    """
+    while True:
+        found, building = _memo_lookup(memo, key)
+        if building is None:
+            return found
+        with building:
+            with _MEMO_LOCK:
+                stale = _BUILDING.get((id(memo), key)) is not building
+            if stale:  # another thread built it (or failed to) while this one waited
+                continue
+            try:
+                value = make()
+                with _MEMO_LOCK:
+                    memo[key] = value
+                    while len(memo) > _MEMO_SIZE:
+                        memo.popitem(last=False)
+            finally:
+                with _MEMO_LOCK:
+                    _BUILDING.pop((id(memo), key), None)
+            return value
+
+
+def _memo_lookup(memo, key):
+    """``(value, None)`` on a hit; on a miss ``(None, the lock of the key's build)``."""
+    with _MEMO_LOCK:
+        if key in memo:
+            memo.move_to_end(key)
+            return memo[key], None
+        return None, _BUILDING.setdefault((id(memo), key), threading.Lock())
+
+
+def _network(spec, weights, wkey):
+    """(network, weights label, weights digest, BN folded?), built once per process and configuration.
+
+    The network is shared by every thread and extractor of its configuration, so it is
+    finished before it is published: folded, and laid out channels-last as the engine runs
+    it. Converting a network's parameters (``Module.to``) swaps their storage under any
+    forward pass running in another thread and corrupts the weights; done here, under the
+    memo's build lock, the engine's later ``.to(memory_format=torch.channels_last)`` on a
+    CPU changes nothing.
+    """
+    from .weights import state_dict_digest
+
+    from .capture import fold_batchnorm
+
+    def make():
+        import torch
+
+        network, label, memo_key = build_network(spec, weights)
+        digest = state_dict_digest(network, memo_key)  # of the weights as loaded
+        network.eval()
+        folded = fold_batchnorm(network, check_size=spec.preprocessing.image_size)
+        network.to(memory_format=torch.channels_last)
+        return network, label, digest, folded
+
+    return _memo_get(_NETWORKS, (spec.name, wkey), make)
+
+
+def load_backbone(model="efficientnet_lite0", *, weights="DEFAULT", layers=(None,),
+                  pooling="avg", image_size=None) -> LoadedBackbone:
+    """Build (or reuse) a frozen feature extractor.
+
+    Loaded backbones are kept in a small per-process memo, so clones of an estimator and
+    grid-search candidates that share the configuration reuse one network.
+
+    Parameters
+    ----------
+    model : str
+        Backbone name (see :func:`get_backbone`).
+    weights : "DEFAULT", str, path or None
+        Named pretrained weights, a local checkpoint, or None (random; tests only).
+    layers : sequence of (str or None)
+        Layers to extract (None = final feature map / penultimate vector).
+    pooling : {"avg", "max", "gem", "cls", "none"}
+    image_size : int, optional
+        Input side length; defaults to the backbone's.
+    """
+    spec = get_backbone(model)
+    wkey = _weights_key(weights)  # taken before any read, so a rewrite during it is noticed
+    key = (spec.name, wkey, tuple(layers), pooling, image_size)
+    return _memo_get(_LOADED, key, lambda: _load(spec, weights, wkey, list(layers), pooling, image_size))
+
+
+def _weights_key(weights):
+    """How ``weights`` enters the memo keys: a file by its identity, a tag or None as itself."""
+    from .weights import file_identity, is_weights_path
+
+    return file_identity(weights) if is_weights_path(weights) else weights
+
+
+def _load(spec, weights, wkey, layers, pooling, image_size) -> LoadedBackbone:
+    import torch
+
+    from .capture import FeatureExtractor
+    from .weights import is_weights_path
+
+    network, weights_label, digest, folded = _network(spec, weights, wkey)
+    pre = spec.preprocessing
+    if image_size is not None:
+        pre = dataclasses.replace(pre, image_size=int(image_size))
+    extractor = FeatureExtractor(network, layers, pooling, pre.mean, pre.std)
+    device = next(network.parameters()).device  # an earlier GPU run may have moved it there
+    extractor.to(device)
+    with torch.inference_mode():
+        probe = extractor(torch.zeros(1, 3, pre.image_size, pre.image_size, device=device))
+    dims = {name: int(t.shape[1]) for name, t in probe.items()}
+    config = {
+        "format_version": FORMAT_VERSION,
+        "model": spec.name,
+        "source": spec.source,
+        "arch": spec.arch,
+        "weights": weights_label,
+        "weights_digest": digest,
+        "batchnorm": "folded into convolutions" if folded else "as is",
+        "pooling": pooling,
+        "preprocessing": pre.to_dict(),
+    }
+    identity = None
+    if is_weights_path(weights):
+        config["weights_file"] = str(weights)  # informative only: not fingerprinted
+        identity = wkey
+    return LoadedBackbone(spec, extractor, config, dims, pre, weights_identity=identity)
+
+
+def layer_names(model="efficientnet_lite0") -> list:
+    """Module names usable as ``layer=`` for a backbone (built with random weights, offline)."""
+    spec = get_backbone(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        network, _, _ = build_network(spec, None)
+    return [name for name, _ in network.named_modules() if name]
