@@ -207,7 +207,7 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
 
     Parameters
     ----------
-    extractor : featcache.extractor.FeatureExtractor
+    extractor : featcache.backbones.capture.FeatureExtractor
     items : list
         Items from :func:`featcache.inputs.as_items`.
     positions : sequence of int

@@ -1,9 +1,10 @@
-"""Filling the cache: content keys -> cache misses -> the engine -> committed shards.
+"""The one unit of work: content keys -> plan -> compute the misses -> commit -> read.
 
-This is the one place where the engine and the cache meet. :class:`~featcache.FrozenBackbone`
-uses :func:`fill_cache` for its misses; ``featcache extract`` uses :func:`extract`, which adds
-input sources, several layers per forward pass, ``--shard i/N``, annotations (labels, groups,
-splits) and a summary.
+This is the one place where the engine and the cache meet. :func:`embed` is the unit every
+caller runs (:class:`~featcache.FrozenBackbone`, :func:`extract` and ``featcache extract``;
+later the Dask task and the partial-freezing estimator); :func:`extract` adds input sources,
+several layers per forward pass, ``--shard i/N``, annotations (labels, groups, splits) and a
+summary.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 from .exceptions import InputError
 from .interrupts import deferred_signals, raise_if_interrupted
 
-__all__ = ["content_keys", "plan", "fill_cache", "extract", "ExtractSummary", "namespace_configs"]
+__all__ = ["content_keys", "plan", "fill_cache", "embed", "EmbedResult", "extract", "ExtractSummary",
+           "namespace_configs", "source_of", "NO_KEY"]
 
 
 def content_keys(items, on_error="raise"):
@@ -65,8 +67,8 @@ def plan(keys, namespaces, *, retry_failed=False):
     return np.asarray(todo, dtype=np.int64), known
 
 
-def fill_cache(loaded, items, keys, sources, todo, namespaces, *, run, commit_rows=4096,
-               commit_seconds=30.0, on_batch=None):
+def fill_cache(loaded, items, keys, sources, todo, namespaces, *, options, on_batch=None,
+               progress_desc="featcache"):
     """Compute ``items[todo]`` and commit every layer's rows to its namespace.
 
     Parameters
@@ -75,10 +77,9 @@ def fill_cache(loaded, items, keys, sources, todo, namespaces, *, run, commit_ro
     items, keys, sources : lists aligned by position
     todo : array of positions to compute
     namespaces : dict
-        Layer name -> :class:`featcache.cache.Namespace`.
-    run : dict
-        Keyword arguments of :func:`featcache.engine.run_batches` (batch_size, device,
-        precision, num_workers, on_error, progress).
+        Layer name -> :class:`featcache.cache.Namespace` (or ``MemoryNamespace``).
+    options : featcache.options.RunOptions
+        Batch size, resolved device and precision, workers, on_error, progress, commits.
     on_batch : callable, optional
         Called with each :class:`featcache.engine.Batch` after it is handed to the writers.
 
@@ -98,12 +99,13 @@ def fill_cache(loaded, items, keys, sources, todo, namespaces, *, run, commit_ro
     # every writer then commits what it holds (also on errors) before the interrupt propagates.
     with deferred_signals():
         with ExitStack() as stack:
-            writers = {layer: stack.enter_context(ns.writer(commit_rows=commit_rows,
-                                                            commit_seconds=commit_seconds))
+            writers = {layer: stack.enter_context(ns.writer(commit_rows=options.commit_rows,
+                                                            commit_seconds=options.commit_seconds))
                        for layer, ns in namespaces.items()}
             background = stack.enter_context(_BackgroundWrites())
             for batch in run_batches(loaded.extractor, items, todo, keys=keys,
-                                     image_size=loaded.preprocessing.image_size, **run):
+                                     image_size=loaded.preprocessing.image_size,
+                                     progress_desc=progress_desc, **options.engine_kwargs()):
                 failures.update(batch.failures)
                 background.submit(_write_batch, writers, batch, keys, sources)
                 if on_batch is not None:
@@ -155,15 +157,119 @@ class _BackgroundWrites:
         return False
 
 
-def namespace_configs(loaded, *, precision, policy):
-    """Layer name -> (configuration, fingerprint) of each extracted layer."""
+def namespace_configs(loaded, options):
+    """Layer name -> (configuration, fingerprint) of each extracted layer under ``options``."""
     from .backbones import fingerprint
+    from .inputs import DecodePolicy
 
+    decode = DecodePolicy(window=options.window).to_dict()
     out = {}
     for layer in loaded.dims:
-        config = loaded.layer_config(layer, precision=precision, decode=policy.to_dict())
+        config = loaded.layer_config(layer, precision=options.precision, decode=decode)
         out[layer] = (config, fingerprint(config))
     return out
+
+
+#: Stands for an input without a content key (unreadable) when rows are read: a NaN row.
+NO_KEY = b"\xff" * 16
+
+
+@dataclass
+class EmbedResult:
+    """What one unit of work did (see :func:`embed`).
+
+    Attributes
+    ----------
+    keys : list
+        Content key of each input (None where it could not be read).
+    failures : dict
+        Position -> reason of every input without a row: unreadable, recorded by an earlier
+        run, failed now, or (when rows are read) recorded by another process.
+    computed : int
+        Rows the network computed and committed now (failures excluded).
+    cached : int
+        Inputs whose row was already in the cache.
+    seconds : float
+    features : ndarray or None
+        The rows of the ``read`` layer in input order (NaN rows for failures), when asked.
+    """
+
+    keys: list
+    failures: dict
+    computed: int
+    cached: int
+    seconds: float
+    features: "np.ndarray | None" = None
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+
+def embed(items, sources, namespaces, *, load, options, read=None, on_keys=None, on_batch=None,
+          start=None) -> EmbedResult:
+    """The one unit of work: keys -> plan -> compute the misses -> commit -> read.
+
+    Every caller (:class:`~featcache.FrozenBackbone`, :func:`extract` and ``featcache
+    extract``) runs its inputs through this function.
+
+    Parameters
+    ----------
+    items, sources : lists aligned by position
+        Items from :func:`featcache.inputs.as_items` and what the cache records for each.
+    namespaces : dict
+        Layer name -> namespace (:class:`featcache.cache.Namespace` or ``MemoryNamespace``).
+    load : callable
+        ``load() -> LoadedBackbone``; called only when something must be computed, so a fully
+        cached call never loads the network.
+    options : featcache.options.RunOptions
+    read : str, optional
+        A layer whose rows to return in input order (``EmbedResult.features``).
+    on_keys : callable, optional
+        ``on_keys(keys)`` once the content keys are known (e.g. to record annotations).
+    on_batch : callable, optional
+        Called with each computed batch.
+    start : float, optional
+        ``time.perf_counter()`` when the caller's work began (default: now).
+
+    Raises
+    ------
+    InputError
+        With ``on_error="raise"``: the first unreadable or undecodable input, or an input
+        whose failure an earlier run recorded (unless ``retry_failed``).
+    """
+    start = time.perf_counter() if start is None else start
+    keys, key_failures = content_keys(items, options.on_error)
+    if on_keys is not None:
+        on_keys(keys)
+    todo, known = plan(keys, namespaces, retry_failed=options.retry_failed)
+    if known and options.on_error == "raise":
+        raise InputError(f"{next(iter(known.values()))} (recorded in the cache by an earlier run; "
+                         "fix the input, or pass retry_failed=True / --retry-failed to decode it "
+                         "again)")
+    failures = {}
+    if len(todo):
+        failures = fill_cache(load(), items, keys, sources, todo, namespaces, options=options,
+                              on_batch=on_batch,
+                              progress_desc=f"featcache ({len(items) - len(todo)} cached)")
+    every = {**key_failures, **known, **failures}
+    features = None
+    if read is not None:
+        ns = namespaces[read]
+        features = ns.read([k if k is not None else NO_KEY for k in keys], missing="nan")
+        every.update(_recorded_failures(ns, keys, features, every))
+    computed = len(todo) - len(failures)
+    return EmbedResult(keys, every, computed, len(items) - computed - len(every),
+                       time.perf_counter() - start, features)
+
+
+def _recorded_failures(ns, keys, rows, known) -> dict:
+    """Reasons for NaN rows not explained yet (failures recorded by other processes)."""
+    nan_rows = [p for p in np.flatnonzero(np.isnan(rows).any(axis=1)) if p not in known]
+    if not nan_rows:
+        return {}
+    recorded = ns.failures([keys[p] for p in nan_rows])
+    return {int(p): recorded.get(keys[p], ("", "not computed"))[1] for p in nan_rows}
 
 
 @dataclass
@@ -203,59 +309,58 @@ def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", lay
         ``(i, N)``: embed only this job's deterministic share of the inputs.
     Other parameters are those of :class:`featcache.FrozenBackbone`.
     """
-    from .options import validate_run_options
+    from .options import resolve_run_options, validate_run_options
 
-    validate_run_options(dict(model=model, weights=weights, pooling=pooling,
-                              image_size=image_size, batch_size=batch_size, device=device,
-                              precision=precision, num_workers=num_workers, on_error=on_error,
-                              retry_failed=retry_failed, progress=progress,
-                              commit_rows=commit_rows, commit_seconds=commit_seconds,
-                              window=window), caller="extract")
+    start = time.perf_counter()
+    options = resolve_run_options(
+        "extract", model=model, weights=weights, pooling=pooling, image_size=image_size,
+        batch_size=batch_size, device=device, precision=precision, num_workers=num_workers,
+        on_error=on_error, retry_failed=retry_failed, progress=progress, commit_rows=commit_rows,
+        commit_seconds=commit_seconds, window=window)
     for layer in layers:
         validate_run_options({"layer": layer}, caller="extract")
     from .backbones import load_backbone
     from .cache import resolve_cache
-    from .engine import resolve_device, resolve_precision
-    from .inputs import DecodePolicy, as_items, describe
-    from .sources import InputSet, shard_positions
+    from .sources import shard_positions
 
-    start = time.perf_counter()
-    if not isinstance(inputs, InputSet):
-        items = as_items(inputs)
-        inputs = InputSet()
-        inputs.extend(items, [str(item) if isinstance(item, os.PathLike) else describe(item, i)
-                              for i, item in enumerate(items)])
+    inputs = _input_set(inputs)
     inputs = inputs.subset(shard_positions(inputs.sources, *shard))
     store = resolve_cache(cache)
     loaded = load_backbone(model, weights=weights, layers=tuple(layers), pooling=pooling,
                            image_size=image_size)
-    device = resolve_device(device)
-    policy = DecodePolicy(window=window)
-    configs = namespace_configs(loaded, precision=resolve_precision(precision, device),
-                                policy=policy)
+    configs = namespace_configs(loaded, options)
     namespaces = {layer: store.namespace(fp, config) for layer, (config, fp) in configs.items()}
-    keys, key_failures = content_keys(inputs.items, on_error)
-    _annotate(store, inputs, keys)
-    todo, known = plan(keys, namespaces, retry_failed=retry_failed)
-    if known and on_error == "raise":
-        pos, reason = next(iter(known.items()))
-        raise InputError(f"{reason} (recorded by an earlier run; pass retry_failed / --retry-failed "
-                         "to decode it again)")
-    summary = ExtractSummary(inputs=len(inputs), fingerprints={k: fp for k, (_, fp) in configs.items()})
-    run = dict(batch_size=batch_size, device=device, precision=precision,
-               num_workers=num_workers, on_error=on_error, progress=progress, policy=policy,
-               progress_desc=f"featcache ({len(inputs) - len(todo)} cached)")
+    summary = ExtractSummary(inputs=len(inputs),
+                             fingerprints={k: fp for k, (_, fp) in configs.items()})
     try:
-        failures = fill_cache(loaded, inputs.items, keys, inputs.sources, todo, namespaces, run=run,
-                              commit_rows=commit_rows, commit_seconds=commit_seconds,
-                              on_batch=on_batch)
+        done = embed(inputs.items, inputs.sources, namespaces, load=lambda: loaded,
+                     options=options, on_keys=lambda keys: _annotate(store, inputs, keys),
+                     on_batch=on_batch, start=start)
     finally:
         summary.seconds = time.perf_counter() - start
-    summary.failures = {**key_failures, **known, **failures}
-    summary.failed = len(summary.failures)
-    summary.computed = len(todo) - len(failures)
-    summary.cached = len(inputs) - summary.computed - summary.failed
+    summary.failures, summary.failed = done.failures, done.failed
+    summary.computed, summary.cached = done.computed, done.cached
     return summary
+
+
+def _input_set(inputs):
+    """An InputSet as is; anything else through as_items, sources described."""
+    from .inputs import as_items
+    from .sources import InputSet
+
+    if isinstance(inputs, InputSet):
+        return inputs
+    items = as_items(inputs)
+    out = InputSet()
+    out.extend(items, [source_of(item, i) for i, item in enumerate(items)])
+    return out
+
+
+def source_of(item, index) -> str:
+    """What the cache records as an input's source: its path, or a short description."""
+    from .inputs import describe
+
+    return str(item) if isinstance(item, os.PathLike) else describe(item, index)
 
 
 def _annotate(store, inputs, keys):

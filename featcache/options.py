@@ -10,6 +10,7 @@ torch, no scikit-learn until something is validated).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -17,8 +18,9 @@ import re
 import sys
 from numbers import Integral, Real
 
-__all__ = ["POOLINGS", "PRECISIONS", "ON_ERROR", "MIN_IMAGE_SIZE", "run_constraints",
-           "validate_run_options", "validate_window", "is_invalid_parameter"]
+__all__ = ["POOLINGS", "PRECISIONS", "ON_ERROR", "MIN_IMAGE_SIZE", "RunOptions", "run_constraints",
+           "validate_run_options", "validate_window", "resolve_run_options", "cuda_possible",
+           "is_invalid_parameter"]
 
 #: How a feature map or token sequence becomes one vector.
 POOLINGS = ("avg", "max", "gem", "cls", "none")
@@ -108,3 +110,72 @@ def validate_run_options(params: dict, caller: str) -> None:
         validate_window(known["window"], caller)
     if "device" in known:
         _validate_device(known["device"], caller)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How one extraction runs, resolved once and passed whole (picklable, torch-free).
+
+    ``device`` and ``precision`` are resolved (``"cpu"``/``"cuda:0"``, ``"fp32"``/``"bf16"``...):
+    the value that enters the fingerprint is the value the engine uses. Build it with
+    :func:`resolve_run_options`.
+    """
+
+    batch_size: int = 64
+    device: str = "cpu"
+    precision: str = "fp32"
+    num_workers: int | None = None
+    on_error: str = "raise"
+    retry_failed: bool = False
+    progress: bool | None = None
+    window: tuple | None = None
+    commit_rows: int = 4096
+    commit_seconds: float = 30.0
+
+    def engine_kwargs(self) -> dict:
+        """Keyword arguments of :func:`featcache.engine.run_batches`."""
+        from .inputs import DecodePolicy
+
+        return dict(batch_size=self.batch_size, device=self.device, precision=self.precision,
+                    num_workers=self.num_workers, on_error=self.on_error, progress=self.progress,
+                    policy=DecodePolicy(window=self.window))
+
+
+def cuda_possible() -> bool:
+    """Whether ``device="auto"`` could mean CUDA here, answered without importing torch.
+
+    With torch already imported, torch answers. Otherwise, on Linux, CUDA needs the NVIDIA
+    driver (``/proc/driver/nvidia/version``) and visible devices; elsewhere (Windows) the
+    question is left to torch. False means torch would say no too.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return bool(torch.cuda.is_available())
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "0").strip() in ("", "-1"):
+        return False
+    if sys.platform.startswith("linux") or sys.platform == "darwin":
+        return os.path.exists("/proc/driver/nvidia/version")
+    return True
+
+
+def resolve_run_options(caller: str = "featcache", **params) -> RunOptions:
+    """Validate the run options in ``params`` and resolve device and precision once.
+
+    ``device="auto"`` becomes CUDA when available, else the CPU; ``precision="auto"`` fp32 on
+    a CPU and bf16 (or fp16) on a GPU (see :func:`featcache.engine.resolve_device`).
+    """
+    validate_run_options(params, caller)
+    device, precision = params.get("device", "auto"), params.get("precision", "auto")
+    if device == "cpu" or (device == "auto" and not cuda_possible()):
+        params["device"] = "cpu"  # resolved without importing torch (the warm path)
+        params["precision"] = "fp32" if precision == "auto" else precision
+    else:
+        from .engine import resolve_device, resolve_precision
+
+        resolved = resolve_device(device)
+        params["device"] = str(resolved)
+        params["precision"] = resolve_precision(precision, resolved)
+    if params.get("window") is not None:
+        params["window"] = validate_window(params["window"], caller)
+    fields = {f.name for f in dataclasses.fields(RunOptions)}
+    return RunOptions(**{k: v for k, v in params.items() if k in fields})

@@ -7,74 +7,22 @@ import time
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import HasMethods, InvalidParameterError
+from sklearn.utils._param_validation import HasMethods
 from sklearn.utils.validation import check_is_fitted
 
-from .exceptions import FeatcacheError, InputError
+from .exceptions import FeatcacheError
 from .options import run_constraints, validate_run_options
 
 __all__ = ["FrozenBackbone"]
 
-_NO_KEY = b"\xff" * 16  # stands for an input without a content key (unreadable): a NaN row
 _UNRECORDED = object()  # weights_identity_ of an estimator pickled before it was recorded
 
 
 def _weights_identity(weights):
     """Identity of a weights file (a stat, no torch), or None when ``weights`` names no file."""
-    from .weights import file_identity, is_weights_path
+    from .backbones.weights import file_identity, is_weights_path
 
     return file_identity(weights) if is_weights_path(weights) else None
-
-
-class _MemoryNamespace:
-    """A throw-away in-memory stand-in for a cache namespace, used when ``cache=False``."""
-
-    def __init__(self, dim):
-        self.dim, self.rows, self.failed = dim, {}, {}
-
-    def lookup(self, keys):
-        return np.array([k in self.rows for k in keys], dtype=bool)
-
-    def failures(self, keys):
-        return {}
-
-    def writer(self, **_):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def add(self, keys, features, sources):
-        self.rows.update(zip(keys, features))
-
-    def add_failure(self, key, source, reason):
-        self.failed[key] = reason
-
-    def read(self, keys, missing="nan"):
-        out = np.full((len(keys), self.dim), np.nan, dtype=np.float32)
-        for i, key in enumerate(keys):
-            if key in self.rows:
-                out[i] = self.rows[key]
-        return out
-
-
-def _recorded_failures(store, keys, out, known):
-    """Reasons for NaN rows not explained yet (failures recorded by other processes)."""
-    nan_rows = [p for p in np.flatnonzero(np.isnan(out).any(axis=1)) if p not in known]
-    if not nan_rows:
-        return {}
-    recorded = store.failures([keys[p] for p in nan_rows])
-    return {int(p): recorded.get(keys[p], ("", "not computed"))[1] for p in nan_rows}
-
-
-def _source(item, index) -> str:
-    """What the cache records as an input's source: its path, or a short description."""
-    from .inputs import describe
-
-    return str(item) if isinstance(item, os.PathLike) else describe(item, index)
 
 
 class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -138,7 +86,7 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         The configuration behind ``fingerprint_``.
     weights_identity_ : tuple or None
         Identity of the weights file at fit (resolved path, size, mtime, inode, device,
-        ctime; see :func:`featcache.weights.file_identity`), None for named or random
+        ctime; see :func:`featcache.backbones.weights.file_identity`), None for named or random
         weights. Every ``transform`` compares the file with it, so a checkpoint rewritten
         since fit is refused before any cached row is served.
     failures_ : dict
@@ -209,27 +157,24 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         self.n_features_out_ = self.config_["dim"]
         return self
 
+    def _run_options(self):
+        """The run options, validated and resolved once (device, precision)."""
+        from .options import resolve_run_options
+
+        return resolve_run_options(
+            "FrozenBackbone", batch_size=self.batch_size, device=self.device,
+            precision=self.precision, num_workers=self.num_workers, on_error=self.on_error,
+            retry_failed=self.retry_failed, progress=self.progress, window=self.window)
+
     def _resolve(self):
         """Load (or reuse) the backbone; return it with its configuration and fingerprint."""
-        from .backbones import fingerprint, load_backbone
-        from .engine import resolve_device, resolve_precision
+        from .backbones import load_backbone
+        from .extract import namespace_configs
 
         loaded = load_backbone(self.model, weights=self.weights, layers=(self.layer,),
                                pooling=self.pooling, image_size=self.image_size)
-        precision = resolve_precision(self.precision, resolve_device(self.device))
-        layer = next(iter(loaded.dims))
-        config = loaded.layer_config(layer, precision=precision, decode=self._policy().to_dict())
-        return loaded, config, fingerprint(config)
-
-    def _policy(self):
-        from .inputs import DecodePolicy
-
-        try:
-            return DecodePolicy(window=self.window)
-        except (TypeError, ValueError) as exc:
-            raise InvalidParameterError(
-                f"The 'window' parameter of FrozenBackbone must be None or (center, width) with "
-                f"a positive width; got {self.window!r}.") from exc
+        ((config, fp),) = namespace_configs(loaded, self._run_options()).values()
+        return loaded, config, fp
 
     def _loaded_for_transform(self):
         """The backbone, checked to be the one fitted (weights files can change on disk)."""
@@ -300,33 +245,22 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     def _embed(self, items):
         """Rows of ``items``: cached ones read, misses computed (and committed) first."""
-        from .cache import resolve_cache
-        from .extract import content_keys, fill_cache, plan
+        from .cache import MemoryNamespace, resolve_cache
+        from .extract import embed, source_of
 
         start = time.perf_counter()
         self._check_weights_unchanged()
         cache = resolve_cache(self.cache)
         layer = self.config_["layer"]
-        store = _MemoryNamespace(self.n_features_out_) if cache is None else \
+        store = MemoryNamespace(self.fingerprint_, self.n_features_out_) if cache is None else \
             cache.namespace(self.fingerprint_, self.config_)
-        keys, failures = content_keys(items, self.on_error)
-        todo, known = plan(keys, {layer: store}, retry_failed=self.retry_failed)
-        if known and self.on_error == "raise":
-            raise InputError(f"{next(iter(known.values()))} (recorded in the cache by an earlier "
-                             "run; fix the input, or pass retry_failed=True to decode it again)")
-        loaded = self._loaded_for_transform() if len(todo) else None
-        run = dict(batch_size=self.batch_size, device=self.device, precision=self.precision,
-                   num_workers=self.num_workers, on_error=self.on_error, progress=self.progress,
-                   policy=self._policy())
-        sources = [_source(item, i) for i, item in enumerate(items)]
-        computed = fill_cache(loaded, items, keys, sources, todo, {layer: store}, run=run)
-        out = store.read([k if k is not None else _NO_KEY for k in keys], missing="nan")
-        self.failures_ = {**failures, **known, **computed}
-        self.failures_.update(_recorded_failures(store, keys, out, self.failures_))
-        self.transform_stats_ = {"computed": len(todo), "cached": len(items) - len(todo),
-                                 "failed": len(self.failures_),
-                                 "seconds": time.perf_counter() - start}
-        return out
+        done = embed(items, [source_of(item, i) for i, item in enumerate(items)], {layer: store},
+                     load=self._loaded_for_transform, options=self._run_options(), read=layer,
+                     start=start)
+        self.failures_ = done.failures
+        self.transform_stats_ = {"computed": done.computed, "cached": done.cached,
+                                 "failed": done.failed, "seconds": done.seconds}
+        return done.features
 
     # ------------------------------------------------------------------ tags
     # The torch network is never an attribute (it lives in a per-process memo in

@@ -1,10 +1,8 @@
 """Tests for featcache.extract and the `featcache extract` command: resumable, shardable jobs."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +53,7 @@ def test_skip_records_failures_and_a_rerun_computes_nothing(xray_pngs, tmp_path)
     assert any("missing.png" in r for r in first.failures.values())
     again = extract(X, tmp_path / "c", image_size=32, on_error="skip", progress=False)
     assert (again.computed, again.cached, again.failed) == (0, 3, 2)
-    with pytest.raises(InputError, match=r"bad\.png.*recorded by an earlier run"):
+    with pytest.raises(InputError, match=r"bad\.png.*recorded in the cache by an earlier run"):
         extract(X[:4], tmp_path / "c", image_size=32, progress=False)
 
 
