@@ -21,6 +21,7 @@ _PUBLIC = {
     "InputChangedError": "exceptions",
     "CacheError": "exceptions",
     "CacheCorruptError": "exceptions",
+    "ProbeError": "exceptions",
 }
 
 __all__ = [*_PUBLIC, "__version__"]

@@ -24,6 +24,13 @@ papers, made explicit):
    model that did not see it).
 5. Refit the pipeline with the chosen hyper-parameters on train + validation (all rows in the
    cross-validation case): ``report.estimator_``, for use on new data.
+
+The cache-facing half (:func:`~featcache.probe_cache.probe_cache`,
+:func:`~featcache.probe_cache.add_probe_arguments`,
+:func:`~featcache.probe_cache.run_probe_command`) lives in :mod:`featcache.probe_cache`, which
+imports this module. Those names are also reachable from here
+(``from featcache.probe import probe_cache``): they are loaded on first access, so that
+neither module imports the other while it is being initialised.
 """
 
 from __future__ import annotations
@@ -37,22 +44,21 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from .exceptions import FeatcacheError
+from .exceptions import ProbeError
 
-__all__ = ["linear_probe", "probe_cache", "ProbeReport", "Metric", "ProbeError", "make_head",
-           "HEADS", "DEFAULT_CS", "add_probe_arguments", "run_probe_command"]
+#: Names of :mod:`featcache.probe_cache` also reachable from here, loaded on first access (see
+#: ``__getattr__`` at the end: importing them at module level would be an import cycle).
+_FROM_PROBE_CACHE = ("probe_cache", "add_probe_arguments", "run_probe_command")
+
+__all__ = ["linear_probe", "ProbeReport", "Metric", "ProbeError", "make_head", "HEADS",
+           "DEFAULT_CS", *_FROM_PROBE_CACHE]
 
 #: The default sweep of the logistic regression's ``C`` (inverse L2 strength).
 DEFAULT_CS = np.logspace(-4, 2, 13)
-#: Head names accepted by :func:`make_head`, ``linear_probe(head=...)`` and ``featcache probe``.
-HEADS = ("logistic", "mlp", "svc", "knn")
 METRIC_NAMES = {"roc_auc": "ROC AUC", "accuracy": "accuracy",
                 "balanced_accuracy": "balanced accuracy", "f1_macro": "macro F1"}
+#: The figures :meth:`ProbeReport.save` writes: ROC curve(s), confusion matrix, selection sweep.
 PLOTS = ("roc.png", "confusion_matrix.png", "c_sweep.png")
-
-
-class ProbeError(FeatcacheError, ValueError):
-    """Inputs of a probe that cannot be used (shapes, labels, splits, a CSV, a namespace)."""
 
 
 # ----------------------------------------------------------------------------- report
@@ -168,14 +174,15 @@ class ProbeReport:
             out.mkdir(parents=True, exist_ok=True)
             (out / "report.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n", "utf-8")
             self._write_predictions(out / "predictions.csv")
+            roc_png, confusion_png, sweep_png = (out / name for name in PLOTS)
             plots.save_figure(plots.plot_roc(self.y_true, self.y_score, self.classes,
-                                             title=f"ROC ({self.head})"), out / "roc.png")
+                                             title=f"ROC ({self.head})"), roc_png)
             plots.save_figure(plots.plot_confusion_matrix(self.y_true, self.y_pred, self.classes),
-                              out / "confusion_matrix.png")
+                              confusion_png)
             plots.save_figure(plots.plot_sweep(self.sweep, scoring=self.scoring,
                                                chosen=self.best_params,
                                                title=f"{self.head}: selection sweep"),
-                              out / "c_sweep.png")
+                              sweep_png)
         except OSError as exc:
             raise ProbeError(f"cannot write the probe report to '{out}': {exc}; pass a "
                              "writable directory as out_dir") from exc
@@ -262,6 +269,38 @@ def _bootstrap_metrics(yi, pi, score, k, n_bootstrap, random_state) -> dict:
 
 
 # ----------------------------------------------------------------------------- heads
+def _logistic_head(random_state):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=5000), {"C": list(DEFAULT_CS)}
+
+
+def _mlp_head(random_state):
+    from sklearn.neural_network import MLPClassifier
+
+    return (MLPClassifier((256,), early_stopping=True, max_iter=500, random_state=random_state),
+            {"alpha": [1e-4, 1e-2, 1.0]})
+
+
+def _svc_head(random_state):
+    from sklearn.svm import SVC
+
+    return SVC(probability=True, random_state=random_state), {"C": [0.1, 1.0, 10.0]}
+
+
+def _knn_head(random_state):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    return KNeighborsClassifier(weights="distance"), {"n_neighbors": [5, 15, 31]}
+
+
+# The one list of named heads: name -> builder(random_state) -> (estimator, default grid).
+_HEAD_BUILDERS = {"logistic": _logistic_head, "mlp": _mlp_head, "svc": _svc_head,
+                  "knn": _knn_head}
+#: Head names accepted by :func:`make_head`, ``linear_probe(head=...)`` and ``featcache probe``.
+HEADS = tuple(_HEAD_BUILDERS)
+
+
 def make_head(name="logistic", *, random_state=0):
     """A named head and its default hyper-parameter grid.
 
@@ -272,27 +311,29 @@ def make_head(name="logistic", *, random_state=0):
     - ``"svc"``: ``SVC(probability=True)`` (RBF kernel); ``C`` in 0.1, 1, 10.
     - ``"knn"``: ``KNeighborsClassifier(weights="distance")``; ``n_neighbors`` in 5, 15, 31.
 
+    Parameters
+    ----------
+    name : {"logistic", "mlp", "svc", "knn"}, default="logistic"
+        The head, one of :data:`HEADS`.
+    random_state : int or None, default=0
+        Seeds the heads with randomness of their own (``"mlp"``, ``"svc"``).
+
     Returns
     -------
-    (estimator, dict)
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.svm import SVC
+    estimator : classifier
+        A new, unfitted scikit-learn classifier.
+    param_grid : dict
+        Its default hyper-parameter grid (parameter name -> list of values).
 
-    heads = {
-        "logistic": (lambda: LogisticRegression(max_iter=5000), {"C": list(DEFAULT_CS)}),
-        "mlp": (lambda: MLPClassifier((256,), early_stopping=True, max_iter=500,
-                                      random_state=random_state), {"alpha": [1e-4, 1e-2, 1.0]}),
-        "svc": (lambda: SVC(probability=True, random_state=random_state), {"C": [0.1, 1.0, 10.0]}),
-        "knn": (lambda: KNeighborsClassifier(weights="distance"), {"n_neighbors": [5, 15, 31]}),
-    }
-    if name not in heads:
+    Raises
+    ------
+    ProbeError
+        If ``name`` is not one of :data:`HEADS`.
+    """
+    if not isinstance(name, str) or name not in _HEAD_BUILDERS:
         raise ProbeError(f"head={name!r} is not a known head; expected one of {', '.join(HEADS)}, "
                          "or pass a scikit-learn classifier instance")
-    build, grid = heads[name]
-    return build(), grid
+    return _HEAD_BUILDERS[name](random_state)
 
 
 def _resolve_head(head, param_grid, Cs, random_state):
@@ -631,5 +672,19 @@ def _run_cv(pipe, candidates, X, y, groups, cv, scorer, classes, n_jobs, random_
                             "model that did not see it, at the chosen parameters"}
 
 
-# The cache-facing half lives in its own module; re-exported here for one import path.
-from .probe_cache import add_probe_arguments, probe_cache, run_probe_command  # noqa: E402
+# ----------------------------------------------------------------------------- lazy names
+# The cache-facing half lives in featcache.probe_cache, which imports this module; importing it
+# here at module level would be a cycle. Its public names are loaded on first access instead
+# (PEP 562), so ``from featcache.probe import probe_cache`` keeps working.
+def __getattr__(name):
+    if name in _FROM_PROBE_CACHE:
+        from importlib import import_module
+
+        value = getattr(import_module(".probe_cache", __package__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_FROM_PROBE_CACHE})

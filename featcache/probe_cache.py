@@ -13,7 +13,8 @@ from numbers import Real
 
 import numpy as np
 
-from .probe import HEADS, PLOTS, ProbeError, ProbeReport, linear_probe
+from .exceptions import ProbeError
+from .probe import HEADS, PLOTS, ProbeReport, linear_probe
 
 __all__ = ["probe_cache", "add_probe_arguments", "run_probe_command"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.base import clone
+from sklearn.base import clone, is_classifier
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score,
@@ -15,9 +15,11 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 
+import featcache
+import featcache.exceptions
 from featcache import FrozenBackbone
-from featcache.probe import (DEFAULT_CS, PLOTS, Metric, ProbeError, ProbeReport,
-                             _splitter, linear_probe)
+from featcache.probe import (DEFAULT_CS, HEADS, PLOTS, Metric, ProbeError, ProbeReport,
+                             _splitter, linear_probe, make_head)
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "pneumoniamnist.py"
 FAST = dict(n_bootstrap=50, Cs=[0.01, 0.1, 1.0])
@@ -142,6 +144,7 @@ def test_report_saves_json_predictions_and_plots(data, tmp_path):
     assert saved["C"] == report.C and saved["n_val"] == 80 and saved["classes"] == [0, 1]
     assert set(saved["metrics"]["roc_auc"]) == {"value", "ci_low", "ci_high"}
     assert [s["params"]["C"] for s in saved["sweep"]] == FAST["Cs"]
+    assert {p.name for p in out.iterdir()} == {"report.json", "predictions.csv", *PLOTS}
     for name in PLOTS:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert len((out / "predictions.csv").read_text().splitlines()) == 81
@@ -149,6 +152,39 @@ def test_report_saves_json_predictions_and_plots(data, tmp_path):
     assert "| metric | value | 95% CI |" in table and "| ROC AUC |" in table
     assert f"{report.metrics['accuracy'].value:.4f}" in table
     assert isinstance(report.metrics["accuracy"], Metric)
+
+
+def test_report_save_to_an_unwritable_place_raises_probe_error(data, tmp_path):
+    X, y, X_val, y_val = data
+    report = linear_probe(X, y, X_val=X_val, y_val=y_val, refit=False, **FAST)
+    (tmp_path / "taken").write_text("a file, not a folder")
+    with pytest.raises(ProbeError, match="cannot write the probe report.*writable directory"):
+        report.save(tmp_path / "taken")
+
+
+# ----------------------------------------------------------------------------- heads, errors
+@pytest.mark.parametrize("name", HEADS)
+def test_make_head_builds_every_named_head(name):
+    estimator, grid = make_head(name, random_state=3)
+    assert is_classifier(estimator) and grid
+    assert set(grid) <= set(estimator.get_params())
+    assert all(len(values) for values in grid.values())
+    if name in ("mlp", "svc"):  # the heads with randomness of their own are seeded
+        assert estimator.random_state == 3
+
+
+@pytest.mark.parametrize("name", ["forest", "", ["mlp"], None])
+def test_make_head_rejects_unknown_names(name):
+    with pytest.raises(ProbeError, match="not a known head; expected one of logistic, mlp, svc, "
+                                         "knn, or pass a scikit-learn classifier"):
+        make_head(name)
+
+
+def test_probe_error_has_one_home():
+    assert ProbeError is featcache.exceptions.ProbeError is featcache.ProbeError
+    assert issubclass(ProbeError, featcache.exceptions.FeatcacheError)
+    assert issubclass(ProbeError, ValueError)
+    assert "ProbeError" in featcache.exceptions.__all__ and "ProbeError" in featcache.__all__
 
 
 # ----------------------------------------------------------------------------- probe_cache

@@ -1,15 +1,23 @@
 """Tests for featcache.probe_cache: probing a cache directory and the probe command."""
 
 import argparse
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import featcache.probe
+import featcache.probe_cache
 from featcache import FeatureCache
+from featcache.exceptions import ProbeError
 from featcache.inputs import content_key
-from featcache.probe import PLOTS, ProbeError
+from featcache.probe import PLOTS
 from featcache.probe_cache import add_probe_arguments, probe_cache, run_probe_command
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FAST = dict(n_bootstrap=50, Cs=[0.01, 0.1, 1.0])
 
@@ -116,3 +124,30 @@ def test_probe_command_prints_the_table_and_writes_the_report(toy_cache, tmp_pat
         parser.parse_args([str(toy_cache), "--val", "1.5"])
     with pytest.raises(SystemExit):
         parser.parse_args([str(toy_cache), "--head", "forest"])
+
+
+# ----------------------------------------------------------------------------- import paths
+_LAZY_REEXPORT = """
+import sys
+import featcache.probe as probe
+assert "featcache.probe_cache" not in sys.modules, "featcache.probe imported probe_cache eagerly"
+assert {"probe_cache", "add_probe_arguments", "run_probe_command"} <= set(dir(probe))
+from featcache.probe import add_probe_arguments, probe_cache, run_probe_command
+import featcache.probe_cache as module
+assert probe_cache is module.probe_cache and run_probe_command is module.run_probe_command
+assert add_probe_arguments is module.add_probe_arguments
+"""
+
+
+def test_probe_reexports_the_cache_half_lazily():
+    done = subprocess.run([sys.executable, "-c", _LAZY_REEXPORT], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_both_import_paths_give_the_same_names():
+    for name in featcache.probe_cache.__all__:
+        assert getattr(featcache.probe, name) is getattr(featcache.probe_cache, name), name
+    assert set(featcache.probe_cache.__all__) <= set(featcache.probe.__all__)
+    with pytest.raises(AttributeError, match="'featcache.probe' has no attribute 'nope'"):
+        featcache.probe.nope
