@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .exceptions import InputError
+from .exceptions import FeatcacheError, InputError
 from .interrupts import deferred_signals, raise_if_interrupted
 
 __all__ = ["content_keys", "plan", "fill_cache", "embed", "EmbedResult", "extract", "ExtractSummary",
-           "namespace_configs", "source_of", "NO_KEY"]
+           "namespace_configs", "resolve_configs", "resolution_key", "source_of", "NO_KEY"]
 
 
 def content_keys(items, on_error="raise"):
@@ -168,6 +168,71 @@ def namespace_configs(loaded, options):
         config = loaded.layer_config(layer, precision=options.precision, decode=decode)
         out[layer] = (config, fingerprint(config))
     return out
+
+
+def resolution_key(*, model, weights, layers, pooling, image_size, options) -> dict:
+    """Everything a configuration's fingerprint depends on, known without loading the network.
+
+    A weights file enters as its identity (resolved path, size, mtime_ns, inode, device,
+    ctime_ns), so an edited file is another key; the installed versions of the libraries
+    that define the architecture enter too (see :mod:`featcache.cache.resolved`).
+    """
+    from .backbones.weights import file_identity, is_weights_path
+    from .cache.resolved import library_versions
+    from .formats import FORMAT_VERSION
+    from .inputs import DecodePolicy
+
+    return {"model": str(model),
+            "weights": list(file_identity(weights)) if is_weights_path(weights) else weights,
+            "layers": [None if layer is None else str(layer) for layer in layers],
+            "pooling": pooling, "image_size": image_size, "precision": options.precision,
+            "decode": DecodePolicy(window=options.window).to_dict(),
+            "format_version": FORMAT_VERSION, "versions": library_versions()}
+
+
+def resolve_configs(store, *, model, weights, layers, pooling, image_size, options):
+    """Layer name -> (configuration, fingerprint), without loading the network when possible.
+
+    The cache directory remembers resolved configurations (:mod:`featcache.cache.resolved`);
+    on a hit nothing imports torch. On a miss (or with no cache) the network is loaded, and
+    its configurations remembered.
+
+    Returns
+    -------
+    configs : dict
+        Layer name -> (config, fingerprint).
+    load : callable
+        ``load() -> LoadedBackbone``: the network, checked to give exactly these fingerprints
+        (a remembered entry that does not match is forgotten and raises FeatcacheError).
+    """
+    from .backbones import fingerprint, load_backbone
+    from .cache import resolved
+
+    key = resolution_key(model=model, weights=weights, layers=layers, pooling=pooling,
+                         image_size=image_size, options=options)
+
+    def load_checked(expected=None):
+        loaded = load_backbone(model, weights=weights, layers=tuple(layers), pooling=pooling,
+                               image_size=image_size)
+        found = namespace_configs(loaded, options)
+        if expected is not None and {k: fp for k, (_, fp) in found.items()} != expected:
+            if store is not None:
+                resolved.forget(store.path, key)
+            raise FeatcacheError(
+                f"the configuration remembered in {store.path if store else 'the cache'} does "
+                "not match the network loaded for it (a library or weights file changed in a "
+                "way its key missed); it is forgotten now: run again")
+        return loaded, found
+
+    remembered = resolved.lookup(store.path, key) if store is not None else None
+    if remembered is not None:
+        configs = {layer: (c, fingerprint(c)) for layer, c in remembered.items()}
+        expected = {k: fp for k, (_, fp) in configs.items()}
+        return configs, lambda: load_checked(expected)[0]
+    loaded, configs = load_checked()
+    if store is not None:
+        resolved.remember(store.path, key, {layer: c for layer, (c, _) in configs.items()})
+    return configs, lambda: loaded
 
 
 #: Stands for an input without a content key (unreadable) when rows are read: a NaN row.
@@ -319,21 +384,19 @@ def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", lay
         commit_seconds=commit_seconds, window=window)
     for layer in layers:
         validate_run_options({"layer": layer}, caller="extract")
-    from .backbones import load_backbone
     from .cache import resolve_cache
     from .sources import shard_positions
 
     inputs = _input_set(inputs)
     inputs = inputs.subset(shard_positions(inputs.sources, *shard))
     store = resolve_cache(cache)
-    loaded = load_backbone(model, weights=weights, layers=tuple(layers), pooling=pooling,
-                           image_size=image_size)
-    configs = namespace_configs(loaded, options)
+    configs, load = resolve_configs(store, model=model, weights=weights, layers=layers,
+                                    pooling=pooling, image_size=image_size, options=options)
     namespaces = {layer: store.namespace(fp, config) for layer, (config, fp) in configs.items()}
     summary = ExtractSummary(inputs=len(inputs),
                              fingerprints={k: fp for k, (_, fp) in configs.items()})
     try:
-        done = embed(inputs.items, inputs.sources, namespaces, load=lambda: loaded,
+        done = embed(inputs.items, inputs.sources, namespaces, load=load,
                      options=options, on_keys=lambda keys: _annotate(store, inputs, keys),
                      on_batch=on_batch, start=start)
     finally:

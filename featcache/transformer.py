@@ -152,8 +152,9 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         validate_run_options({"window": self.window, "device": self.device}, "FrozenBackbone")
         as_items(X)
         self._check_input_columns(X, reset=True)
-        loaded, self.config_, self.fingerprint_ = self._resolve()
-        self.weights_identity_ = loaded.weights_identity
+        identity = _weights_identity(self.weights)  # before anything reads the file
+        (self.config_, self.fingerprint_), _ = self._resolve()
+        self.weights_identity_ = identity
         self.n_features_out_ = self.config_["dim"]
         return self
 
@@ -167,25 +168,32 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             retry_failed=self.retry_failed, progress=self.progress, window=self.window)
 
     def _resolve(self):
-        """Load (or reuse) the backbone; return it with its configuration and fingerprint."""
-        from .backbones import load_backbone
-        from .extract import namespace_configs
+        """((config, fingerprint), load) of the configuration; no network when the cache knows it.
 
-        loaded = load_backbone(self.model, weights=self.weights, layers=(self.layer,),
-                               pooling=self.pooling, image_size=self.image_size)
-        ((config, fp),) = namespace_configs(loaded, self._run_options()).values()
-        return loaded, config, fp
+        See :func:`featcache.extract.resolve_configs`: a cache directory remembers resolved
+        configurations, so a fit on a warm cache (a new process, a joblib worker) never imports
+        torch; ``load()`` returns the network, checked to match.
+        """
+        from .cache import resolve_cache
+        from .extract import resolve_configs
+
+        configs, load = resolve_configs(resolve_cache(self.cache), model=self.model,
+                                        weights=self.weights, layers=(self.layer,),
+                                        pooling=self.pooling, image_size=self.image_size,
+                                        options=self._run_options())
+        ((config, fp),) = configs.values()
+        return (config, fp), load
 
     def _loaded_for_transform(self):
         """The backbone, checked to be the one fitted (weights files can change on disk)."""
-        loaded, _, fp = self._resolve()
+        (_, fp), load = self._resolve()
         if fp != self.fingerprint_:
             raise FeatcacheError(
                 f"the backbone configuration changed since fit (fingerprint {self.fingerprint_} "
                 f"then, {fp} now): parameters were set without refitting, or the weights file "
                 "changed. Call fit again."
             )
-        return loaded
+        return load()
 
     def _check_weights_unchanged(self):
         """Refuse to serve rows when the weights file changed since fit.

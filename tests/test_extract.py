@@ -278,3 +278,16 @@ def test_file_names_that_are_not_utf8_are_embedded_committed_and_reported(xray, 
     assert np.isfinite(out).all() and backbone.transform_stats_["computed"] == 0
     assert FeatureCache(cache).verify().ok
     assert main(["export", str(cache), str(tmp_path / "out.h5")]) == 0
+
+
+def test_a_fully_cached_rerun_never_loads_the_network(xray_pngs, tmp_path):
+    paths, _ = xray_pngs
+    folder, cache = str(Path(paths[0]).parent), str(tmp_path / "c")
+    args = ["extract", folder, "--cache", cache, "--image-size", "32", "--quiet"]
+    assert main(args) == 0
+    code = ("import sys; from featcache.cli import main; "
+            f"code = main({args!r}); print(code, 'torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert "60 inputs: 0 computed, 60 from cache" in run.stdout, run.stderr
+    assert run.stdout.split()[-2:] == ["0", "False"], run.stdout + run.stderr

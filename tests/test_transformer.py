@@ -1,5 +1,6 @@
 """Tests for featcache.transformer.FrozenBackbone: the scikit-learn face."""
 
+import json
 import pickle
 import subprocess
 import sys
@@ -407,3 +408,45 @@ def test_threads_sharing_one_network_get_their_own_layers_and_build_it_once(xray
     for layer, out in results:
         np.testing.assert_allclose(out, expected[layer], atol=1e-5, err_msg=f"layer={layer}")
     assert len(builds) == 1, "two threads built (and folded) the same network"
+
+
+def test_fit_on_a_warm_cache_never_loads_the_network(xray, tmp_path, monkeypatch):
+    images, _ = xray
+    first = small(cache=tmp_path / "cache")
+    expected = first.fit_transform(images[:6])
+    np.save(tmp_path / "x.npy", images[:6])
+    code = ("import sys, numpy as np\nfrom featcache import FrozenBackbone\n"
+            f"b = FrozenBackbone(image_size=32, cache={str(tmp_path / 'cache')!r})\n"
+            f"out = b.fit(np.load({str(tmp_path / 'x.npy')!r})).transform("
+            f"np.load({str(tmp_path / 'x.npy')!r}))\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            f"np.save({str(tmp_path / 'out.npy')!r}, out); print(b.fingerprint_)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=True)
+    assert run.stdout.strip() == first.fingerprint_
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
+
+
+def test_a_remembered_configuration_that_goes_stale_is_never_used(xray, tmp_path, monkeypatch):
+    from featcache.cache import resolved
+
+    images, _ = xray
+    cache = tmp_path / "cache"
+    first = small(cache=cache).fit(images[:2])
+    # another library version: another key, so the network is loaded and the entry is new
+    real = resolved.library_versions
+    monkeypatch.setattr(resolved, "library_versions", lambda: {**real(), "timm": "0.0.0"})
+    assert small(cache=cache).fit(images[:2]).fingerprint_ == first.fingerprint_
+    assert len(list((cache / resolved.RESOLVED_DIR).iterdir())) == 2
+    monkeypatch.undo()
+    # an entry that lies (edited by hand): caught as soon as the network runs for a miss
+    for path in (cache / resolved.RESOLVED_DIR).iterdir():
+        entry = json.loads(path.read_text())
+        for config in entry["configs"].values():
+            config["weights_digest"] = "0" * 32
+        path.write_text(json.dumps(entry))
+    lied = small(cache=cache).fit(images[:2])
+    assert lied.fingerprint_ != first.fingerprint_
+    with pytest.raises(FeatcacheError, match="does not match the network loaded for it"):
+        lied.transform(images[:2])
+    assert small(cache=cache).fit(images[:2]).fingerprint_ == first.fingerprint_  # forgotten
