@@ -22,9 +22,11 @@ __all__ = ["content_keys", "plan", "fill_cache", "embed", "EmbedResult", "extrac
            "namespace_configs", "resolve_configs", "resolution_key", "source_of", "NO_KEY"]
 
 
-def content_keys(items, on_error="raise"):
+def content_keys(items, on_error="raise", memo=None):
     """Content key of each item; with ``on_error="skip"`` an unreadable one gives None.
 
+    ``memo`` is a persistent memo of file keys (:meth:`featcache.cache.FeatureCache.key_memo`):
+    unchanged files are not read again, and new keys are saved to it at the end.
     Returns ``(keys, failures)`` where failures maps position -> reason.
     """
     from .inputs import content_key
@@ -33,12 +35,14 @@ def content_keys(items, on_error="raise"):
     for pos, item in enumerate(items):
         raise_if_interrupted()  # Ctrl-C/SIGTERM while hashing a long input list
         try:
-            keys.append(content_key(item, pos))
+            keys.append(content_key(item, pos, memo))
         except InputError as exc:
             if on_error == "raise":
                 raise
             keys.append(None)
             failures[pos] = str(exc)
+    if memo is not None:
+        memo.save()
     return keys, failures
 
 
@@ -272,7 +276,7 @@ class EmbedResult:
 
 
 def embed(items, sources, namespaces, *, load, options, read=None, on_keys=None, on_batch=None,
-          start=None) -> EmbedResult:
+          start=None, key_memo=None) -> EmbedResult:
     """The one unit of work: keys -> plan -> compute the misses -> commit -> read.
 
     Every caller (:class:`~featcache.FrozenBackbone`, :func:`extract` and ``featcache
@@ -296,6 +300,9 @@ def embed(items, sources, namespaces, *, load, options, read=None, on_keys=None,
         Called with each computed batch.
     start : float, optional
         ``time.perf_counter()`` when the caller's work began (default: now).
+    key_memo : featcache.cache.KeyMemo, optional
+        The cache's persistent memo of file keys: a rerun over unchanged files reads none of
+        their bytes.
 
     Raises
     ------
@@ -304,7 +311,7 @@ def embed(items, sources, namespaces, *, load, options, read=None, on_keys=None,
         whose failure an earlier run recorded (unless ``retry_failed``).
     """
     start = time.perf_counter() if start is None else start
-    keys, key_failures = content_keys(items, options.on_error)
+    keys, key_failures = content_keys(items, options.on_error, key_memo)
     if on_keys is not None:
         on_keys(keys)
     todo, known = plan(keys, namespaces, retry_failed=options.retry_failed)
@@ -396,8 +403,8 @@ def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", lay
     summary = ExtractSummary(inputs=len(inputs),
                              fingerprints={k: fp for k, (_, fp) in configs.items()})
     try:
-        done = embed(inputs.items, inputs.sources, namespaces, load=load,
-                     options=options, on_keys=lambda keys: _annotate(store, inputs, keys),
+        done = embed(inputs.items, inputs.sources, namespaces, load=load, options=options,
+                     key_memo=store.key_memo(), on_keys=lambda keys: _annotate(store, inputs, keys),
                      on_batch=on_batch, start=start)
     finally:
         summary.seconds = time.perf_counter() - start

@@ -253,7 +253,7 @@ def _check_array_list(arrays):
 
 
 # ---------------------------------------------------------------- content keys
-def content_key(item, index: int) -> bytes:
+def content_key(item, index: int, memo=None) -> bytes:
     """Return the 16-byte blake2b content key of one item.
 
     Parameters
@@ -262,6 +262,10 @@ def content_key(item, index: int) -> bytes:
         One item from :func:`as_items`.
     index : int
         Its position in ``X`` (for error messages).
+    memo : mapping, optional
+        A persistent memo of file keys (e.g. :meth:`featcache.cache.FeatureCache.key_memo`),
+        keyed like the process memo: consulted before a file is read, and given every key
+        computed from a file that did not change while it was read.
 
     Returns
     -------
@@ -279,7 +283,7 @@ def content_key(item, index: int) -> bytes:
     """
     with _as_input_error(item, index, "cannot be read"):
         if isinstance(item, (str, os.PathLike)):
-            return _file_key(Path(item), index)
+            return _file_key(Path(item), index, memo)
         if isinstance(item, np.ndarray):
             return _array_key(item)
         if isinstance(item, Image.Image):
@@ -342,10 +346,12 @@ def _identity(path, st) -> tuple:
     return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns)
 
 
-def _file_key(path, index):
+def _file_key(path, index, persistent=None):
     st = _stat(path, path, index)
     memo = _identity(path, st)
     key = _KEY_MEMO.get(memo)
+    if key is None and persistent is not None:
+        key = persistent.get(memo)
     if key is not None:
         return key
     h = hashlib.blake2b(digest_size=16)
@@ -360,6 +366,8 @@ def _file_key(path, index):
         if len(_KEY_MEMO) >= _MEMO_MAX:
             _KEY_MEMO.clear()
         _KEY_MEMO[memo] = key
+        if persistent is not None:
+            persistent[memo] = key
     return key
 
 

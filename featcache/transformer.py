@@ -264,7 +264,7 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             cache.namespace(self.fingerprint_, self.config_)
         done = embed(items, [source_of(item, i) for i, item in enumerate(items)], {layer: store},
                      load=self._loaded_for_transform, options=self._run_options(), read=layer,
-                     start=start)
+                     start=start, key_memo=None if cache is None else cache.key_memo())
         self.failures_ = done.failures
         self.transform_stats_ = {"computed": done.computed, "cached": done.cached,
                                  "failed": done.failed, "seconds": done.seconds}

@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import pathlib
+import threading
 
 import numpy as np
 
@@ -14,7 +15,11 @@ from . import annotations as _annotations
 from . import files, maintenance
 from .files import MARKER
 from .shards import FORMAT_VERSION
+from .keymemo import KeyMemo
 from .namespace import FP_RE, Namespace
+
+_KEY_MEMOS: dict = {}  # cache path -> KeyMemo, shared by every FeatureCache of this process
+_KEY_MEMOS_LOCK = threading.Lock()
 
 
 
@@ -132,6 +137,14 @@ class FeatureCache:
             raise CacheError(f"{marker} vanished right after it was created; is another program "
                              f"deleting files in {self.path}?")
         return data
+
+    def key_memo(self):
+        """The :class:`~featcache.cache.keymemo.KeyMemo` of this cache (one per process)."""
+        with _KEY_MEMOS_LOCK:
+            memo = _KEY_MEMOS.get(self.path)
+            if memo is None:
+                memo = _KEY_MEMOS[self.path] = KeyMemo(self.path)
+            return memo
 
     def check_marker(self) -> None:
         """Re-read ``featcache.json`` and check it (CacheError / CacheCorruptError if not)."""
