@@ -18,6 +18,7 @@ _PUBLIC = {
     "WeightsError": "exceptions",
     "LayerError": "exceptions",
     "InputError": "exceptions",
+    "InvalidOptionError": "exceptions",
     "InputChangedError": "exceptions",
     "CacheError": "exceptions",
     "CacheCorruptError": "exceptions",

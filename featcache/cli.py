@@ -336,15 +336,15 @@ def main(argv=None) -> int:
         warnings.showwarning = _show_warning
         try:
             return int(args.func(args) or 0)
-        except FeatcacheError as exc:
+        except (FeatcacheError, ValueError) as exc:
+            if is_invalid_parameter(exc):  # the API's validation, in the command line's words
+                print(f"featcache {args.command}: error: {_as_option(str(exc))}",
+                      file=sys.stderr)
+                return 2
+            if not isinstance(exc, FeatcacheError):
+                raise
             print(f"featcache {args.command}: error: {exc}", file=sys.stderr)
             return 1
-        except ValueError as exc:
-            if not is_invalid_parameter(exc):
-                raise
-            # the API's validation, in the command line's words
-            print(f"featcache {args.command}: error: {_as_option(str(exc))}", file=sys.stderr)
-            return 2
         except KeyboardInterrupt:
             print(f"featcache {args.command}: interrupted", file=sys.stderr)
             return 130

@@ -8,6 +8,7 @@ __all__ = [
     "UnknownBackboneError",
     "WeightsError",
     "LayerError",
+    "InvalidOptionError",
     "InputError",
     "InputChangedError",
     "CacheError",
@@ -33,6 +34,14 @@ class WeightsError(FeatcacheError):
 
 class LayerError(FeatcacheError, ValueError):
     """A ``layer`` or ``pooling`` that does not fit the chosen backbone."""
+
+
+class InvalidOptionError(FeatcacheError, ValueError, TypeError):
+    """A run option (batch size, image size, device, window ...) outside what it accepts.
+
+    The same check serves the API (:func:`featcache.extract.extract`) and the command line;
+    :class:`~featcache.FrozenBackbone` raises scikit-learn's ``InvalidParameterError``.
+    """
 
 
 class InputError(FeatcacheError, ValueError):

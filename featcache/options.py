@@ -3,9 +3,10 @@
 :class:`~featcache.FrozenBackbone`, :func:`featcache.extract.extract` and ``featcache
 extract`` accept the same options (batch size, image size, workers, pooling, precision,
 window...). Their allowed values live here once, and :func:`validate_run_options` checks them
-the same way for every caller, raising scikit-learn's ``InvalidParameterError`` (a
-``ValueError``) with a message that names the option. Importing this module is cheap (no
-torch, no scikit-learn until something is validated).
+the same way for every caller, raising :class:`~featcache.exceptions.InvalidOptionError` (a
+``ValueError``) with a message that names the option; estimators get the same constraints in
+scikit-learn's form (:func:`run_constraints`). Importing this module is cheap (no
+torch; scikit-learn only for :func:`run_constraints`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import re
 import sys
 from numbers import Integral, Real
 
-__all__ = ["POOLINGS", "PRECISIONS", "ON_ERROR", "MIN_IMAGE_SIZE", "RunOptions", "run_constraints",
+__all__ = ["POOLINGS", "PRECISIONS", "ON_ERROR", "MIN_IMAGE_SIZE", "OPTIONS", "Option",
+           "RunOptions", "run_constraints",
            "validate_run_options", "validate_window", "resolve_run_options", "cuda_possible",
            "is_invalid_parameter"]
 
@@ -34,40 +36,112 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|mps|xpu)(:\d+)?$")
 
 
 
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """What one run option accepts: its kind, bounds or choices, and whether None is allowed."""
+
+    kind: str  # "str", "path", "int", "real", "bool", "choice", "window"
+    low: float | None = None
+    open_low: bool = False
+    choices: tuple = ()
+    none: bool = False
+
+
+#: The shared run options, once: what each accepts. Both validations below are built from it.
+OPTIONS = {
+    "model": Option("str"),
+    "weights": Option("path", none=True),
+    "layer": Option("str", none=True),
+    "pooling": Option("choice", choices=POOLINGS),
+    "image_size": Option("int", low=MIN_IMAGE_SIZE, none=True),
+    "batch_size": Option("int", low=1),
+    "device": Option("str"),
+    "precision": Option("choice", choices=PRECISIONS),
+    "num_workers": Option("int", low=0, none=True),
+    "on_error": Option("choice", choices=ON_ERROR),
+    "progress": Option("bool", none=True),
+    "retry_failed": Option("bool"),
+    "window": Option("window", none=True),
+    "commit_rows": Option("int", low=1),
+    "commit_seconds": Option("real", low=0, open_low=True),
+}
+
+
 @functools.lru_cache(maxsize=None)
 def run_constraints() -> dict:
-    """scikit-learn parameter constraints of the shared run options (name -> constraints)."""
+    """scikit-learn parameter constraints of :data:`OPTIONS` (for estimators' validation)."""
     from sklearn.utils._param_validation import Interval, StrOptions
 
-    return {
-        "model": [str],
-        "weights": [str, os.PathLike, None],
-        "layer": [str, None],
-        "pooling": [StrOptions(set(POOLINGS))],
-        "image_size": [Interval(Integral, MIN_IMAGE_SIZE, None, closed="left"), None],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "device": [str],
-        "precision": [StrOptions(set(PRECISIONS))],
-        "num_workers": [Interval(Integral, 0, None, closed="left"), None],
-        "on_error": [StrOptions(set(ON_ERROR))],
-        "progress": ["boolean", None],
-        "retry_failed": ["boolean"],
-        "window": [tuple, list, None],
-        "commit_rows": [Interval(Integral, 1, None, closed="left")],
-        "commit_seconds": [Interval(Real, 0, None, closed="neither")],
-    }
+    def constraints(option):
+        kind = option.kind
+        if kind == "int":
+            out = [Interval(Integral, option.low, None, closed="left")]
+        elif kind == "real":
+            out = [Interval(Real, option.low, None, closed="neither" if option.open_low else "left")]
+        elif kind == "choice":
+            out = [StrOptions(set(option.choices))]
+        else:
+            out = {"str": [str], "path": [str, os.PathLike], "bool": ["boolean"],
+                   "window": [tuple, list]}[kind]
+        return out + [None] if option.none else out
+
+    return {name: constraints(option) for name, option in OPTIONS.items()}
 
 
 def _invalid(message):
-    from sklearn.utils._param_validation import InvalidParameterError
+    from .exceptions import InvalidOptionError
 
-    return InvalidParameterError(message)
+    return InvalidOptionError(message)
 
 
 def is_invalid_parameter(exc: BaseException) -> bool:
-    """Whether ``exc`` is scikit-learn's InvalidParameterError (without importing sklearn)."""
+    """Whether ``exc`` is an invalid option (ours, or scikit-learn's InvalidParameterError)."""
+    from .exceptions import InvalidOptionError
+
     module = sys.modules.get("sklearn.utils._param_validation")
-    return module is not None and isinstance(exc, module.InvalidParameterError)
+    return isinstance(exc, InvalidOptionError) or (
+        module is not None and isinstance(exc, module.InvalidParameterError))
+
+
+def _describe(option: Option) -> str:
+    if option.kind == "int":
+        what = f"an int in the range [{option.low}, inf)"
+    elif option.kind == "real":
+        what = f"a float in the range {'(' if option.open_low else '['}{float(option.low)}, inf)"
+    elif option.kind == "choice":
+        what = f"a str among {sorted(option.choices)}"
+    elif option.kind == "path":
+        what = "a str or an os.PathLike"
+    else:
+        what = {"str": "a str", "bool": "a bool", "window": "a (center, width) pair"}[option.kind]
+    return what + (" or None" if option.none else "")
+
+
+def _accepts(option: Option, value) -> bool:
+    if value is None:
+        return option.none
+    kind = option.kind
+    if kind in ("int", "real"):
+        number = Integral if kind == "int" else Real
+        if not isinstance(value, number) or isinstance(value, bool) or (
+                kind == "real" and not math.isfinite(value)):
+            return False
+        return value > option.low if option.open_low else value >= option.low
+    if kind == "choice":
+        return isinstance(value, str) and value in option.choices
+    if kind == "bool":
+        return isinstance(value, (bool, np_bool()))
+    if kind == "path":
+        return isinstance(value, (str, os.PathLike))
+    if kind == "window":
+        return isinstance(value, (tuple, list))
+    return isinstance(value, str)
+
+
+def np_bool():
+    """numpy's bool type when numpy is imported (an option may come from an array)."""
+    numpy = sys.modules.get("numpy")
+    return numpy.bool_ if numpy is not None else bool
 
 
 def validate_window(window, caller: str = "featcache"):
@@ -98,14 +172,15 @@ def validate_run_options(params: dict, caller: str) -> None:
 
     Raises
     ------
-    InvalidParameterError
-        Naming the option, what it must be and what came.
+    featcache.exceptions.InvalidOptionError
+        Naming the option, what it must be and what came (a ValueError; no scikit-learn
+        import, so the command line stays quick).
     """
-    from sklearn.utils._param_validation import validate_parameter_constraints
-
-    constraints = run_constraints()
-    known = {name: value for name, value in params.items() if name in constraints}
-    validate_parameter_constraints({k: constraints[k] for k in known}, known, caller_name=caller)
+    known = {name: value for name, value in params.items() if name in OPTIONS}
+    for name, value in known.items():
+        if not _accepts(OPTIONS[name], value):
+            raise _invalid(f"The '{name}' parameter of {caller} must be "
+                           f"{_describe(OPTIONS[name])}. Got {value!r} instead.")
     if "window" in known:
         validate_window(known["window"], caller)
     if "device" in known:

@@ -7,10 +7,10 @@ import time
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import HasMethods
+from sklearn.utils._param_validation import HasMethods, InvalidParameterError
 from sklearn.utils.validation import check_is_fitted
 
-from .exceptions import FeatcacheError
+from .exceptions import FeatcacheError, InvalidOptionError
 from .options import run_constraints, validate_run_options
 
 __all__ = ["FrozenBackbone"]
@@ -149,7 +149,10 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         """
         from .inputs import as_items
 
-        validate_run_options({"window": self.window, "device": self.device}, "FrozenBackbone")
+        try:
+            validate_run_options({"window": self.window, "device": self.device}, "FrozenBackbone")
+        except InvalidOptionError as exc:  # scikit-learn's convention for estimators
+            raise InvalidParameterError(str(exc)) from exc
         as_items(X)
         self._check_input_columns(X, reset=True)
         identity = _weights_identity(self.weights)  # before anything reads the file

@@ -244,10 +244,12 @@ def test_oversized_and_malformed_inputs_fail_alone_and_the_batch_is_committed(tm
 def test_extract_validates_its_options_like_frozen_backbone(tmp_path, xray):
     from sklearn.utils._param_validation import InvalidParameterError
 
+    from featcache.exceptions import InvalidOptionError
+
     images, _ = xray
     for bad in (dict(image_size=4), dict(batch_size=0), dict(num_workers=-1),
                 dict(window=(float("nan"), 400)), dict(device="gpu"), dict(pooling="mean")):
-        with pytest.raises(InvalidParameterError):
+        with pytest.raises(InvalidOptionError):
             extract(images[:2], tmp_path / "c", progress=False, **bad)
         with pytest.raises(InvalidParameterError):
             FrozenBackbone(**bad).fit(images[:2])
@@ -286,8 +288,9 @@ def test_a_fully_cached_rerun_never_loads_the_network(xray_pngs, tmp_path):
     args = ["extract", folder, "--cache", cache, "--image-size", "32", "--quiet"]
     assert main(args) == 0
     code = ("import sys; from featcache.cli import main; "
-            f"code = main({args!r}); print(code, 'torch' in sys.modules)")
+            f"code = main({args!r}); print(code, 'torch' in sys.modules, 'sklearn' in sys.modules)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300)
     assert "60 inputs: 0 computed, 60 from cache" in run.stdout, run.stderr
-    assert run.stdout.split()[-2:] == ["0", "False"], run.stdout + run.stderr
+    # neither torch nor scikit-learn (whose import alone takes seconds) is imported
+    assert run.stdout.split()[-3:] == ["0", "False", "False"], run.stdout + run.stderr

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from sklearn.utils._param_validation import InvalidParameterError
+from featcache.exceptions import InvalidOptionError
 
 from featcache.options import (POOLINGS, RunOptions, cuda_possible, resolve_run_options,
                                validate_run_options, validate_window)
@@ -22,7 +22,7 @@ from featcache.options import (POOLINGS, RunOptions, cuda_possible, resolve_run_
     ({"commit_seconds": float("nan")}, "'commit_seconds'"),
 ])
 def test_bad_options_are_named(params, words):
-    with pytest.raises(InvalidParameterError) as info:
+    with pytest.raises(InvalidOptionError) as info:
         validate_run_options(params, "f")
     assert words in str(info.value)
 
