@@ -434,12 +434,21 @@ def source_of(item, index) -> str:
 
 
 def _annotate(store, inputs, keys):
-    """Record labels, groups, splits and sources of the inputs that have a key."""
+    """Record labels, groups, splits and sources of the inputs whose record would change.
+
+    A rerun over the same inputs records nothing (no new annotations file per run).
+    """
+    from .cache.files import safe_text
+
     present = [i for i, k in enumerate(keys) if k is not None]
     if not present:
         return
-    store.annotate([keys[i] for i in present],
-                   label=[inputs.labels[i] for i in present],
-                   group=[inputs.groups[i] for i in present],
-                   split=[inputs.splits[i] for i in present],
-                   source=[inputs.sources[i] for i in present])
+    known = store.annotations([keys[i] for i in present])
+    fresh = {"label": inputs.labels, "group": inputs.groups, "split": inputs.splits,
+             "source": inputs.sources}
+    changed = [i for i in present if known.get(keys[i]) != {
+        field: None if values[i] is None or values[i] == "" else safe_text(values[i])
+        for field, values in fresh.items()}]
+    if changed:
+        store.annotate([keys[i] for i in changed],
+                       **{field: [values[i] for i in changed] for field, values in fresh.items()})

@@ -24,6 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .dicom import decode_dicom
 from .exceptions import InputChangedError, InputError
+from .options import validate_window
 from .pixels import composite, gray3, scale_intensity
 
 __all__ = ["DecodePolicy", "as_items", "content_key", "decode", "describe", "resized_pixels",
@@ -72,11 +73,7 @@ class DecodePolicy:
         if len(bg) != 3 or not all(isinstance(v, (int, np.integer)) and 0 <= v <= 255 for v in bg):
             raise ValueError(f"background must be 3 integers in 0..255, got {self.background!r}")
         object.__setattr__(self, "background", tuple(int(v) for v in bg))
-        win = None if self.window is None else tuple(float(v) for v in self.window)
-        if win is not None and (len(win) != 2 or not np.all(np.isfinite(win)) or win[1] <= 0):
-            raise ValueError(f"window must be (center, width) with a positive width, "
-                             f"got {self.window!r}")
-        object.__setattr__(self, "window", win)
+        object.__setattr__(self, "window", validate_window(self.window, "DecodePolicy"))
 
     def to_dict(self) -> dict:
         """Return everything that changes the decoded pixels, JSON-serialisable."""

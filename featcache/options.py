@@ -130,7 +130,7 @@ def _accepts(option: Option, value) -> bool:
     if kind == "choice":
         return isinstance(value, str) and value in option.choices
     if kind == "bool":
-        return isinstance(value, (bool, np_bool()))
+        return isinstance(value, (bool, _np_bool()))
     if kind == "path":
         return isinstance(value, (str, os.PathLike))
     if kind == "window":
@@ -138,7 +138,7 @@ def _accepts(option: Option, value) -> bool:
     return isinstance(value, str)
 
 
-def np_bool():
+def _np_bool():
     """numpy's bool type when numpy is imported (an option may come from an array)."""
     numpy = sys.modules.get("numpy")
     return numpy.bool_ if numpy is not None else bool

@@ -294,3 +294,19 @@ def test_a_fully_cached_rerun_never_loads_the_network(xray_pngs, tmp_path):
     assert "60 inputs: 0 computed, 60 from cache" in run.stdout, run.stderr
     # neither torch nor scikit-learn (whose import alone takes seconds) is imported
     assert run.stdout.split()[-3:] == ["0", "False", "False"], run.stdout + run.stderr
+
+
+def test_a_rerun_over_the_same_inputs_records_no_new_annotations(tmp_path):
+    images = np.random.default_rng(2).integers(0, 255, (4, 16, 16), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", train_images=images, train_labels=np.array([[0], [1], [0], [1]]))
+    inputs = collect_inputs([tmp_path / "d.npz"])
+    extract(inputs, tmp_path / "c", image_size=32, progress=False)
+    folder = tmp_path / "c" / "annotations"
+    before = sorted(folder.iterdir())
+    extract(inputs, tmp_path / "c", image_size=32, progress=False)
+    assert sorted(folder.iterdir()) == before
+    relabelled = collect_inputs([tmp_path / "d.npz"])
+    relabelled.labels[0] = "7"
+    extract(relabelled, tmp_path / "c", image_size=32, progress=False)
+    assert len(list(folder.iterdir())) == len(before) + 1
+    assert FeatureCache(tmp_path / "c").annotations()[content_key(inputs.items[0], 0)]["label"] == "7"

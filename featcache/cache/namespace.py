@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 import json
 import re
 import time
 import warnings
 
 import numpy as np
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .store import FeatureCache
 
 from ..exceptions import CacheCorruptError, CacheError, CacheMissError, CacheValueError, CorruptShardWarning
 from . import files, shards
@@ -41,7 +37,7 @@ class Namespace:
     memoised per process.
     """
 
-    def __init__(self, cache: "FeatureCache", fingerprint: str):
+    def __init__(self, cache, fingerprint: str):
         check_fingerprint(fingerprint)
         self.cache = cache
         self.fingerprint = fingerprint

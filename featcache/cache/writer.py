@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 import pathlib
 import time
 import warnings
 
 import numpy as np
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .namespace import Namespace
 
 from ..exceptions import CacheError, CacheValueError
 from . import shards
@@ -36,7 +32,7 @@ class ShardWriter:
         about 3 significant digits (relative error <= 2**-11) and overflows above 65504.
     """
 
-    def __init__(self, namespace: Namespace, *, commit_rows=4096, commit_seconds=30.0,
+    def __init__(self, namespace, *, commit_rows=4096, commit_seconds=30.0,
                  dtype="float32"):
         try:
             dtype = np.dtype(dtype).name
