@@ -18,8 +18,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ._allocator import reuse_freed_memory
-from .exceptions import FeatcacheError, InputChangedError, InputError
+from .exceptions import InputChangedError, InputError
 from .inputs import DecodePolicy, decode, describe
+from .options import resolve_device, resolve_precision
 
 __all__ = [
     "Batch",
@@ -56,34 +57,6 @@ class Batch:
     features: dict
     failures: list = field(default_factory=list)
     transient: set = field(default_factory=set)
-
-
-def resolve_device(device="auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise FeatcacheError(
-            f"device={device!r} is not a torch device; use 'auto', 'cpu', 'cuda' or 'cuda:N'."
-        ) from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise FeatcacheError(
-            f"device={device!r} but CUDA is not available on this machine; use device='auto' or 'cpu'."
-        )
-    return resolved
-
-
-def resolve_precision(precision, device: torch.device) -> str:
-    """``"auto"`` -> fp32 on CPU, bf16 on a GPU that supports it (else fp16)."""
-    if precision != "auto":
-        if precision not in _PRECISIONS:
-            raise FeatcacheError(f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {precision!r}")
-        return precision
-    if device.type != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 def resolve_num_workers(num_workers, device: torch.device) -> int:

@@ -98,6 +98,7 @@ def fill_cache(loaded, items, keys, sources, todo, namespaces, *, options, on_ba
     from contextlib import ExitStack
 
     from .engine import run_batches
+    from .inputs import DecodePolicy
 
     # Ctrl-C and SIGTERM are deferred to the end of a batch, so they never cut a commit short;
     # every writer then commits what it holds (also on errors) before the interrupt propagates.
@@ -109,7 +110,9 @@ def fill_cache(loaded, items, keys, sources, todo, namespaces, *, options, on_ba
             background = stack.enter_context(_BackgroundWrites())
             for batch in run_batches(loaded.extractor, items, todo, keys=keys,
                                      image_size=loaded.preprocessing.image_size,
-                                     progress_desc=progress_desc, **options.engine_kwargs()):
+                                     progress_desc=progress_desc,
+                                     policy=DecodePolicy(window=options.window),
+                                     **options.engine_kwargs()):
                 failures.update(batch.failures)
                 background.submit(_write_batch, writers, batch, keys, sources)
                 if on_batch is not None:

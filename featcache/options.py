@@ -21,7 +21,8 @@ from numbers import Integral, Real
 
 __all__ = ["POOLINGS", "PRECISIONS", "ON_ERROR", "MIN_IMAGE_SIZE", "OPTIONS", "Option",
            "RunOptions", "run_constraints",
-           "validate_run_options", "validate_window", "resolve_run_options", "cuda_possible",
+           "validate_run_options", "validate_window", "resolve_run_options", "resolve_device",
+           "resolve_precision", "cuda_possible",
            "is_invalid_parameter"]
 
 #: How a feature map or token sequence becomes one vector.
@@ -208,12 +209,47 @@ class RunOptions:
     commit_seconds: float = 30.0
 
     def engine_kwargs(self) -> dict:
-        """Keyword arguments of :func:`featcache.engine.run_batches`."""
-        from .inputs import DecodePolicy
-
+        """Keyword arguments of :func:`featcache.engine.run_batches` (all but ``policy``)."""
         return dict(batch_size=self.batch_size, device=self.device, precision=self.precision,
-                    num_workers=self.num_workers, on_error=self.on_error, progress=self.progress,
-                    policy=DecodePolicy(window=self.window))
+                    num_workers=self.num_workers, on_error=self.on_error, progress=self.progress)
+
+
+def resolve_device(device="auto"):
+    """``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise _featcache_error(
+            f"device={device!r} is not a torch device; use 'auto', 'cpu', 'cuda' or 'cuda:N'."
+        ) from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise _featcache_error(
+            f"device={device!r} but CUDA is not available on this machine; use device='auto' or 'cpu'."
+        )
+    return resolved
+
+
+def resolve_precision(precision, device) -> str:
+    """``"auto"`` -> fp32 on CPU, bf16 on a GPU that supports it (else fp16)."""
+    import torch
+
+    if precision != "auto":
+        if precision not in PRECISIONS or precision == "auto":
+            raise _featcache_error(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        return precision
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _featcache_error(message):
+    from .exceptions import FeatcacheError
+
+    return FeatcacheError(message)
 
 
 def cuda_possible() -> bool:
@@ -245,8 +281,6 @@ def resolve_run_options(caller: str = "featcache", **params) -> RunOptions:
         params["device"] = "cpu"  # resolved without importing torch (the warm path)
         params["precision"] = "fp32" if precision == "auto" else precision
     else:
-        from .engine import resolve_device, resolve_precision
-
         resolved = resolve_device(device)
         params["device"] = str(resolved)
         params["precision"] = resolve_precision(precision, resolved)
