@@ -1,4 +1,4 @@
-"""DICOM files -> image arrays: pydicom, modality LUT, VOI window, MONOCHROME1, size limits.
+"""DICOM files -> image arrays: pydicom, modality LUT, VOI LUT or window, MONOCHROME1, size limits.
 
 :func:`decode_dicom` decodes the bytes of one file (read once by :mod:`featcache.inputs`, so
 what is decoded is what was keyed). The declared size (rows x columns x frames x samples) is
@@ -16,7 +16,12 @@ import numpy as np
 from .exceptions import InputError
 from .pixels import gray3, scale_intensity
 
-__all__ = ["decode_dicom", "DICOM_DECODERS"]
+__all__ = ["decode_dicom", "DICOM_DECODERS", "DICOM_VOI_RULE"]
+
+#: The rule that turns a DICOM file's own VOI into 0..1, recorded in the decode policy (and so
+#: in the fingerprint): rows decoded under an earlier rule (a hand-written linear window) are
+#: never served for this one.
+DICOM_VOI_RULE = "pydicom.apply_voi_lut(index=0,prefer_lut=True)/output-range"
 
 #: What to install for compressed transfer syntaxes.
 DICOM_DECODERS = ("pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg "
@@ -37,8 +42,8 @@ def decode_dicom(data: bytes, where: str, policy, check_size) -> np.ndarray:
         The whole file.
     where : str
         The input's description for messages (``"input 3 ('/data/x.dcm')"``).
-    policy : featcache.inputs.DecodePolicy
-        Its ``window`` overrides the file's VOI window.
+    policy : featcache.decoding.DecodePolicy
+        Its ``window`` overrides the file's VOI (VOI LUT or window).
     check_size : callable
         ``check_size(height, width, decoded_pixels)`` raises InputError for an image too large
         to decode or resize; called before the pixel data is decoded.
@@ -62,7 +67,7 @@ def decode_dicom(data: bytes, where: str, policy, check_size) -> np.ndarray:
     if rows < 1 or columns < 1:
         raise _error(where, f"declares {rows} rows and {columns} columns", "The file is damaged.")
     check_size(rows, columns, Image.MAX_IMAGE_PIXELS)
-    return _to_image(ds, _pixels(ds, where), policy)
+    return _to_image(ds, _pixels(ds, where), policy, where)
 
 
 def _read(data, where):
@@ -105,8 +110,8 @@ def _pixels(ds, where):
         raise _error(where, f"DICOM pixel data is truncated or corrupt ({exc})") from exc
 
 
-def _to_image(ds, pixels, policy):
-    """Modality LUT, VOI window, MONOCHROME1 inversion; colour images as RGB."""
+def _to_image(ds, pixels, policy, where):
+    """Modality LUT, VOI (the user's window or the file's), MONOCHROME1 inversion; colour as RGB."""
     from pydicom.pixels import apply_color_lut, apply_modality_lut
 
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
@@ -119,17 +124,39 @@ def _to_image(ds, pixels, policy):
     if pixels.ndim != 2:
         raise ValueError(f"pixel data of shape {pixels.shape}, expected (rows, columns)")
     values = apply_modality_lut(pixels, ds)
-    out = scale_intensity(values, policy.window or _window(ds), keep_unit=False)
+    if policy.window is not None or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        out = scale_intensity(values, policy.window, keep_unit=False)
+    else:
+        out = _file_voi(values, ds, where)
     if photometric == "MONOCHROME1":
         out = 1 - out
     return gray3(out)
 
 
-def _window(ds):
-    """The file's first (WindowCenter, WindowWidth), or None."""
-    values = [ds.get("WindowCenter"), ds.get("WindowWidth")]
+def _file_voi(values, ds, where):
+    """The file's own VOI through pydicom's ``apply_voi_lut``, scaled to 0..1 by its output range.
+
+    pydicom picks the VOI LUT over a window when the file has both, and the first of several
+    windows or LUTs (``index=0``); it applies ``VOILUTFunction`` (LINEAR, LINEAR_EXACT,
+    SIGMOID). A window maps onto pydicom's output range (from BitsStored, PixelRepresentation
+    and the rescale), a VOI LUT onto 0 .. 2**bits - 1 (the LUT descriptor's bits per entry).
+    Without a VOI the modality values' min..max is used. A VOI that pydicom refuses (a zero
+    width, an unknown function) is this input's InputError.
+    """
+    from pydicom.pixels import apply_voi_lut
+
+    if values.dtype.kind == "f" and np.array_equal(values, np.round(values)):
+        values = values.astype(np.int64)  # a VOI LUT is indexed by integers
     try:
-        center, width = (float(v[0] if type(v).__name__ == "MultiValue" else v) for v in values)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return (center, width) if width > 0 and np.isfinite([center, width]).all() else None
+        out = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+        if out is values:  # no VOI in the file
+            return scale_intensity(values, None, keep_unit=False)
+        if out.dtype.kind in "ui":  # a VOI LUT
+            low, high = 0, 2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1
+        else:  # a window: pydicom's own output range, from its most extreme inputs
+            low, high = apply_voi_lut(np.array([-np.inf, np.inf]), ds, index=0, prefer_lut=True)
+    except Exception as exc:  # pydicom raises ValueError, KeyError, IndexError... for bad VOIs
+        raise _error(where, f"has a VOI (window or VOI LUT) that pydicom cannot apply "
+                     f"({type(exc).__name__}: {exc})",
+                     "Pass your own window=(center, width) to override the file's.") from exc
+    return np.clip((out.astype(np.float64) - low) / (high - low), 0, 1).astype(np.float32)

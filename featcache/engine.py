@@ -20,7 +20,11 @@ from torch.utils.data import DataLoader, Dataset
 from ._allocator import reuse_freed_memory
 from .exceptions import InputChangedError, InputError
 from .inputs import DecodePolicy, decode, describe
+from .log import get_logger
 from .options import resolve_device, resolve_precision
+from .progress import progress_bar
+
+_log = get_logger(__name__)
 
 __all__ = [
     "Batch",
@@ -107,11 +111,13 @@ class _DecodeDataset(Dataset):
     """Decodes and resizes one item; a failure becomes an InputError value, never a raise.
 
     With ``keys``, each item is checked to still have the content key it was planned under.
+    With ``augment`` (``augment(image, key) -> image``, a :class:`featcache.augment.AugmentView`),
+    each resized input is replaced by its augmented view.
     """
 
-    def __init__(self, items, positions, policy: DecodePolicy, size: int, keys=None):
+    def __init__(self, items, positions, policy: DecodePolicy, size: int, keys=None, augment=None):
         self.items, self.positions, self.policy, self.size = items, positions, policy, size
-        self.keys = keys
+        self.keys, self.augment = keys, augment
 
     def __len__(self):
         return len(self.positions)
@@ -125,7 +131,10 @@ class _DecodeDataset(Dataset):
         except InputError as exc:
             return pos, None, exc
         try:
-            return pos, to_model_input(image, self.size), None
+            tensor = to_model_input(image, self.size)
+            if self.augment is not None:
+                tensor = self.augment(tensor, self.keys[pos])
+            return pos, tensor, None
         except Exception as exc:  # any failure of one input is that input's error
             return pos, None, InputError(f"{describe(item, pos)}: cannot be resized to "
                                          f"{self.size} px ({type(exc).__name__}: {exc}).")
@@ -175,7 +184,7 @@ def _denormals_flushed() -> bool:
 
 def run_batches(extractor, items, positions, *, image_size, policy=None, batch_size=64,
                 device="auto", precision="auto", num_workers=None, on_error="raise",
-                progress=None, progress_desc="featcache", keys=None):
+                progress=None, progress_desc="featcache", keys=None, augment=None):
     """Compute features for ``items[positions]``, one :class:`Batch` at a time.
 
     Parameters
@@ -196,28 +205,30 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
     keys : list of bytes, optional
         Content keys aligned with ``items``: each input is checked, on exactly the bytes that
         are decoded, to still have its key (else :class:`InputChangedError`).
+    augment : callable, optional
+        ``augment(image, key) -> image`` applied to each resized input (needs ``keys``).
     progress : bool or None
-        tqdm bar; None shows it only on an interactive terminal.
+        tqdm bar; None shows it on an interactive terminal and in a Jupyter kernel (see
+        :mod:`featcache.progress`).
 
     Yields
     ------
     Batch
     """
-    from tqdm.auto import tqdm
-
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     dtype = _PRECISIONS[resolve_precision(precision, device)]
     workers = resolve_num_workers(num_workers, device)
     extractor.to(device=device, memory_format=torch.channels_last)
     loader = DataLoader(
         _DecodeDataset(items, np.asarray(positions, dtype=np.int64), policy or DecodePolicy(),
-                       image_size, keys),
+                       image_size, keys, augment),
         batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
         pin_memory=device.type == "cuda", persistent_workers=False,
     )
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    bar = tqdm(total=len(positions), unit="img", desc=progress_desc,
-               disable=None if progress is None else not progress, leave=False)
+    _log.info("computing %d inputs on %s in %s, batch size %d, %d decode workers",
+              len(positions), device, resolve_precision(precision, device), batch_size, workers)
+    bar = progress_bar(len(positions), progress_desc, progress)
     n_failed = 0
     # Tiny (denormal) values slow CPUs down: flush them to zero during the run, then restore.
     restore_denormals = device.type == "cpu" and not _denormals_flushed()

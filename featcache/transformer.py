@@ -51,14 +51,18 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     image_size : int or None, default=None
         Side of the square network input; None uses the backbone's (224 for the default).
     batch_size : int, default=64
-        Images per forward pass. Does not change the features.
+        Images per forward pass. Not part of the fingerprint: rows computed at one batch size
+        are served at any other. The values agree to float32 rounding, not bit for bit
+        (batch sizes 1, 3, 7 and 64 on a CPU in fp32: within 3e-5 absolute).
     device : str, default="auto"
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         ``"auto"`` is fp32 on CPU and bf16 (or fp16) autocast on GPU. Part of the fingerprint.
     cache : "auto", path, FeatureCache, False or None, default="auto"
         Where embeddings are cached (see :class:`featcache.FeatureCache`): ``"auto"`` is
-        ``$FEATCACHE_HOME`` or the user cache directory (``~/.cache/featcache``); False or
+        ``$FEATCACHE_HOME`` or the platform's user cache directory (platformdirs:
+        ``~/.cache/featcache`` on Linux, ``~/Library/Caches/featcache`` on macOS,
+        ``%LOCALAPPDATA%\\featcache\\featcache\\Cache`` on Windows); False or
         None disables caching. Every input is computed once per configuration fingerprint;
         later transforms, clones, grid-search folds and other processes read the cache.
     num_workers : int or None, default=None
@@ -67,7 +71,9 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         ``"raise"``: an undecodable input raises :class:`~featcache.exceptions.InputError`
         naming it. ``"skip"``: its row is NaN (never zero) and the reason is recorded.
     progress : bool or None, default=None
-        Progress bar; None shows it on interactive terminals only.
+        Progress bar of the images computed (cached ones are not); None shows it on an
+        interactive terminal and in a Jupyter kernel (a widget bar when ipywidgets is
+        installed, ``pip install featcache[notebook]``, else a text bar).
     window : (center, width) or None, default=None
         Intensity window for 16-bit, float and DICOM images (e.g. ``(40, 400)`` for a CT
         soft-tissue window in Hounsfield units); None uses the DICOM file's own window, else
@@ -139,7 +145,9 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         Parameters
         ----------
         X : images
-            Paths, an ``(n, H, W[, C])`` array, PIL images or an ``(n, C, H, W)`` tensor;
+            Paths, an ``(n, H, W[, C])`` array, PIL images, an ``(n, C, H, W)`` tensor, a
+            map-style torch ``Dataset`` of images or ``(image, label)`` pairs, or rows as
+            dicts with an ``"image"`` field (see :func:`featcache.inputs.as_items`);
             checked for form only.
         y : ignored
 
@@ -279,8 +287,12 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
+        # X is images: paths (strings), stacks (n, H, W) / (n, H, W, C), never a 2-D matrix.
         tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
         tags.input_tags.string = True
+        # The output is float32 whatever the input: float32 images are the one dtype kept.
+        tags.transformer_tags.preserves_dtype = ["float32"]
         tags.requires_fit = True
         tags.non_deterministic = False
         return tags

@@ -50,22 +50,123 @@ def test_dicom_ct_modality_lut_and_window(tmp_path):
     np.testing.assert_array_equal(decode(renamed, 0), out)
 
 
-def test_dicom_file_window_and_monochrome1():
-    import pydicom
+def _linear(x, center, width):
+    """DICOM's LINEAR window (PS3.3 C.11.2.1.2.1) onto 0..1."""
+    return np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0, 1)
+
+
+def _variant(tmp_path, name, **attributes):
+    """A bundled pydicom file with some attributes changed, saved under tmp_path."""
+    ds = pydicom.dcmread(_dcm(name))
+    for key, value in attributes.items():
+        if value is None:
+            ds.pop(key, None)
+        else:
+            setattr(ds, key, value)
+    path = tmp_path / f"{name}-{len(list(tmp_path.iterdir()))}.dcm"
+    ds.save_as(path)
+    return path
+
+
+def _modality(path):
     from pydicom.pixels import apply_modality_lut
 
+    ds = pydicom.dcmread(path)
+    return apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+
+
+def test_dicom_file_window_is_pydicoms_linear_voi_and_monochrome1_inverts():
     mr = _dcm("MR_small.dcm")
     ds = pydicom.dcmread(mr)
     assert (float(ds.WindowCenter), float(ds.WindowWidth)) == (600, 1600)
-    vals = apply_modality_lut(ds.pixel_array, ds)
-    np.testing.assert_allclose(decode(mr, 0)[..., 0], np.clip((vals + 200) / 1600, 0, 1),
+    assert "VOILUTFunction" not in ds  # LINEAR by default
+    np.testing.assert_allclose(decode(mr, 0)[..., 0], _linear(_modality(mr), 600, 1600),
                                atol=1e-6)
-    cr = _dcm("6278")  # a MONOCHROME1 CR image (WindowCenter 1600, WindowWidth 2800)
+    cr = _dcm("6278")  # a MONOCHROME1 CR image (WindowCenter 1600, WindowWidth 2800), rescaled
     ds = pydicom.dcmread(cr)
-    assert ds.PhotometricInterpretation == "MONOCHROME1"
-    vals = apply_modality_lut(ds.pixel_array, ds)
-    np.testing.assert_allclose(decode(cr, 0)[..., 2], 1 - np.clip((vals - 200) / 2800, 0, 1),
+    assert ds.PhotometricInterpretation == "MONOCHROME1" and float(ds.RescaleSlope) != 1
+    np.testing.assert_allclose(decode(cr, 0)[..., 2], 1 - _linear(_modality(cr), 1600, 2800),
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("function", ["LINEAR_EXACT", "SIGMOID"])
+def test_dicom_voi_lut_functions_match_pydicom(function, tmp_path):
+    from pydicom.pixels import apply_voi_lut
+
+    path = _variant(tmp_path, "MR_small.dcm", VOILUTFunction=function)
+    x = _modality(path)
+    expected = (np.clip((x - 600) / 1600 + 0.5, 0, 1) if function == "LINEAR_EXACT"
+                else 1 / (1 + np.exp(-4 * (x - 600) / 1600)))
+    out = decode(path, 0)[..., 0]
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    ds = pydicom.dcmread(path)  # pydicom's own VOI, on its signed 16-bit output range
+    reference = (apply_voi_lut(x, ds) + 2**15) / (2**16 - 1)
+    np.testing.assert_allclose(out, reference, atol=1e-6)
+    if function == "SIGMOID":  # the former hand-written rule was linear: far from this
+        assert np.abs(expected - _linear(x, 600, 1600)).max() > 0.05
+
+
+def test_dicom_several_windows_use_the_first_as_pydicom_does(tmp_path):
+    path = _variant(tmp_path, "MR_small.dcm", WindowCenter=[600, 100], WindowWidth=[1600, 50])
+    np.testing.assert_allclose(decode(path, 0)[..., 0], _linear(_modality(path), 600, 1600),
+                               atol=1e-6)
+    overlay = _dcm("examples_overlay.dcm")  # a bundled file with two windows
+    ds = pydicom.dcmread(overlay)
+    assert len(ds.WindowCenter) == 2
+    np.testing.assert_allclose(decode(overlay, 1)[..., 0],
+                               _linear(_modality(overlay), *map(float, (ds.WindowCenter[0],
+                                                                        ds.WindowWidth[0]))),
+                               atol=1e-6)
+
+
+def _with_voi_lut(tmp_path, keep_window):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(_dcm("MR_small.dcm"))
+    item = Dataset()
+    item.add_new(0x00283002, "US", [2048, 0, 12])  # LUTDescriptor: entries, first value, bits
+    lut = [int(i * 4095 / 2047) for i in range(2048)][::-1]  # an inverting 12-bit LUT
+    item.add_new(0x00283006, "US", lut)  # LUTData
+    ds.VOILUTSequence = Sequence([item])
+    if not keep_window:
+        del ds.WindowCenter, ds.WindowWidth
+    path = tmp_path / f"voi_lut_{keep_window}.dcm"
+    ds.save_as(path)
+    return path, np.asarray(lut)
+
+
+@pytest.mark.parametrize("keep_window", [False, True])
+def test_dicom_voi_lut_sequence_is_applied_on_its_output_range(keep_window, tmp_path):
+    path, lut = _with_voi_lut(tmp_path, keep_window)  # with a window too: the LUT is preferred
+    x = _modality(path).astype(np.int64)
+    expected = lut[np.clip(x, 0, len(lut) - 1)] / (2**12 - 1)
+    np.testing.assert_allclose(decode(path, 0)[..., 0], expected, atol=1e-6)
+
+
+def test_dicom_user_window_overrides_the_files_voi(tmp_path):
+    path, _ = _with_voi_lut(tmp_path, True)
+    x = _modality(path)
+    out = decode(path, 0, DecodePolicy(window=(1000, 500)))[..., 0]
+    np.testing.assert_allclose(out, np.clip((x - 750) / 500, 0, 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("attributes, match", [
+    ({"WindowWidth": 0}, "Window Width"), ({"VOILUTFunction": "CUBIC"}, "CUBIC"),
+])
+def test_a_voi_pydicom_refuses_is_a_named_input_error(attributes, match, tmp_path):
+    path = _variant(tmp_path, "MR_small.dcm", **attributes)
+    msg = _bad(path, 7, match)
+    assert "VOI" in msg and "window=(center, width)" in msg
+    assert decode(path, 7, DecodePolicy(window=(600, 1600))).shape == (64, 64, 3)
+
+
+def test_the_voi_rule_is_in_the_fingerprint():
+    from featcache.dicom import DICOM_VOI_RULE
+
+    policy = DecodePolicy().to_dict()
+    assert policy["dicom_voi"] == DICOM_VOI_RULE and "apply_voi_lut" in DICOM_VOI_RULE
+    assert policy["dicom_voi"] != "linear"  # the rule of caches written before it changed
 
 
 def test_dicom_rgb():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featcache import inputs
+from featcache import decoding, inputs
 from featcache.exceptions import FeatcacheError, InputChangedError, InputError
 from featcache.inputs import DecodePolicy, as_items, content_key, decode, describe
 
@@ -97,6 +97,98 @@ def test_torch_tensor_nchw():
     assert as_items(torch.zeros(1, 1, 4, 4, dtype=torch.bfloat16))[0].dtype == np.float32
     with pytest.raises(InputError, match=r"\(n, C, H, W\).*unsqueeze"):
         as_items(torch.zeros(2, 5, 5))
+
+
+
+# ---------------------------------------------------------------- torch and Hugging Face
+def _torch_dataset(samples):
+    torch = pytest.importorskip("torch")
+
+    class Samples(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(samples)
+
+        def __getitem__(self, i):
+            return samples[i]
+
+    return Samples()
+
+
+def test_map_style_torch_dataset_of_images_or_image_label_pairs(tmp_path):
+    torch = pytest.importorskip("torch")
+    pils = [Image.fromarray(_rgb(4 + i, 6)) for i in range(3)]
+    for samples in (pils, [(img, i % 2) for i, img in enumerate(pils)],
+                    [[img, i, "extra"] for i, img in enumerate(pils)]):
+        items = as_items(_torch_dataset(samples))
+        assert [content_key(a, 0) for a in items] == [content_key(b, 0) for b in pils]
+    tensors = [(torch.rand(3, 5, 7), 0), (torch.rand(3, 5, 7), 1)]  # e.g. after ToTensor()
+    items = as_items(_torch_dataset(tensors))
+    assert items[1].shape == (5, 7, 3) and items[1].dtype == np.float32
+    np.testing.assert_array_equal(items[1], tensors[1][0].numpy().transpose(1, 2, 0))
+    gray = as_items(_torch_dataset([torch.zeros(1, 4, 4), torch.zeros(1, 4, 4)]))
+    assert gray[0].shape == (4, 4, 1)
+    paths = [str(_png(tmp_path / f"{i}.png", _rgb())) for i in range(2)]
+    assert [str(p) for p in as_items(_torch_dataset([(p, 0) for p in paths]))] == paths
+
+
+def test_torch_dataset_errors_name_the_sample_and_the_conversion():
+    torch = pytest.importorskip("torch")
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield from ()
+
+    with pytest.raises(InputError, match=r"IterableDataset.*X = \[sample\[0\] for sample in"):
+        as_items(Stream())
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            if i == 1:
+                raise OSError("disk gone")
+            return np.zeros((2, 2), np.uint8)
+
+    with pytest.raises(InputError, match=r"input 1 \(Broken\).*Broken\[1\].*disk gone"):
+        as_items(Broken())
+    with pytest.raises(InputError, match=r"input 0 .*tensor of shape \(5, 4, 4\)"):
+        as_items(_torch_dataset([torch.zeros(5, 4, 4)]))
+
+
+def test_rows_as_dicts_the_datasets_row_format(tmp_path):
+    pils = [Image.fromarray(_rgb()) for _ in range(2)]
+    rows = [{"image": img, "label": i} for i, img in enumerate(pils)]
+    assert as_items(rows) == pils
+    assert as_items([{"img": img, "label": 0} for img in pils]) == pils  # CIFAR's name
+    other = [{"scan": img, "image": "ignored"} for img in pils]
+    assert as_items(other, image_field="scan") == pils
+    paths = [str(_png(tmp_path / f"{i}.png", _rgb())) for i in range(2)]
+    assert [str(p) for p in as_items([{"path": p, "label": 1} for p in paths])] == paths
+    assert as_items(_torch_dataset(rows)) == pils  # a Dataset returning dicts
+    with pytest.raises(InputError, match=r"input 0 \(dict\).*keys \['label', 'x'\].*row\["):
+        as_items([{"x": 1, "label": 0}])
+    with pytest.raises(InputError, match=r"input 1 \(dict\).*no field 'image'.*row\['image'\]"):
+        as_items([rows[0], {"label": 1}])
+    with pytest.raises(InputError, match=r"input 1 \('a.png'\): is a str, not a dict"):
+        as_items([rows[0], "a.png"])
+    with pytest.raises(InputError, match=r"not accepted.*X\['image'\]"):
+        as_items({"image": pils, "label": [0, 1]})  # a dict of columns
+    with pytest.raises(InputError, match=r"input 0 \(tuple\).*for image, \*_ in pairs"):
+        as_items([(pils[0], 0)])  # (image, label) pairs outside a Dataset
+
+
+def test_inputs_that_are_not_torch_never_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    path = _png(tmp_path / "a.png", _rgb())
+    code = ("import sys, numpy as np\n"
+            "from featcache.inputs import as_items\n"
+            f"as_items([{{'image': {str(path)!r}}}]); as_items([np.zeros((2, 2))])\n"
+            f"as_items([{str(path)!r}]); as_items(np.zeros((1, 2, 2)))\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 # ---------------------------------------------------------------- rejected X
@@ -485,7 +577,7 @@ def test_any_exception_while_decoding_becomes_the_inputs_error(tmp_path, monkeyp
     def explode(*args, **kwargs):
         raise KeyError("a decoder bug")
 
-    monkeypatch.setattr(inputs.ImageOps, "exif_transpose", explode)
+    monkeypatch.setattr(decoding.ImageOps, "exif_transpose", explode)
     with pytest.raises(InputError, match=r"input 2 .*a\.png.*KeyError") as info:
         decode(path, 2)
     assert isinstance(info.value.__cause__, KeyError)

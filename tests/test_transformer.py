@@ -228,6 +228,60 @@ def test_scikit_learn_estimator_checks(check_name):
         check("FrozenBackbone", FrozenBackbone(**SMALL))
 
 
+def test_tags_say_images_in_float32_out():
+    tags = FrozenBackbone().__sklearn_tags__()
+    assert tags.input_tags.three_d_array and tags.input_tags.string
+    assert not tags.input_tags.two_d_array  # a 2-D matrix is features, not images
+    assert tags.transformer_tags.preserves_dtype == ["float32"]
+    assert tags.requires_fit and not tags.non_deterministic
+
+
+# Image-based versions of the scikit-learn checks that the tags above skip (they feed a random
+# 2-D matrix, which FrozenBackbone refuses as not images). Without a cache every transform runs
+# the network again, with other batches: rows agree to float32 rounding (measured within 3e-5
+# for batch sizes 1 to 64, see the batch_size docs); from a cache they are identical.
+BATCH_ATOL = 1e-4
+
+
+@pytest.mark.parametrize("cache", [False, "dir"])
+def test_check_methods_subset_and_sample_order_invariance(cache, xray, tmp_path):
+    images = xray[0][:16]
+    backbone = small(cache=tmp_path / "c" if cache == "dir" else False).fit(images)
+    full = backbone.transform(images)
+    atol = BATCH_ATOL if cache is False else 0
+    for part in (slice(0, 5), slice(5, 16), [3], [15, 0, 7]):
+        np.testing.assert_allclose(backbone.transform(images[part]), full[part], atol=atol,
+                                   rtol=0, err_msg=f"subset {part}")
+    order = np.random.default_rng(0).permutation(len(images))
+    np.testing.assert_allclose(backbone.transform(images[order]), full[order], atol=atol, rtol=0)
+
+
+def test_check_fit_idempotent_and_parameters_not_overwritten(xray):
+    images = xray[0]
+    backbone = small()
+    params = backbone.get_params()
+    first = backbone.fit(images[:10]).transform(images[40:46])
+    fitted = {k: v for k, v in vars(backbone).items() if k.endswith("_")}
+    second = backbone.fit(images[10:30]).transform(images[40:46])
+    assert {k: v for k, v in vars(backbone).items() if k.endswith("_")}.keys() == fitted.keys()
+    for name in ("fingerprint_", "config_", "n_features_out_", "weights_identity_"):
+        assert getattr(backbone, name) == fitted[name], name
+    np.testing.assert_allclose(second, first, atol=BATCH_ATOL, rtol=0)
+    assert backbone.get_params() == params
+
+
+def test_check_n_features_out_and_output_dtype(xray):
+    images = xray[0][:4]
+    with pytest.raises(NotFittedError):
+        small().get_feature_names_out()
+    backbone = small().fit(images)
+    out = backbone.transform(images)
+    assert out.shape[1] == backbone.n_features_out_ == len(backbone.get_feature_names_out())
+    for X in (images, images.astype(np.uint16) * 257, images.astype(np.float32) / 255,
+              images.astype(np.float64) / 255):
+        assert backbone.transform(X).dtype == np.float32, X.dtype
+
+
 def test_a_2d_numeric_matrix_is_rejected_as_not_images():
     with pytest.raises(InputError, match="feature matrix"):
         small().fit(np.random.rand(10, 5))

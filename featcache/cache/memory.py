@@ -26,10 +26,20 @@ class MemoryNamespace:
         The configuration fingerprint the rows belong to.
     dim : int or None
         Feature dimension; taken from the first rows when None.
+    storage : {"float32", "float16"}, default="float32"
+        Rows are rounded to this type as they are added, so they read back exactly as from a
+        disk namespace of the same storage.
+    row_shape : tuple of int, optional
+        The shape of one row before flattening (see ``Namespace.row_shape``).
     """
 
-    def __init__(self, fingerprint: str = "memory", dim: int | None = None):
+    def __init__(self, fingerprint: str = "memory", dim: int | None = None, *,
+                 storage: str = "float32", row_shape: tuple | None = None):
+        if storage not in ("float32", "float16"):
+            raise CacheValueError(f"storage={storage!r}: expected 'float32' or 'float16'")
         self.fingerprint, self._dim = fingerprint, dim
+        self.storage = storage
+        self.row_shape = None if row_shape is None else tuple(int(n) for n in row_shape)
         self._rows: dict = {}
         self._failed: dict = {}
 
@@ -100,6 +110,11 @@ class MemoryNamespace:
         if f.shape[1] != self._dim:
             raise CacheValueError(f"features have {f.shape[1]} columns but namespace "
                                   f"{self.fingerprint} holds {self._dim}-dim rows")
+        if self.storage == "float16":
+            if f.size and np.nanmax(np.abs(f)) > 65504:
+                raise CacheValueError("features exceed the float16 range (|x| > 65504) and would "
+                                      "be stored as inf; use float32 storage for this backbone")
+            f = f.astype(np.float16).astype(np.float32)
         for key, row in zip(keys, f):
             self._rows.setdefault(key.tobytes(), row.copy())
 

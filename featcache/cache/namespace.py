@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 
 from ..exceptions import CacheCorruptError, CacheError, CacheMissError, CacheValueError, CorruptShardWarning
+from ..log import get_logger
 from . import files, shards
 from .keyindex import KeyIndex, v16
 from .memo import INDEXES, LOCK, SHARD_INFO, WARNED, as_keys, load, ns_lock
@@ -17,6 +18,7 @@ from .writer import ShardWriter
 
 
 _RETRIES = 10  # attempts of a read that keeps meeting shards removed by a concurrent compact
+_log = get_logger(__name__)
 
 
 FP_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
@@ -109,6 +111,7 @@ class Namespace:
                 seen = str(path) in WARNED
                 WARNED.add(str(path))
             if not seen:
+                _log.warning("skipped damaged shard (its rows are recomputed): %s", info)
                 warnings.warn(f"{info}. The shard is skipped (its rows count as missing and are "
                               f"recomputed); run `featcache verify {self.cache.path}` and delete "
                               "the damaged file.", CorruptShardWarning, stacklevel=4)
@@ -129,6 +132,8 @@ class Namespace:
             try:
                 return fn(idx)
             except shards.ShardGone as gone:
+                _log.debug("read of %s met a changed shard (attempt %d of %d): %s", self.path,
+                           attempt + 1, _RETRIES, gone)
                 if not isinstance(gone.cause, FileNotFoundError):
                     with LOCK:  # re-verify that shard: it is skipped if it is damaged
                         SHARD_INFO.pop(str(gone.path), None)
@@ -162,6 +167,25 @@ class Namespace:
             cfg = self.config.get("dim") if (self.path / "config.json").exists() else None
             dim = cfg if isinstance(cfg, int) else None
         return dim
+
+    @property
+    def storage(self) -> str:
+        """How new rows are stored: ``config["storage"]`` (``"float16"``), else ``"float32"``."""
+        storage = self.config.get("storage", "float32")
+        if storage not in shards.DTYPES:
+            raise CacheCorruptError(f"{self.path / 'config.json'}: storage {storage!r} is not one "
+                                    f"of {sorted(shards.DTYPES)}")
+        return storage
+
+    @property
+    def row_shape(self) -> "tuple | None":
+        """The shape of one row before flattening (``config["row_shape"]``), or None for vectors."""
+        shape = self.config.get("row_shape")
+        if shape is None:
+            return None
+        dim = self.config.get("dim")
+        return shards.check_row_shape(shape, dim if isinstance(dim, int) else
+                                      int(np.prod(shape)), self.path / "config.json")
 
     def read(self, keys, *, missing: str = "raise") -> np.ndarray:
         """Float32 ``(n, dim)`` rows in the order of ``keys``.
@@ -218,7 +242,12 @@ class Namespace:
         return self.retry(collect)
 
     def writer(self, *, commit_rows: int = 4096, commit_seconds: float = 30.0,
-               dtype: str = "float32") -> "ShardWriter":
-        """A :class:`ShardWriter` (context manager) adding rows to this namespace."""
+               dtype: str | None = None) -> "ShardWriter":
+        """A :class:`ShardWriter` (context manager) adding rows to this namespace.
+
+        ``dtype`` defaults to the namespace's :attr:`storage`; each shard records the
+        namespace's :attr:`row_shape`.
+        """
         return ShardWriter(self, commit_rows=commit_rows, commit_seconds=commit_seconds,
-                           dtype=dtype)
+                           dtype=self.storage if dtype is None else dtype,
+                           row_shape=self.row_shape)

@@ -6,7 +6,9 @@ A shard is one immutable HDF5 file ``<seq>-<uuid>.h5``:
 - ``features``  (n, d) little-endian float16 or float32 (contiguous, uncompressed)
 - ``sources``   (n,) variable-length UTF-8 strings (path or description of each input)
 - ``failures/`` group with ``keys`` (m, 16) uint8, ``sources`` (m,) and ``reasons`` (m,) strings
-- attrs ``fingerprint, rows, dim, dtype, checksum, created, failures, format_version``
+- attrs ``fingerprint, rows, dim, dtype, checksum, created, failures, format_version``, and
+  ``row_shape`` (int array whose product is ``dim``) when each row is a flattened array such as
+  a ``(C, H, W)`` feature map; shards without it hold plain ``(dim,)`` vectors
 
 ``checksum`` is the blake2b-256 hex digest of ``keys`` bytes, then ``features`` bytes (stored
 dtype, little-endian, C order), then the failure keys' bytes. Reading trusts nothing a file
@@ -65,6 +67,7 @@ class ShardInfo:
     fail_sources: list
     fail_reasons: list
     checksum_ok: bool = False
+    row_shape: tuple | None = None  # the shape of one row before flattening, when recorded
 
     @property
     def name(self) -> str:
@@ -89,8 +92,11 @@ def _window_rows(dim: int, itemsize: int) -> int:
 
 def write_shard(shards_dir: pathlib.Path, fingerprint: str, keys: np.ndarray,
                 features: np.ndarray, sources: list, fail_keys: np.ndarray,
-                fail_sources: list, fail_reasons: list, dtype: str) -> ShardInfo:
+                fail_sources: list, fail_reasons: list, dtype: str,
+                row_shape: tuple | None = None) -> ShardInfo:
     """Write one new shard atomically and return its :class:`ShardInfo` (checksum known good).
+
+    ``row_shape`` (whose product must be the feature width) is recorded when given.
 
     Raises
     ------
@@ -106,6 +112,7 @@ def write_shard(shards_dir: pathlib.Path, fingerprint: str, keys: np.ndarray,
     h.update(feats.tobytes())
     h.update(fail_keys.tobytes())
     checksum, created = h.hexdigest(), now_iso()
+    row_shape = check_row_shape(row_shape, feats.shape[1], shards_dir)
     final = shards_dir / new_shard_name()
     try:
         shards_dir.mkdir(parents=True, exist_ok=True)
@@ -116,11 +123,27 @@ def write_shard(shards_dir: pathlib.Path, fingerprint: str, keys: np.ndarray,
             _write_failures(f, fail_keys, fail_sources, fail_reasons)
             _write_attrs(f, fingerprint, len(keys), feats.shape[1], dtype, checksum, created,
                          len(fail_keys))
+            if row_shape is not None:
+                f.attrs["row_shape"] = np.asarray(row_shape, dtype=np.int64)
     except OSError as exc:
         raise write_error(exc, shards_dir) from exc
     return ShardInfo(final, stat_key(final), len(keys), feats.shape[1], dtype, fingerprint,
                      created, checksum, keys, fail_keys, fail_sources, fail_reasons,
-                     checksum_ok=True)
+                     checksum_ok=True, row_shape=row_shape)
+
+
+def check_row_shape(row_shape, dim: int, where) -> "tuple | None":
+    """``row_shape`` as a tuple of positive ints whose product is ``dim`` (None passes)."""
+    if row_shape is None:
+        return None
+    try:
+        shape = tuple(int(n) for n in np.asarray(row_shape).reshape(-1))
+    except (TypeError, ValueError):
+        shape = ()
+    if not shape or min(shape) < 1 or int(np.prod(shape, dtype=np.int64)) != dim:
+        raise CacheCorruptError(f"{where}: row shape {row_shape!r} does not describe rows of "
+                                f"{dim} values (expected positive sizes whose product is {dim})")
+    return shape
 
 
 def _write_failures(f, fail_keys, fail_sources, fail_reasons) -> None:
@@ -186,8 +209,15 @@ def _parse(f, path, key) -> ShardInfo:
     get_dataset(f, "features", path, size, (rows, dim), DTYPES[dtype])
     get_dataset(f, "sources", path, size, (rows,))
     fk, fs, fr = _parse_failures(f, path, size)
+    row_shape = None
+    if "row_shape" in a:
+        raw = a["row_shape"]
+        if not isinstance(raw, np.ndarray) or raw.ndim != 1 or raw.size > 8 or raw.dtype.kind not in "iu":
+            raise CacheCorruptError(f"shard {path}: attribute 'row_shape' is {raw!r}, expected "
+                                    "a short 1-D integer array")
+        row_shape = check_row_shape(raw, dim, f"shard {path}")
     return ShardInfo(pathlib.Path(path), key, rows, dim, dtype, text["fingerprint"],
-                     text["created"], text["checksum"], keys[()], fk, fs, fr)
+                     text["created"], text["checksum"], keys[()], fk, fs, fr, row_shape=row_shape)
 
 
 def _parse_failures(f, path, size: int) -> tuple:
@@ -292,6 +322,11 @@ def merge(infos: list[ShardInfo], final_path: pathlib.Path, fingerprint: str,
         raise CacheCorruptError(f"cannot merge shards of different dims {sorted(dims)} "
                                 f"in {final_path.parent}; run `featcache verify`")
     dim = dims.pop() if dims else 0
+    shapes = {i.row_shape for i in infos if i.rows}
+    if len(shapes) > 1:
+        raise CacheCorruptError(f"cannot merge shards of different row shapes {sorted(map(str, shapes))} "
+                                f"in {final_path.parent}; run `featcache verify`")
+    row_shape = shapes.pop() if shapes else None
     if dtype is None:
         dtype = "float16" if infos and all(i.dtype == "float16" for i in infos) else "float32"
     h = _hasher(keys)
@@ -304,9 +339,11 @@ def merge(infos: list[ShardInfo], final_path: pathlib.Path, fingerprint: str,
         h.update(fk.tobytes())
         _write_failures(f, fk, fs, fr)
         _write_attrs(f, fingerprint, len(keys), dim, dtype, h.hexdigest(), created, len(fk))
+        if row_shape is not None:
+            f.attrs["row_shape"] = np.asarray(row_shape, dtype=np.int64)
         f.attrs.update(extra_attrs or {})
     return ShardInfo(final_path, stat_key(final_path), len(keys), dim, dtype, fingerprint, created,
-                     h.hexdigest(), keys, fk, fs, fr, checksum_ok=True)
+                     h.hexdigest(), keys, fk, fs, fr, checksum_ok=True, row_shape=row_shape)
 
 
 def _first_occurrence(key_arrays: list[np.ndarray]) -> list[np.ndarray]:

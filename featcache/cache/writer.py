@@ -9,8 +9,11 @@ import warnings
 import numpy as np
 
 from ..exceptions import CacheError, CacheValueError
+from ..log import get_logger
 from . import shards
 from .memo import as_keys, remember
+
+_log = get_logger(__name__)
 
 
 class ShardWriter:
@@ -30,10 +33,13 @@ class ShardWriter:
     dtype : {"float32", "float16"}, default="float32"
         Storage type (recorded in each shard); reads always return float32. float16 keeps
         about 3 significant digits (relative error <= 2**-11) and overflows above 65504.
+    row_shape : tuple of int, optional
+        The shape of one row before it was flattened (a ``(C, H, W)`` feature map), recorded
+        in each shard; its product must be the feature width.
     """
 
     def __init__(self, namespace, *, commit_rows=4096, commit_seconds=30.0,
-                 dtype="float32"):
+                 dtype="float32", row_shape=None):
         try:
             dtype = np.dtype(dtype).name
         except TypeError:
@@ -45,6 +51,7 @@ class ShardWriter:
         if not commit_seconds > 0:
             raise CacheValueError(f"commit_seconds={commit_seconds!r}: expected a number > 0")
         self.namespace, self.dtype = namespace, dtype
+        self.row_shape = None if row_shape is None else tuple(int(n) for n in row_shape)
         self.commit_rows, self.commit_seconds = int(commit_rows), float(commit_seconds)
         self.shards: list = []
         self.rows_written = self.failures_written = 0
@@ -84,6 +91,9 @@ class ShardWriter:
         if f.shape[1] != self._dim:
             raise CacheValueError(f"features have {f.shape[1]} columns but namespace "
                                   f"{self.namespace.fingerprint} holds {self._dim}-dim rows")
+        if self.row_shape is not None and int(np.prod(self.row_shape)) != f.shape[1]:
+            raise CacheValueError(f"features have {f.shape[1]} columns but this writer's row "
+                                  f"shape {self.row_shape} holds {int(np.prod(self.row_shape))}")
         if self.dtype == "float16" and f.size and np.nanmax(np.abs(f)) > 65504:
             raise CacheValueError("features exceed the float16 range (|x| > 65504) and would be "
                                   "stored as inf; use dtype='float32' for this backbone")
@@ -129,10 +139,13 @@ class ShardWriter:
         try:
             info = shards.write_shard(self.namespace.shards_dir, self.namespace.fingerprint,
                                        keys, feats, self._sources, fk, self._fs, self._fr,
-                                       self.dtype)
+                                       self.dtype, self.row_shape if len(keys) else None)
         except CacheError as exc:
             self._error = exc
+            _log.warning("commit of %d rows and %d failures to %s failed: %s", len(keys),
+                         len(fk), self.namespace.shards_dir, exc)
             raise
+        _log.info("committed shard %s: %d rows, %d failures", info.path, info.rows, len(fk))
         remember(info)
         self.shards.append(info.path)
         self.rows_written += info.rows
