@@ -17,6 +17,7 @@ __all__ = [
     "CacheValueError",
     "ProbeError",
     "CorruptShardWarning",
+    "MixedDatasetsWarning",
 ]
 
 
@@ -81,3 +82,12 @@ class ProbeError(FeatcacheError, ValueError):
 
 class CorruptShardWarning(UserWarning):
     """A shard was skipped because it is damaged; run ``featcache verify``."""
+
+
+class MixedDatasetsWarning(UserWarning):
+    """A namespace holds rows of several datasets and the caller chose none.
+
+    ``featcache probe`` and ``featcache export`` (and :func:`~featcache.probe_cache.probe_cache`,
+    :meth:`~featcache.cache.FeatureCache.export`) then use every row; pass ``dataset=`` /
+    ``--dataset NAME`` (the tag given to ``featcache extract --dataset``) to use one dataset's.
+    """

@@ -1,26 +1,29 @@
 """Probing a cache namespace: features from the cache, labels from its annotations or a CSV.
 
 The protocol itself is :func:`featcache.probe.linear_probe`; this module finds the rows (one
-namespace of a :class:`~featcache.cache.FeatureCache`), their labels, groups and validation
-split, and is the library behind ``featcache probe``. Reading needs no torch.
+namespace of a :class:`~featcache.cache.FeatureCache`, one dataset of it, or the inputs of a
+manifest), their labels, groups and validation split, and is the library behind
+``featcache probe`` (whose argument parsing lives in :mod:`featcache.cli`). Reading needs no
+torch.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import warnings
 from numbers import Real
 
 import numpy as np
 
 from .exceptions import ProbeError
-from .probe import HEADS, PLOTS, ProbeReport, linear_probe
+from .probe import ProbeReport, linear_probe
 
-__all__ = ["probe_cache", "add_probe_arguments", "run_probe_command"]
+__all__ = ["probe_cache"]
 
 
-def probe_cache(cache_dir, namespace=None, *, labels="from-cache", groups=None, val="val",
-                out_dir=None, **probe_kwargs) -> ProbeReport:
+def probe_cache(cache_dir, namespace=None, *, dataset=None, manifest=None, labels="from-cache",
+                groups=None, val="auto", out_dir=None, **probe_kwargs) -> ProbeReport:
     """Probe the embeddings of one cache namespace, with labels from the cache or a CSV.
 
     Parameters
@@ -30,24 +33,38 @@ def probe_cache(cache_dir, namespace=None, *, labels="from-cache", groups=None, 
     namespace : str, optional
         Fingerprint (or a unique prefix of it) of the namespace to read; optional when the
         cache holds one (``featcache info DIR`` lists them).
+    dataset : str, optional
+        Use only the rows tagged with this dataset (``featcache extract --dataset NAME``,
+        ``extract(..., dataset=NAME)``), with that dataset's labels, groups and splits. Without
+        it (and without ``manifest`` or a labels CSV) every row of the namespace is used, and a
+        :class:`~featcache.exceptions.MixedDatasetsWarning` names the datasets when the rows
+        belong to several.
+    manifest : str, PathLike or list of them, optional
+        Use only the rows of these inputs: anything ``featcache extract`` takes (a CSV, TSV or
+        Parquet manifest with a path column, a folder, image files, an ``.npz``). A row matches
+        by the content key of its file or, when the file is gone, by the recorded source.
     labels : "from-cache" or path, default="from-cache"
-        ``"from-cache"``: the labels recorded with ``FeatureCache.annotate``. A CSV path: a
-        manifest with columns ``path``, ``label`` and optionally ``group`` and ``split``; a row
-        matches a cached embedding by the content key of the file at ``path`` (relative paths
-        are tried from the working directory, then from the CSV's folder) or, when the file is
-        gone, by the ``source`` recorded in the annotations.
+        ``"from-cache"``: the labels recorded with the rows (by ``featcache extract`` or
+        ``FeatureCache.annotate``). A CSV path: a manifest with columns ``path``, ``label`` and
+        optionally ``group`` and ``split``; only its rows are used. A row matches a cached
+        embedding by the content key of the file at ``path`` (relative paths are tried from
+        the working directory, then from the CSV's folder) or, when the file is gone, by the
+        ``source`` recorded in the annotations.
     groups : None, True, "from-cache" or str, optional
         None: no groups. True/``"from-cache"``: the ``group`` annotation. A str: that CSV column.
         Used for group-aware cross-validation and fraction splits.
-    val : str, float or None, default="val"
-        A split name: rows whose split (CSV column, else annotation) equals it are the
+    val : "auto", str, float or None, default="auto"
+        ``"auto"``: the rows whose split is ``"val"`` when there are any, else
+        cross-validation (as ``None``; the report says which, in ``info["validation"]`` and a
+        note). A split name: rows whose split (CSV column, else annotation) equals it are the
         validation split; rows with split ``"train"`` or none train. A float in (0, 1): that
         fraction of the rows, drawn stratified (``StratifiedShuffleSplit``; with groups
         ``StratifiedGroupKFold`` with ``round(1 / val)`` folds, its first fold, so about that
-        fraction and no group on both sides). None: cross-validation only. Rows with split
-        ``"test"`` are always excluded.
+        fraction and no group on both sides). None: cross-validation (``cv`` folds,
+        stratified, group-aware with groups). Rows with split ``"test"`` are always excluded.
     out_dir : str or PathLike, optional
-        Where to write the report (:meth:`ProbeReport.save`).
+        Where to write the report (:meth:`ProbeReport.save`); ``predictions.csv`` then names
+        each evaluated row by its content key (hex) and source.
     **probe_kwargs
         Passed to :func:`linear_probe` (``head``, ``param_grid``, ``Cs``, ``cv``,
         ``n_bootstrap``, ``random_state`` ...).
@@ -56,41 +73,82 @@ def probe_cache(cache_dir, namespace=None, *, labels="from-cache", groups=None, 
     -------
     ProbeReport
         With ``info["skipped"]``: rows without a label, failed inputs (recorded failures and
-        NaN rows) and test rows.
+        NaN rows) and test rows; ``info["selection"]``; ``samples`` ``key`` and ``source``.
     """
     from .cache import FeatureCache
 
     cache = FeatureCache(cache_dir, create=False)
     fingerprint = _pick_namespace(cache, namespace)
-    keys, X = cache.to_numpy(fingerprint)
-    rows = _row_labels(cache, keys, labels, groups)
-    failed = ~np.isfinite(X).all(axis=1)
-    unlabelled = np.array([v is None for v in rows["label"]], dtype=bool)
-    test = np.array([s == "test" for s in rows["split"]], dtype=bool)
-    keep = ~failed & ~unlabelled & ~test
+    rows = _load_rows(cache, fingerprint, dataset, manifest, labels, groups)
+    keep = rows["selected"] & ~rows["failed"] & ~rows["unlabelled"] & ~rows["test"]
     if not keep.any():
-        raise ProbeError(f"no usable rows in namespace {fingerprint}: {len(keys)} rows, "
-                         f"{int(unlabelled.sum())} without a label, {int(failed.sum())} failed; "
-                         "record labels with FeatureCache.annotate or pass labels='labels.csv'")
+        raise ProbeError(
+            f"no usable rows in namespace {fingerprint}: {int(rows['selected'].sum())} rows "
+            f"selected, {int((rows['unlabelled'] & rows['selected']).sum())} without a label, "
+            f"{int((rows['failed'] & rows['selected']).sum())} failed; record labels when "
+            "extracting (class folders, a manifest's label column) or pass labels='labels.csv'")
     y = _normalise_labels(rows["label"][keep])
     g = None if rows["group"] is None else rows["group"][keep]
-    split = rows["split"][keep]
-    report = _probe_split(X[keep], y, g, split, val, probe_kwargs)
-    ns = cache.namespace(fingerprint)
-    config = ns.config
-    present = {bytes(k) for k in keys}
-    recorded = sum(1 for k in ns.failures() if bytes(k) not in present)
-    report.info.update({
-        "cache": str(cache.path), "namespace": fingerprint, "model": config.get("model"),
-        "layer": config.get("layer"), "image_size": config.get("preprocessing", {}).get(
-            "image_size"), "rows": len(keys),
-        "skipped": {"without a label": int((unlabelled & ~failed).sum()),
-                    "failed": int(failed.sum()) + recorded, "test split": int((test & ~failed &
-                                                                            ~unlabelled).sum())}})
-    report.info["notes"] = _notes(rows, groups, val, keep)
+    val, notes = _resolve_val(val, rows["split"][keep])
+    notes += _notes(rows, groups, val, keep)
+    report, evaluated = _probe_split(rows["X"][keep], y, g, rows["split"][keep], val,
+                                     probe_kwargs)
+    report.samples = {"key": rows["key_hex"][keep][evaluated],
+                      "source": rows["source"][keep][evaluated]}
+    report.info.update(_info(cache, fingerprint, rows, dataset, manifest))
+    report.info["notes"] = notes
     if out_dir is not None:
         report.save(out_dir)
     return report
+
+
+def _load_rows(cache, fingerprint, dataset, manifest, labels, groups) -> dict:
+    """Every row of the namespace: features, keys, sources, labels, masks of what to use."""
+    from .cache.annotations import select_dataset
+    from .cache.export import namespace_rows
+
+    keys, X, sources = namespace_rows(cache.namespace(fingerprint))
+    key_bytes = [bytes(k) for k in keys]
+    chosen = manifest is not None or not _from_cache(labels)
+    in_dataset, ann = select_dataset(cache.path, key_bytes, dataset, what="the probe",
+                                     namespace=fingerprint, warn=not chosen)
+    rows = _row_labels(ann, key_bytes, labels, groups)
+    rows["selected"] = in_dataset
+    if manifest is not None:
+        in_manifest, rows["manifest_unmatched"] = _manifest_rows(cache, manifest, key_bytes, ann)
+        rows["selected"] = in_dataset & in_manifest
+    rows.update(X=X, key_hex=np.array([k.hex() for k in key_bytes], dtype=object),
+                source=np.array([ann.get(k, {}).get("source") or s
+                                 for k, s in zip(key_bytes, sources)], dtype=object),
+                failed=~np.isfinite(X).all(axis=1),
+                unlabelled=np.array([v is None for v in rows["label"]], dtype=bool),
+                test=np.array([s == "test" for s in rows["split"]], dtype=bool))
+    return rows
+
+
+def _info(cache, fingerprint, rows, dataset, manifest) -> dict:
+    """The facts a cache probe adds to ``report.info``: where, what was selected, skipped."""
+    from .cache.annotations import select_dataset
+
+    ns = cache.namespace(fingerprint)
+    config = ns.config
+    present = set(rows["key_hex"])
+    fails = [k for k in ns.failures() if k.hex() not in present]
+    if dataset is not None and fails:
+        fails = np.flatnonzero(select_dataset(cache.path, fails, dataset, what="the probe",
+                                              namespace=fingerprint, required=False)[0])
+    sel, failed = rows["selected"], rows["failed"]
+    unlabelled = rows["unlabelled"] & ~failed
+    return {
+        "cache": str(cache.path), "namespace": fingerprint, "model": config.get("model"),
+        "layer": config.get("layer"),
+        "image_size": config.get("preprocessing", {}).get("image_size"),
+        "rows": len(rows["key_hex"]),
+        "selection": {"dataset": dataset, "manifest": _manifest_names(manifest),
+                      "rows": int(sel.sum())},
+        "skipped": {"without a label": int((unlabelled & sel).sum()),
+                    "failed": int((failed & sel).sum()) + len(fails),
+                    "test split": int((rows["test"] & ~failed & ~rows["unlabelled"] & sel).sum())}}
 
 
 def _notes(rows, groups, val, keep) -> list:
@@ -98,11 +156,13 @@ def _notes(rows, groups, val, keep) -> list:
     if rows.get("unmatched"):
         notes.append(f"{rows['unmatched']} CSV row(s) matched no cached embedding (files not "
                      "extracted into this namespace, or changed since)")
+    if rows.get("manifest_unmatched"):
+        notes.append(f"{rows['manifest_unmatched']} manifest input(s) matched no row of this "
+                     "namespace (not extracted into it, or changed since)")
     if groups is None and not isinstance(val, str) and any(
             g is not None for g in rows["group_annotation"][keep]):
-        notes.append("the cache records groups but groups=None, so the split is not "
-                     "group-aware: pass groups=True (--groups from-cache) to keep each patient "
-                     "on one side")
+        notes.append("the cache records groups but the split ignores them; pass "
+                     "groups='from-cache' to keep each patient on one side")
     return notes
 
 
@@ -121,7 +181,7 @@ def _pick_namespace(cache, namespace) -> str:
         if len(names) == 1:
             return names[0]
         raise ProbeError(f"cache {cache.path} holds {len(names)} namespaces: {listing()}; pass "
-                         "namespace= (--namespace) with one fingerprint")
+                         "namespace=FINGERPRINT with one of them")
     matches = [fp for fp in names if fp.startswith(str(namespace))]
     if len(matches) != 1:
         what = "matches no" if not matches else "is a prefix of several"
@@ -130,10 +190,23 @@ def _pick_namespace(cache, namespace) -> str:
     return matches[0]
 
 
-def _probe_split(X, y, groups, split, val, kwargs):
-    """linear_probe with the validation split that ``val`` names."""
+def _resolve_val(val, split) -> tuple:
+    """``(val, notes)``: ``"auto"`` becomes ``"val"`` when a row has that split, else None."""
+    if not (isinstance(val, str) and val == "auto"):
+        return val, []
+    if any(s == "val" for s in split):
+        return "val", []
+    return None, ["no labelled row has split 'val', so the hyper-parameters were chosen and "
+                  "the metrics computed by cross-validation (as val=None); pass val=0.2 for a "
+                  "held-out random fraction instead"]
+
+
+def _probe_split(X, y, groups, split, val, kwargs) -> tuple:
+    """``(report, evaluated rows)``: linear_probe with the validation split ``val`` names."""
     if val is None:
-        return linear_probe(X, y, groups=groups, **kwargs)
+        report = linear_probe(X, y, groups=groups, **kwargs)
+        report.info["validation"] = "cross-validation"
+        return report, np.arange(len(y))
     if isinstance(val, Real) and not isinstance(val, bool):
         train, test = _fraction_split(y, groups, float(val), kwargs.get("random_state", 0))
     elif isinstance(val, str):
@@ -141,16 +214,20 @@ def _probe_split(X, y, groups, split, val, kwargs):
         if not is_val.any():
             found = sorted({s for s in split if s is not None})
             raise ProbeError(f"no labelled row has split {val!r} (splits found: "
-                             f"{found or 'none'}); record splits with FeatureCache.annotate("
-                             "split=...), add a split column to the CSV, or pass val=0.2 (a "
-                             "random fraction) or val=None (cross-validation)")
+                             f"{found or 'none'}); record splits when extracting (a manifest's "
+                             "split column, or FeatureCache.annotate(split=...)), add a split "
+                             "column to the labels CSV, or pass val=0.2 (a random fraction) or "
+                             "val=None (cross-validation)")
         train, test = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     else:
-        raise ProbeError(f"val must be a split name, a fraction in (0, 1) or None, got {val!r}")
+        raise ProbeError(f"val must be 'auto', a split name, a fraction in (0, 1) or None, "
+                         f"got {val!r}")
     if not len(train):
         raise ProbeError(f"every labelled row is in the validation split {val!r}; nothing "
                          "is left to train on")
-    return linear_probe(X[train], y[train], X_val=X[test], y_val=y[test], **kwargs)
+    report = linear_probe(X[train], y[train], X_val=X[test], y_val=y[test], **kwargs)
+    report.info["validation"] = f"split {val!r}" if isinstance(val, str) else f"fraction {val}"
+    return report, test
 
 
 def _fraction_split(y, groups, fraction, random_state):
@@ -179,14 +256,16 @@ def _normalise_labels(values) -> np.ndarray:
         return np.array(values)
 
 
-def _row_labels(cache, keys, labels, groups) -> dict:
+def _from_cache(labels) -> bool:
+    return isinstance(labels, str) and labels == "from-cache"
+
+
+def _row_labels(ann, key_bytes, labels, groups) -> dict:
     """Per cached row: label, group (or None when not asked for) and split, as object arrays."""
-    key_bytes = [bytes(k) for k in keys]
-    ann = cache.annotations(key_bytes)
     from_ann = {f: np.array([ann.get(k, {}).get(f) for k in key_bytes], dtype=object)
                 for f in ("label", "group", "split")}
     group_column = groups if isinstance(groups, str) and groups != "from-cache" else None
-    if isinstance(labels, str) and labels == "from-cache":
+    if _from_cache(labels):
         if group_column is not None:
             raise ProbeError(f"groups={groups!r} names a CSV column, but labels come from the "
                              "cache; pass labels='labels.csv', or groups='from-cache'")
@@ -257,55 +336,41 @@ def _csv_key(value, base, index, by_source):
     return None
 
 
-# ----------------------------------------------------------------------------- command line
-def _parse_val(text):
-    import argparse
-
-    if text.lower() in ("none", ""):
+def _manifest_names(manifest):
+    if manifest is None:
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        return text
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"a validation fraction must lie in (0, 1), got {text}")
-    return value
+    many = isinstance(manifest, (list, tuple))
+    return [str(m) for m in manifest] if many else str(manifest)
 
 
-def add_probe_arguments(parser):
-    """Declare the arguments of ``featcache probe`` on an argparse parser; returns it."""
-    parser.add_argument("cache_dir", metavar="CACHE_DIR", help="featcache cache directory")
-    parser.add_argument("--namespace", metavar="N", default=None,
-                        help="fingerprint (or unique prefix) of the namespace to probe; needed "
-                             "when the cache holds several (see `featcache info`)")
-    parser.add_argument("--labels", metavar="CSV|from-cache", default="from-cache",
-                        help="labels recorded in the cache (default), or a CSV with columns "
-                             "path,label[,group][,split]")
-    parser.add_argument("--groups", metavar="COLUMN|from-cache", default=None,
-                        help="group (patient) of each row, kept within one fold: a CSV column "
-                             "or the cache's group annotation")
-    parser.add_argument("--val", metavar="NAME|FRACTION|none", type=_parse_val, default="val",
-                        help="validation split: rows whose split is NAME (default 'val'), a "
-                             "random FRACTION such as 0.2, or none for cross-validation")
-    parser.add_argument("--out", metavar="DIR", default=None,
-                        help="write report.json, predictions.csv and plots to DIR")
-    parser.add_argument("--head", choices=HEADS, default="logistic",
-                        help="the trained head (default: logistic regression, C swept)")
-    parser.add_argument("--cv", type=int, default=5, help="folds without a validation split")
-    parser.add_argument("--n-bootstrap", type=int, default=1000,
-                        help="bootstrap resamples for the 95%% intervals")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    return parser
+def _manifest_rows(cache, manifest, key_bytes, ann) -> tuple:
+    """``(mask over key_bytes, inputs that matched no row)`` of the inputs of ``manifest``."""
+    from .inputs import content_key
+    from .sources import collect_inputs
+
+    inputs = collect_inputs(list(manifest) if isinstance(manifest, (list, tuple)) else [manifest])
+    by_source = {a["source"]: k for k, a in ann.items() if a.get("source")}
+    memo, found = cache.key_memo(), []
+    for i, (item, source) in enumerate(zip(inputs.items, inputs.sources)):
+        if isinstance(item, os.PathLike) and not os.path.isfile(item):
+            found.append(by_source.get(source) or by_source.get(os.path.abspath(source)))
+        else:
+            found.append(content_key(item, i, memo))
+    present, wanted = set(key_bytes), set(found)
+    unmatched = sum(1 for k in found if k not in present)
+    return np.array([k in wanted for k in key_bytes], dtype=bool), unmatched
 
 
-def run_probe_command(args) -> int:
-    """Run ``featcache probe`` from parsed arguments: print the table, write ``--out``."""
-    groups = True if args.groups == "from-cache" else args.groups
-    report = probe_cache(args.cache_dir, args.namespace, labels=args.labels, groups=groups,
-                         val=args.val, out_dir=args.out, head=args.head, cv=args.cv,
-                         n_bootstrap=args.n_bootstrap, random_state=args.seed)
-    print(report.to_markdown())
-    if args.out is not None:
-        print(f"\nwrote {pathlib.Path(args.out) / 'report.json'}, predictions.csv, "
-              f"{', '.join(PLOTS)}")
-    return 0
+# ----------------------------------------------------------------------------- moved names
+_MOVED_TO_CLI = ("add_probe_arguments", "run_probe_command")
+
+
+def __getattr__(name):
+    """``add_probe_arguments`` / ``run_probe_command`` moved to :mod:`featcache.cli`."""
+    if name in _MOVED_TO_CLI:
+        from importlib import import_module
+
+        warnings.warn(f"featcache.probe_cache.{name} moved to featcache.cli.{name}; import it "
+                      "from there", DeprecationWarning, stacklevel=2)
+        return getattr(import_module(".cli", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

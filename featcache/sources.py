@@ -31,13 +31,18 @@ _SPLIT_COLUMNS = ("split", "subset", "fold")
 
 @dataclass
 class InputSet:
-    """Items to embed, with where each came from and optional label and group."""
+    """Items to embed, with where each came from and optional label, group and split.
+
+    ``dataset`` is one tag for the whole set (``featcache extract --dataset NAME``), recorded
+    with the annotations of every item, or None.
+    """
 
     items: list = field(default_factory=list)
     sources: list = field(default_factory=list)
     labels: list = field(default_factory=list)  # str or None per item
     groups: list = field(default_factory=list)  # group (patient) or None per item
     splits: list = field(default_factory=list)  # "train"/"val"/"test"... or None per item
+    dataset: "str | None" = None
 
     def extend(self, items, sources, labels=None, groups=None, splits=None):
         n = len(items)
@@ -52,10 +57,12 @@ class InputSet:
     def subset(self, positions) -> "InputSet":
         pick = [int(p) for p in positions]
         return InputSet(*([column[p] for p in pick] for column in
-                          (self.items, self.sources, self.labels, self.groups, self.splits)))
+                          (self.items, self.sources, self.labels, self.groups, self.splits)),
+                        dataset=self.dataset)
 
 
-def collect_inputs(inputs, *, path_column=None, label_column=None, group_column=None) -> InputSet:
+def collect_inputs(inputs, *, path_column=None, label_column=None, group_column=None,
+                   split_column=None) -> InputSet:
     """Gather the items of every INPUT argument, in argument order.
 
     Parameters
@@ -66,9 +73,10 @@ def collect_inputs(inputs, *, path_column=None, label_column=None, group_column=
         folder); CSV/TSV/Parquet manifests (a path column, optional label and group
         columns; relative paths are resolved against the manifest's folder); ``.npz`` files
         in the MedMNIST layout (``<split>_images`` with optional ``<split>_labels``).
-    path_column, label_column, group_column : str, optional
+    path_column, label_column, group_column, split_column : str, optional
         Manifest column names; by default the first of the usual names present
-        (``path``/``image``/..., ``label``/``class``/..., ``group``/``patient``/...).
+        (``path``/``image``/..., ``label``/``class``/..., ``group``/``patient``/...,
+        ``split``/``subset``/``fold``).
     """
     found = InputSet()
     if not inputs:
@@ -82,7 +90,7 @@ def collect_inputs(inputs, *, path_column=None, label_column=None, group_column=
             raise FeatcacheError(f"input '{raw}' does not exist; expected an image file, a "
                                  "directory, a CSV/Parquet manifest or an .npz file.")
         elif path.suffix.lower() in _MANIFEST_SUFFIXES:
-            _from_manifest(path, found, path_column, label_column, group_column)
+            _from_manifest(path, found, path_column, label_column, group_column, split_column)
         elif path.suffix.lower() == ".npz":
             _from_npz(path, found)
         else:
@@ -115,7 +123,8 @@ def _pick_column(columns, wanted, defaults, what, manifest, required):
     return match
 
 
-def _from_manifest(manifest: Path, found: InputSet, path_column, label_column, group_column):
+def _from_manifest(manifest: Path, found: InputSet, path_column, label_column, group_column,
+                   split_column=None):
     try:
         import pandas as pd
     except ImportError as exc:
@@ -136,7 +145,7 @@ def _from_manifest(manifest: Path, found: InputSet, path_column, label_column, g
     def column(name):
         return None if name is None else [None if pd.isna(v) else str(v) for v in table[name]]
 
-    scol = _pick_column(table.columns, None, _SPLIT_COLUMNS, "split", manifest, False)
+    scol = _pick_column(table.columns, split_column, _SPLIT_COLUMNS, "split", manifest, False)
     found.extend(paths, [str(p) for p in paths], column(lcol), column(gcol), column(scol))
 
 

@@ -4,13 +4,14 @@ import os
 import pathlib
 import re
 import sys
+import warnings
 
 import h5py
 import numpy as np
 import pytest
 
-from featcache.cache import FeatureCache
-from featcache.exceptions import CacheCorruptError
+from featcache.cache import FeatureCache, annotations
+from featcache.exceptions import CacheCorruptError, CacheValueError, MixedDatasetsWarning
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from cache_helpers import _bomb_file  # noqa: E402
@@ -22,7 +23,8 @@ def test_annotations_are_kept_per_key_newest_first(tmp_path):
     cache.annotate([k1, k2], label=["cat", None], group=["p1", "p2"], split=["train", "val"])
     cache.annotate([k2], label=["dog"], source=["/x/b.png"])
     got = cache.annotations()
-    assert got[k1] == {"label": "cat", "group": "p1", "split": "train", "source": None}
+    assert got[k1] == {"label": "cat", "group": "p1", "split": "train", "source": None,
+                       "dataset": None}
     assert got[k2]["label"] == "dog" and got[k2]["source"] == "/x/b.png"
     assert cache.annotations([k3, k1]) == {k1: got[k1]}
     assert cache.namespaces() == [] and cache.verify().ok
@@ -37,8 +39,61 @@ def test_annotations_with_text_that_is_not_utf8(tmp_path):
     cache.annotate([k1, k2], label=["caf\udce9", "dog"], group=["p\x001", None], source=[odd, "b"])
     got = cache.annotations()
     assert got[k1] == {"label": "caf\\udce9", "group": "p\\x001", "split": None,
-                       "source": "/x/caf\\udce9.png"}
-    assert got[k2] == {"label": "dog", "group": None, "split": None, "source": "b"}
+                       "source": "/x/caf\\udce9.png", "dataset": None}
+    assert got[k2] == {"label": "dog", "group": None, "split": None, "source": "b",
+                       "dataset": None}
+
+
+def test_dataset_tags_keep_each_study_its_own_records(tmp_path):
+    cache = FeatureCache(tmp_path / "c")
+    k1, k2, k3 = (bytes([i]) * 16 for i in (1, 2, 3))
+    cache.annotate([k1, k2], label=["cat", "dog"], split=["train", "val"], dataset="study-a")
+    cache.annotate([k2, k3], label=["lion", "ant"], dataset="study-b")   # k2 is in both
+    a = cache.annotations(dataset="study-a")
+    assert set(a) == {k1, k2} and a[k2]["label"] == "dog" and a[k2]["dataset"] == "study-a"
+    b = cache.annotations([k1, k2], dataset="study-b")
+    assert set(b) == {k2} and b[k2]["label"] == "lion"
+    assert cache.annotations()[k2]["label"] == "lion"        # without a dataset: the newest
+    assert annotations.dataset_counts(cache.path, [k1, k2, k3, b"\x09" * 16]) == \
+        {"study-a": 2, "study-b": 2, None: 1}                 # k2 counts in both; 9 is untagged
+    assert annotations.describe_datasets({"b": 1, "a": 2, None: 3}) == \
+        "dataset 'a' (2 rows), dataset 'b' (1 row) and 3 untagged rows"
+    for bad in ("", "  ", 3, ["a"]):
+        with pytest.raises(CacheValueError, match="not a dataset name"):
+            cache.annotate([k1], label=["x"], dataset=bad)
+
+
+def test_select_dataset_warns_only_about_a_mixed_choice(tmp_path):
+    cache = FeatureCache(tmp_path / "c")
+    k1, k2 = bytes([1]) * 16, bytes([2]) * 16
+    cache.annotate([k1], label=["cat"], dataset="a")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        keep, ann = annotations.select_dataset(cache.path, [k1], None, what="the export",
+                                               namespace="fp")
+        assert keep.tolist() == [True] and ann[k1]["label"] == "cat"
+        keep, _ = annotations.select_dataset(cache.path, [k1, k2], "a", what="x", namespace="fp")
+        assert keep.tolist() == [True, False]
+    with pytest.warns(MixedDatasetsWarning, match=r"namespace fp holds rows of dataset 'a' "
+                                                  r"\(1 row\) and 1 untagged row; the export "
+                                                  "uses all 2 of them"):
+        annotations.select_dataset(cache.path, [k1, k2], None, what="the export", namespace="fp")
+    with pytest.raises(CacheValueError, match="dataset='b' tags no row of namespace fp"):
+        annotations.select_dataset(cache.path, [k1, k2], "b", what="x", namespace="fp")
+
+
+def test_files_written_before_dataset_tags_read_as_untagged(tmp_path):
+    cache = FeatureCache(tmp_path / "c")
+    old = cache.path / "annotations" / f"{1:020d}-{'a' * 32}.h5"
+    old.parent.mkdir()
+    text = h5py.string_dtype("utf-8")
+    with h5py.File(old, "w") as f:            # the layout before dataset tags
+        f.create_dataset("keys", data=np.full((1, 16), 7, np.uint8))
+        for name, value in (("label", "cat"), ("group", ""), ("split", "val"), ("source", "")):
+            f.create_dataset(name, data=np.array([value], dtype=object), dtype=text)
+    got = cache.annotations()[bytes([7]) * 16]
+    assert got["label"] == "cat" and got["split"] == "val" and got["dataset"] is None
+    assert cache.verify().ok
 
 
 def _junk(path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -12,7 +13,9 @@ import numpy as np
 import pytest
 
 from featcache.cache import FeatureCache
+from featcache.cli import SUBCOMMANDS, build_parser
 from featcache.cli import main as cli_main
+from featcache.probe_report import PLOTS
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from cache_writer_proc import CONFIG, FINGERPRINT  # noqa: E402
@@ -112,3 +115,196 @@ def test_cli_names_a_malformed_npz_without_a_traceback(tmp_path, content, words)
                           str(tmp_path / "c"), "--quiet"], capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 1 and words in run.stderr and "Traceback" not in run.stderr
+
+
+# ---------------------------------------------------------------- output piped into `head`
+@pytest.mark.parametrize("command, code", [
+    (["info", "{cache}"], 141), (["models"], 141), (["info", "{cache}", "--json"], 141),
+    (["--help"], 0),     # argparse itself ignores write errors of its help text
+])
+def test_a_reader_that_went_away_gives_no_traceback(tmp_path, command, code):
+    """`featcache info DIR | head -1`: the pipe's reader is gone before the output is written.
+
+    The read end is closed before the process starts, so every write fails (no race).
+    """
+    cache = FeatureCache(tmp_path / "c")
+    _fill(cache.namespace(FINGERPRINT, CONFIG), range(10))
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "featcache.cli",
+                               *(c.format(cache=cache.path) for c in command)],
+                              stdout=write, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                              timeout=300)
+    finally:
+        os.close(write)
+    assert done.stderr == "" and done.returncode == code, done.stderr
+
+
+# ---------------------------------------------------------------- help, docs, --json
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(["extract", "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for words in ("(default: 64)", "(default: efficientnet_lite0)", "(default: avg)",
+                  "(default: 0/1)", "(default: raise)", "(default: 30.0)"):
+        assert words in out, words
+    assert "(default: None)" not in out and "(default: False)" not in out
+    with pytest.raises(SystemExit):
+        cli_main(["probe", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: auto)" in out and "(default: 5)" in out and "--dataset NAME" in out
+
+
+def test_docs_list_every_command():
+    text = (ROOT / "docs" / "cli.md").read_text("utf-8")
+    table = text[text.index("| command | does |"):text.index("## Exit status")]
+    names = [add.__name__.removeprefix("_add_") for add in SUBCOMMANDS]
+    assert "probe" in names and "export" in names
+    for name in names:
+        assert f"[`{name}`](#featcache-{name})" in table, name
+        assert f"## featcache {name}" in text, name
+
+
+def test_every_result_printing_command_has_json(tmp_path, capsys):
+    cache = FeatureCache(tmp_path / "c")
+    _fill(cache.namespace(FINGERPRINT, CONFIG), range(100), commit_rows=30)
+    d = str(cache.path)
+    assert cli_main(["verify", d, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"path": d, "ok": True, "shards_checked": 4,
+                                                   "problems": [], "notes": []}
+    assert cli_main(["compact", d, "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["shards_before"] == 4 and stats["shards_after"] == 1 and stats["rows"] == 97
+    assert cli_main(["export", d, str(tmp_path / "e.h5"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 97
+    assert cli_main(["models", "--json"]) == 0
+    models = json.loads(capsys.readouterr().out)["featcache"]
+    assert any(m["name"] == "efficientnet_lite0" and m["image_size"] == 224 for m in models)
+    _fill(cache.namespace(FINGERPRINT, CONFIG), range(100, 101))
+    cache.compact()
+    damaged = sorted((cache.path / FINGERPRINT / "shards").glob("*.h5"))[0]
+    _flip_feature_bytes(damaged)
+    assert cli_main(["verify", d, "--json"]) == 1
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["ok"] is False and str(damaged) in report["problems"][0]
+    assert "1 problem(s)" in captured.err
+
+
+# ---------------------------------------------------------------- probe
+def _probe_cache(tmp_path, split=True, datasets=False):
+    rng = np.random.default_rng(0)
+    y = np.tile([0, 1], 40)
+    X = rng.normal(size=(80, 6)).astype(np.float32) + y[:, None]
+    keys = [bytes([i]) * 16 for i in range(80)]
+    cache = FeatureCache(tmp_path / "pc")
+    config = {"model": "toy", "layer": "default", "preprocessing": {"image_size": 8}}
+    with cache.namespace("fp_toy", config).writer() as writer:
+        writer.add(keys, X, [f"/data/{i}.png" for i in range(80)])
+    splits = ["train"] * 60 + ["val"] * 20 if split else None
+    if datasets:
+        cache.annotate(keys[:50], label=[str(v) for v in y[:50]], split=splits and splits[:50],
+                       dataset="a")
+        cache.annotate(keys[50:], label=[str(v) for v in y[50:]], split=splits and splits[50:],
+                       dataset="b")
+    else:
+        cache.annotate(keys, label=[str(v) for v in y], split=splits,
+                       group=[f"p{i // 4}" for i in range(80)])
+    return str(cache.path)
+
+
+def test_probe_command_prints_the_table_and_writes_the_report(tmp_path, capsys):
+    d = _probe_cache(tmp_path)
+    out = tmp_path / "r"
+    assert cli_main(["probe", d, "--out", str(out), "--n-bootstrap", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "| ROC AUC |" in printed and "report.json" in printed and "n_val=20" in printed
+    assert {p.name for p in out.iterdir()} >= {"report.json", "predictions.csv", *PLOTS}
+    header = (out / "predictions.csv").read_text().splitlines()[0]
+    assert header.startswith("key,source,y_true,y_pred,score_0,score_1")
+    assert cli_main(["probe", d, "--val", "none", "--cv", "3", "--n-bootstrap", "20",
+                     "--json", "--groups", "from-cache"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_val"] == 80 and "StratifiedGroupKFold" in report["selection"]
+    assert report["info"]["validation"] == "cross-validation" and report["out"] is None
+    parser = build_parser()
+    assert parser.parse_args(["probe", d, "--val", "none"]).val is None
+    assert parser.parse_args(["probe", d, "--val", "0.25"]).val == 0.25
+    for bad in (["--val", "1.5"], ["--head", "forest"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["probe", d, *bad])
+
+
+def test_probe_without_a_val_split_runs_and_notes_it_in_cli_words(tmp_path, capsys):
+    d = _probe_cache(tmp_path, split=False)
+    assert cli_main(["probe", d, "--cv", "3", "--n-bootstrap", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "3-fold StratifiedKFold" in out and "no labelled row has split 'val'" in out
+    assert "(as --val none); pass --val 0.2 for a held-out" in out
+    assert "val=" not in out.replace("n_val=", "")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--val", "holdout"], ["no labelled row has split 'holdout'", "--val 0.2", "--val none"]),
+    (["--groups", "patient"], ["--groups patient names a CSV column",
+                               "pass --labels labels.csv, or --groups from-cache"]),
+    (["--namespace", "zz"], ["'zz' matches no namespace"]),
+    (["--dataset", "c"], ["--dataset c tags no row of namespace fp_toy"]),
+])
+def test_probe_errors_speak_in_option_names(tmp_path, capsys, args, words):
+    d = _probe_cache(tmp_path)
+    assert cli_main(["probe", d, "--n-bootstrap", "10", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("featcache probe: error: ") and len(err.strip().splitlines()) == 1
+    for w in words:
+        assert w in err, err
+    assert "=None" not in err and "val=" not in err and "groups=" not in err
+
+
+def test_probe_dataset_option_and_the_mixed_warning(tmp_path, capsys):
+    d = _probe_cache(tmp_path, datasets=True)
+    assert cli_main(["probe", d, "--n-bootstrap", "10", "--cv", "3", "--val", "none"]) == 0
+    err = capsys.readouterr().err
+    assert "featcache: warning: namespace fp_toy holds rows of dataset 'a' (50 rows) and " \
+           "dataset 'b' (30 rows); the probe uses all 80 of them. Pass --dataset a" in err
+    assert cli_main(["probe", d, "--n-bootstrap", "10", "--dataset", "a", "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert captured.err == "" and report["info"]["selection"]["dataset"] == "a"
+    assert report["n_train"] == 50      # study a has no 'val' rows: cross-validation
+    assert report["info"]["validation"] == "cross-validation"
+
+
+# ---------------------------------------------------------------- extract
+def test_extract_dataset_split_column_json_and_a_fully_cached_rerun(xray_pngs, tmp_path,
+                                                                    capsys):
+    paths, labels = xray_pngs
+    manifest = tmp_path / "study.csv"
+    manifest.write_text("file,diagnosis,phase\n" + "".join(
+        f"{Path(p).name},{'pneumonia' if y else 'normal'},{'val' if i % 4 == 0 else 'train'}\n"
+        for i, (p, y) in enumerate(zip(paths, labels))))
+    cache = str(tmp_path / "c")
+    run = ["extract", str(manifest), "--cache", cache, "--image-size", "32", "--quiet",
+           "--label-column", "diagnosis", "--split-column", "phase", "--dataset", "study-a"]
+    assert cli_main(run + ["--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["inputs"] == summary["computed"] == 60 and summary["failed"] == 0
+    assert summary["images_per_second"] > 0 and list(summary["namespaces"]) == ["default"]
+    ann = FeatureCache(cache).annotations(dataset="study-a")
+    assert len(ann) == 60
+    assert sorted({a["split"] for a in ann.values()}) == ["train", "val"]
+    assert {a["label"] for a in ann.values()} == {"normal", "pneumonia"}
+    assert cli_main(run) == 0          # everything is cached now
+    out = capsys.readouterr().out
+    assert "60 inputs: 0 computed, 60 from cache, 0 failed" in out and "(all from cache)" in out
+    assert "images/s" not in out
+    n_files = len(list((Path(cache) / "annotations").iterdir()))
+    assert cli_main(run + ["--json"]) == 0     # a rerun records no new annotations
+    assert json.loads(capsys.readouterr().out)["images_per_second"] is None
+    assert len(list((Path(cache) / "annotations").iterdir())) == n_files
+    assert cli_main(["probe", cache, "--dataset", "study-a", "--n-bootstrap", "10"]) == 0
+    assert "n_train=45, n_val=15" in capsys.readouterr().out
+    assert cli_main(run[:-1] + ["nope", "--split-column", "stage"]) == 1
+    assert "has no split column 'stage'" in capsys.readouterr().err

@@ -39,7 +39,8 @@ def test_labels_splits_and_sources_are_stored_with_the_rows(tmp_path):
     extract(inputs, tmp_path / "c", image_size=32, progress=False)
     notes = FeatureCache(tmp_path / "c").annotations()
     key = content_key(inputs.items[4], 4)
-    assert notes[key] == {"label": "1", "group": None, "split": "val", "source": "d.npz:val_images[0]"}
+    assert notes[key] == {"label": "1", "group": None, "split": "val", "source": "d.npz:val_images[0]",
+                          "dataset": None}
     assert len(notes) == 6
 
 

@@ -1,12 +1,14 @@
-"""Tests for featcache.probe: the linear-probe protocol, its report, the benchmark's pipeline."""
+"""Tests for featcache.probe: the linear-probe protocol, its import paths, the benchmark's
+pipeline."""
 
 import importlib.util
-import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.base import clone, is_classifier
+from sklearn.base import clone
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score,
@@ -16,10 +18,13 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 
 import featcache
+import featcache.cli
 import featcache.exceptions
+import featcache.probe
+import featcache.probe_heads
+import featcache.probe_report
 from featcache import FrozenBackbone
-from featcache.probe import (DEFAULT_CS, HEADS, PLOTS, Metric, ProbeError, ProbeReport,
-                             _splitter, linear_probe, make_head)
+from featcache.probe import DEFAULT_CS, ProbeError, ProbeReport, _splitter, linear_probe
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "pneumoniamnist.py"
 FAST = dict(n_bootstrap=50, Cs=[0.01, 0.1, 1.0])
@@ -136,48 +141,53 @@ def test_bad_inputs_raise_clear_errors(kwargs, match):
         linear_probe(X, y, n_bootstrap=0, **kwargs)
 
 
-def test_report_saves_json_predictions_and_plots(data, tmp_path):
-    X, y, X_val, y_val = data
-    report = linear_probe(X, y, X_val=X_val, y_val=y_val, **FAST)
-    out = report.save(tmp_path / "out")
-    saved = json.loads((out / "report.json").read_text())
-    assert saved["C"] == report.C and saved["n_val"] == 80 and saved["classes"] == [0, 1]
-    assert set(saved["metrics"]["roc_auc"]) == {"value", "ci_low", "ci_high"}
-    assert [s["params"]["C"] for s in saved["sweep"]] == FAST["Cs"]
-    assert {p.name for p in out.iterdir()} == {"report.json", "predictions.csv", *PLOTS}
-    for name in PLOTS:
-        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
-    assert len((out / "predictions.csv").read_text().splitlines()) == 81
-    table = str(report)
-    assert "| metric | value | 95% CI |" in table and "| ROC AUC |" in table
-    assert f"{report.metrics['accuracy'].value:.4f}" in table
-    assert isinstance(report.metrics["accuracy"], Metric)
-
-
-def test_report_save_to_an_unwritable_place_raises_probe_error(data, tmp_path):
+def test_rows_of_the_evaluated_samples_are_reported(data):
     X, y, X_val, y_val = data
     report = linear_probe(X, y, X_val=X_val, y_val=y_val, refit=False, **FAST)
-    (tmp_path / "taken").write_text("a file, not a folder")
-    with pytest.raises(ProbeError, match="cannot write the probe report.*writable directory"):
-        report.save(tmp_path / "taken")
+    np.testing.assert_array_equal(report.samples["row"], np.arange(80))
+    cv = linear_probe(X, y, cv=3, refit=False, **FAST)
+    np.testing.assert_array_equal(cv.samples["row"], np.arange(160))
 
 
-# ----------------------------------------------------------------------------- heads, errors
-@pytest.mark.parametrize("name", HEADS)
-def test_make_head_builds_every_named_head(name):
-    estimator, grid = make_head(name, random_state=3)
-    assert is_classifier(estimator) and grid
-    assert set(grid) <= set(estimator.get_params())
-    assert all(len(values) for values in grid.values())
-    if name in ("mlp", "svc"):  # the heads with randomness of their own are seeded
-        assert estimator.random_state == 3
+# ----------------------------------------------------------------------------- import paths
+_LAZY_REEXPORT = """
+import sys
+import featcache.probe as probe
+assert "featcache.probe_cache" not in sys.modules, "featcache.probe imported probe_cache eagerly"
+assert "probe_cache" in dir(probe)
+from featcache.probe import probe_cache
+import featcache.probe_cache as module
+assert probe_cache is module.probe_cache
+"""
 
 
-@pytest.mark.parametrize("name", ["forest", "", ["mlp"], None])
-def test_make_head_rejects_unknown_names(name):
-    with pytest.raises(ProbeError, match="not a known head; expected one of logistic, mlp, svc, "
-                                         "knn, or pass a scikit-learn classifier"):
-        make_head(name)
+def test_probe_reexports_the_cache_half_lazily():
+    done = subprocess.run([sys.executable, "-c", _LAZY_REEXPORT], capture_output=True,
+                          text=True, cwd=BENCHMARK.parents[1], timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_documented_names_of_the_split_modules_import_from_probe():
+    documented = ("linear_probe", "ProbeReport", "make_head", "HEADS", "PLOTS", "DEFAULT_CS",
+                  "Metric", "METRIC_NAMES", "ProbeError", "probe_cache")
+    assert set(documented) <= set(featcache.probe.__all__)
+    probe = featcache.probe
+    assert probe.make_head is featcache.probe_heads.make_head
+    assert probe.HEADS is featcache.probe_heads.HEADS
+    assert probe.ProbeReport is ProbeReport is featcache.probe_report.ProbeReport
+    assert probe.PLOTS is featcache.probe_report.PLOTS
+    for name in featcache.probe.__all__:
+        assert getattr(featcache.probe, name) is not None, name
+    with pytest.raises(AttributeError, match="'featcache.probe' has no attribute 'nope'"):
+        featcache.probe.nope
+
+
+@pytest.mark.parametrize("module", ["featcache.probe", "featcache.probe_cache"])
+def test_the_argparse_front_end_moved_to_the_cli(module):
+    mod = importlib.import_module(module)
+    for name in ("add_probe_arguments", "run_probe_command"):
+        with pytest.warns(DeprecationWarning, match=f"moved to featcache.cli.{name}"):
+            assert getattr(mod, name) is getattr(featcache.cli, name)
 
 
 def test_probe_error_has_one_home():
@@ -185,9 +195,6 @@ def test_probe_error_has_one_home():
     assert issubclass(ProbeError, featcache.exceptions.FeatcacheError)
     assert issubclass(ProbeError, ValueError)
     assert "ProbeError" in featcache.exceptions.__all__ and "ProbeError" in featcache.__all__
-
-
-# ----------------------------------------------------------------------------- probe_cache
 
 
 # ----------------------------------------------------------------------------- layers, best

@@ -1,23 +1,16 @@
-"""Tests for featcache.probe_cache: probing a cache directory and the probe command."""
+"""Tests for featcache.probe_cache: probing a cache directory (rows, labels, splits, datasets)."""
 
-import argparse
-import subprocess
-import sys
-from pathlib import Path
+import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
-import featcache.probe
-import featcache.probe_cache
 from featcache import FeatureCache
-from featcache.exceptions import ProbeError
+from featcache.exceptions import CacheValueError, MixedDatasetsWarning, ProbeError
 from featcache.inputs import content_key
-from featcache.probe import PLOTS
-from featcache.probe_cache import add_probe_arguments, probe_cache, run_probe_command
-
-ROOT = Path(__file__).resolve().parents[1]
+from featcache.probe_cache import probe_cache
 
 FAST = dict(n_bootstrap=50, Cs=[0.01, 0.1, 1.0])
 
@@ -32,12 +25,16 @@ def _fill(cache_dir, features, keys, fingerprint="fp_a", sources=None):
     return cache
 
 
+def _rows(n, seed=0, shift=1.0):
+    rng = np.random.default_rng(seed)
+    y = np.tile([0, 1], n // 2)
+    return rng.normal(size=(n, 6)).astype(np.float32) + shift * y[:, None], y
+
+
 @pytest.fixture
 def toy_cache(tmp_path):
     """100 annotated rows: 70 train, 20 val, 5 test, 5 unlabelled; 25 patients."""
-    rng = np.random.default_rng(0)
-    y = np.tile([0, 1], 50)
-    X = rng.normal(size=(100, 6)).astype(np.float32) + y[:, None]
+    X, y = _rows(100)
     keys = [bytes([i]) * 16 for i in range(100)]
     cache = _fill(tmp_path / "cache", X, keys)
     split = ["train"] * 70 + ["val"] * 20 + ["test"] * 5 + [None] * 5
@@ -52,19 +49,47 @@ def test_probe_cache_uses_annotated_labels_and_splits(toy_cache, tmp_path):
     assert (report.n_train, report.n_val) == (70, 20) and report.classes == [0, 1]
     assert report.info["skipped"] == {"without a label": 5, "failed": 1, "test split": 5}
     assert report.info["namespace"] == "fp_a" and report.info["image_size"] == 8
+    assert report.info["validation"] == "split 'val'"
+    assert report.info["selection"] == {"dataset": None, "manifest": None, "rows": 100}
     assert "5 without a label" in str(report)
     assert (tmp_path / "o" / "report.json").is_file()
+
+
+def test_predictions_carry_the_key_and_source_of_each_row(toy_cache, tmp_path):
+    report = probe_cache(toy_cache, out_dir=tmp_path / "o", **FAST)
+    frame = pd.read_csv(tmp_path / "o" / "predictions.csv", dtype={"key": str})
+    assert list(frame.columns[:4]) == ["key", "source", "y_true", "y_pred"]
+    # the validation rows are rows 70..89: key bytes([i]) * 16, source "row<i>"
+    assert list(frame["key"]) == [(bytes([i]) * 16).hex() for i in range(70, 90)]
+    assert list(frame["source"]) == [f"row{i}" for i in range(70, 90)]
+    assert list(frame["y_true"]) == list(report.y_true)
+
+
+def test_default_val_falls_back_to_cross_validation_and_says_so(tmp_path):
+    """The README's class-folder layout records no split: the default still runs."""
+    X, y = _rows(60)
+    keys = [bytes([i]) * 16 for i in range(60)]
+    cache = _fill(tmp_path / "c", X, keys)
+    cache.annotate(keys, label=[str(v) for v in y])
+    report = probe_cache(tmp_path / "c", cv=3, **FAST)
+    assert report.n_train == report.n_val == 60 and "3-fold StratifiedKFold" in report.selection
+    assert report.info["validation"] == "cross-validation"
+    assert "no labelled row has split 'val'" in str(report) and "val=0.2" in str(report)
+    assert len(report.samples["key"]) == 60       # out-of-fold: every row is evaluated once
+    with pytest.raises(ProbeError, match="no labelled row has split 'val'"):
+        probe_cache(tmp_path / "c", val="val", **FAST)    # asked for explicitly: an error
 
 
 def test_probe_cache_fraction_and_cross_validation(toy_cache):
     fraction = probe_cache(toy_cache, val=0.2, groups=True, **FAST)
     assert fraction.n_train + fraction.n_val == 90 and 14 <= fraction.n_val <= 22
-    assert not fraction.info["notes"]
+    assert not fraction.info["notes"] and fraction.info["validation"] == "fraction 0.2"
     cv = probe_cache(toy_cache, val=None, groups=True, cv=3, **FAST)
     assert cv.n_train == cv.n_val == 90 and "StratifiedGroupKFold" in cv.selection
     ungrouped = probe_cache(toy_cache, val=None, cv=3, **FAST)
     assert "StratifiedKFold" in ungrouped.selection
-    assert "note: the cache records groups but groups=None" in str(ungrouped)
+    assert "note: the cache records groups but the split ignores them; pass " \
+           "groups='from-cache'" in str(ungrouped)
 
 
 def test_probe_cache_errors_name_the_fix(toy_cache, tmp_path):
@@ -72,6 +97,8 @@ def test_probe_cache_errors_name_the_fix(toy_cache, tmp_path):
         probe_cache(toy_cache, val="holdout", **FAST)
     with pytest.raises(ProbeError, match="names a CSV column"):
         probe_cache(toy_cache, groups="patient", **FAST)
+    with pytest.raises(ProbeError, match="val must be 'auto', a split name"):
+        probe_cache(toy_cache, val=[0.2], **FAST)
     _fill(toy_cache, np.zeros((2, 6), np.float32), [b"\x01" * 16, b"\x02" * 16], "fp_b")
     with pytest.raises(ProbeError, match="holds 2 namespaces: fp_a .*toy.*pass namespace="):
         probe_cache(toy_cache, **FAST)
@@ -110,44 +137,94 @@ def test_probe_cache_with_a_csv_matches_by_content_key_and_source(tmp_path, monk
         probe_cache(tmp_path / "cache", labels=csv, groups="ward", **FAST)
 
 
-def test_probe_command_prints_the_table_and_writes_the_report(toy_cache, tmp_path, capsys):
-    parser = add_probe_arguments(argparse.ArgumentParser(prog="featcache probe"))
-    args = parser.parse_args([str(toy_cache), "--val", "val", "--out", str(tmp_path / "r"),
-                              "--n-bootstrap", "20", "--head", "logistic"])
-    assert run_probe_command(args) == 0
-    out = capsys.readouterr().out
-    assert "| ROC AUC |" in out and "report.json" in out
-    assert {p.name for p in (tmp_path / "r").iterdir()} >= {"report.json", *PLOTS}
-    assert parser.parse_args([str(toy_cache), "--val", "none"]).val is None
-    assert parser.parse_args([str(toy_cache), "--val", "0.25"]).val == 0.25
-    with pytest.raises(SystemExit):
-        parser.parse_args([str(toy_cache), "--val", "1.5"])
-    with pytest.raises(SystemExit):
-        parser.parse_args([str(toy_cache), "--head", "forest"])
+# ----------------------------------------------------------------------------- datasets
+@pytest.fixture
+def two_studies(tmp_path):
+    """One namespace, 100 rows: study 'a' = rows 0..59, study 'b' = rows 40..99.
+
+    Rows 40..59 belong to both, with opposite labels in each study. Study 'a' separates its
+    classes well (shift 3), study 'b' is noise, so mixing them shows in the numbers.
+    """
+    Xa, ya = _rows(60, seed=1, shift=3.0)
+    Xb, yb = _rows(60, seed=2, shift=0.0)
+    X = np.concatenate([Xa, Xb[20:]])
+    keys = [bytes([i]) * 16 for i in range(100)]
+    cache = _fill(tmp_path / "c", X, keys)
+    split_a = ["train"] * 40 + ["val"] * 20
+    cache.annotate(keys[:60], label=[f"a{v}" for v in ya], split=split_a, dataset="a")
+    cache.annotate(keys[40:], label=[f"b{v}" for v in yb], split=["train"] * 40 + ["val"] * 20,
+                   source=[f"b/{i}.png" for i in range(40, 100)], dataset="b")
+    return tmp_path / "c"
 
 
-# ----------------------------------------------------------------------------- import paths
-_LAZY_REEXPORT = """
-import sys
-import featcache.probe as probe
-assert "featcache.probe_cache" not in sys.modules, "featcache.probe imported probe_cache eagerly"
-assert {"probe_cache", "add_probe_arguments", "run_probe_command"} <= set(dir(probe))
-from featcache.probe import add_probe_arguments, probe_cache, run_probe_command
-import featcache.probe_cache as module
-assert probe_cache is module.probe_cache and run_probe_command is module.run_probe_command
-assert add_probe_arguments is module.add_probe_arguments
-"""
+def test_a_dataset_selects_exactly_its_rows_with_its_own_labels(two_studies, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # a chosen dataset warns about nothing
+        a = probe_cache(two_studies, dataset="a", out_dir=tmp_path / "a", **FAST)
+    assert (a.n_train, a.n_val) == (40, 20) and a.classes == ["a0", "a1"]
+    assert a.info["selection"] == {"dataset": "a", "manifest": None, "rows": 60}
+    assert a.info["skipped"]["failed"] == 0     # the failure is not tagged with study 'a'
+    keys = pd.read_csv(tmp_path / "a" / "predictions.csv", dtype={"key": str})["key"]
+    assert set(keys) == {(bytes([i]) * 16).hex() for i in range(40, 60)}
+    b = probe_cache(two_studies, dataset="b", **FAST)
+    assert (b.n_train, b.n_val) == (40, 20) and b.classes == ["b0", "b1"]
+    assert set(b.samples["source"]) == {f"b/{i}.png" for i in range(80, 100)}
 
 
-def test_probe_reexports_the_cache_half_lazily():
-    done = subprocess.run([sys.executable, "-c", _LAZY_REEXPORT], capture_output=True,
-                          text=True, cwd=ROOT, timeout=120)
-    assert done.returncode == 0, done.stderr
+def test_a_mixed_namespace_warns_and_names_the_datasets(two_studies):
+    with pytest.warns(MixedDatasetsWarning, match=r"holds rows of dataset 'a' \(60 rows\) and "
+                                                  r"dataset 'b' \(60 rows\); the probe uses all "
+                                                  r"100 of them\. Pass dataset='a'"):
+        mixed = probe_cache(two_studies, val=None, cv=3, **FAST)
+    assert mixed.info["selection"]["rows"] == 100 and mixed.n_train == 100
+    with pytest.raises(CacheValueError, match=r"dataset='c' tags no row of namespace fp_a; its "
+                                              r"rows are dataset 'a' \(60 rows\) and dataset "
+                                              r"'b' \(60 rows\)"):
+        probe_cache(two_studies, dataset="c", **FAST)
+    with pytest.raises(CacheValueError, match="not a dataset name"):
+        probe_cache(two_studies, dataset="", **FAST)
 
 
-def test_both_import_paths_give_the_same_names():
-    for name in featcache.probe_cache.__all__:
-        assert getattr(featcache.probe, name) is getattr(featcache.probe_cache, name), name
-    assert set(featcache.probe_cache.__all__) <= set(featcache.probe.__all__)
-    with pytest.raises(AttributeError, match="'featcache.probe' has no attribute 'nope'"):
-        featcache.probe.nope
+def test_tagged_and_untagged_rows_warn_too(tmp_path):
+    X, y = _rows(40)
+    keys = [bytes([i]) * 16 for i in range(40)]
+    cache = _fill(tmp_path / "c", X, keys)
+    cache.annotate(keys[:30], label=[str(v) for v in y[:30]], dataset="a")
+    cache.annotate(keys[30:], label=[str(v) for v in y[30:]])
+    with pytest.warns(MixedDatasetsWarning, match=r"dataset 'a' \(30 rows\) and 10 untagged "
+                                                  "rows"):
+        probe_cache(tmp_path / "c", cv=3, **FAST)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert probe_cache(tmp_path / "c", dataset="a", cv=3, **FAST).n_train == 30
+
+
+def _pngs(folder, n, seed):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+def test_a_manifest_selects_the_rows_of_its_inputs(tmp_path):
+    paths = _pngs(tmp_path / "imgs", 50, 3)
+    keys = [content_key(p, i) for i, p in enumerate(paths)]
+    X, y = _rows(50)
+    cache = _fill(tmp_path / "c", X, keys, sources=[str(p) for p in paths])
+    cache.annotate(keys, label=[str(v) for v in y], source=[str(p) for p in paths],
+                   dataset="x")
+    cache.annotate(keys[:10], label=["0"] * 10, dataset="y")
+    manifest = tmp_path / "study.csv"
+    chosen = list(range(10, 40)) + [49]
+    manifest.write_text("path\n" + "".join(f"imgs/{i}.png\n" for i in chosen) + "imgs/new.png\n")
+    _pngs(tmp_path / "other", 1, 9)[0].rename(tmp_path / "imgs" / "new.png")  # never extracted
+    paths[49].unlink()                            # gone: matched by its recorded source
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = probe_cache(tmp_path / "c", manifest=manifest, cv=3, **FAST)
+    assert report.info["selection"]["rows"] == 31 and report.n_train == 31
+    assert set(report.samples["key"]) == {keys[i].hex() for i in chosen}
+    assert "1 manifest input(s) matched no row of this namespace" in str(report)

@@ -21,8 +21,9 @@ Modules: :mod:`~featcache.cache.store` (:class:`FeatureCache`), :mod:`~featcache
 :mod:`~featcache.cache.writer`, :mod:`~featcache.cache.memory` (the ``cache=False`` backend),
 :mod:`~featcache.cache.shards` (the file format), :mod:`~featcache.cache.checks`,
 :mod:`~featcache.cache.keyindex`, :mod:`~featcache.cache.memo`, :mod:`~featcache.cache.files`,
-:mod:`~featcache.cache.maintenance` (verify, compact, index, export) and
-:mod:`~featcache.cache.annotations`.
+:mod:`~featcache.cache.maintenance` (verify, compact, index), :mod:`~featcache.cache.export`
+(one namespace, or one dataset of it, to a plain file) and :mod:`~featcache.cache.annotations`
+(labels, groups, splits, sources and dataset tags).
 """
 
 from ..exceptions import (CacheCorruptError, CacheError, CacheMissError, CacheValueError,

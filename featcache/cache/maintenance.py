@@ -3,29 +3,23 @@
 The operations behind :meth:`featcache.cache.FeatureCache.verify`, ``compact``,
 ``build_index`` and ``export`` (and the ``featcache verify/compact/export`` commands). Like
 the rest of the cache they use h5py and numpy only, write new files atomically and never
-modify a committed shard.
+modify a committed shard. The export itself lives in :mod:`featcache.cache.export`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 
-import numpy as np
-
-from ..exceptions import CacheCorruptError, CacheError, CacheValueError
+from ..exceptions import CacheCorruptError, CacheError
 from . import files, shards
-from .files import MARKER
 from .annotations import verify_annotations
+from .export import EXPORT_SUFFIXES, export_namespace
 from .memo import mark_bad, remember
 from .namespace import Namespace
 
 __all__ = ["VerifyReport", "verify_cache", "compact_namespace", "build_index", "export_namespace",
            "EXPORT_SUFFIXES"]
-
-#: Output extensions :func:`export_namespace` writes (compared case-insensitively).
-EXPORT_SUFFIXES = (".h5", ".hdf5", ".npz")
 
 
 @dataclasses.dataclass
@@ -73,62 +67,6 @@ def build_index(ns: Namespace) -> pathlib.Path:
         return shards.write_index(ns.path, infos)
     except OSError as exc:
         raise files.write_error(exc, ns.path, what="index.h5") from exc
-
-
-def export_namespace(ns: Namespace, out_path) -> pathlib.Path:
-    """Write one namespace to a plain ``.h5`` or ``.npz`` file (see ``FeatureCache.export``).
-
-    Raises
-    ------
-    CacheValueError
-        When ``out_path`` lies inside the cache directory, is a directory, or does not end in
-        one of :data:`EXPORT_SUFFIXES`.
-    """
-    out = _check_export_path(pathlib.Path(out_path).expanduser().absolute(), ns)
-    extra = {"config": json.dumps(ns.config, sort_keys=True), "featcache_export": 1}
-    try:
-        if out.suffix.lower() == ".npz":
-            keys, feats, sources = ns.retry(_owned_rows)
-            shards.write_npz(out, keys, feats, sources, ns.failures(),
-                              fingerprint=ns.fingerprint, config=extra["config"])
-        else:
-            ns.retry(lambda idx: shards.merge(sorted(idx.shards, key=lambda s: s.name),
-                                                out, ns.fingerprint, extra_attrs=extra))
-    except OSError as exc:
-        raise files.write_error(exc, out.parent, what=f"the export {out.name}") from exc
-    return out
-
-
-def _check_export_path(out: pathlib.Path, ns: Namespace) -> pathlib.Path:
-    """Refuse an export path inside the cache, a directory, or an unknown extension."""
-    root, real = ns.cache.path.resolve(), out.resolve()
-    if real == root or root in real.parents:
-        where = ("is the cache directory" if real == root
-                 else f"is inside the cache directory {root}")
-        raise CacheValueError(f"export path {out} {where}; writing there could overwrite the "
-                              f"cache's own files ({MARKER}, shards). Write the export outside "
-                              f"it, e.g. {root.parent / (ns.fingerprint + '.h5')}")
-    if out.suffix.lower() not in EXPORT_SUFFIXES:
-        raise CacheValueError(f"export path {out} has the extension {out.suffix or '(none)'!r}; "
-                              "expected .h5 or .hdf5 (HDF5) or .npz (NumPy). Use e.g. "
-                              f"{out.with_name(out.stem + '.h5')}")
-    if real.is_dir():
-        raise CacheValueError(f"export path {out} is a directory; give a file name, e.g. "
-                              f"{out / (ns.fingerprint + '.h5')}")
-    return out
-
-
-def _owned_rows(idx):
-    """keys, float32 features and sources of the rows an index serves, in shard order."""
-    parts = idx.owned()
-    if not parts:
-        return np.zeros((0, 16), np.uint8), np.zeros((0, idx.dim or 0), np.float32), []
-    sources = []
-    for info, rows in parts:
-        names = shards.read_sources(info.path)
-        sources += [names[r] for r in rows]
-    return (np.concatenate([i.keys[r] for i, r in parts]),
-            np.concatenate([shards.read_rows(i.path, r) for i, r in parts]), sources)
 
 
 def _verify_shards(ns: Namespace) -> tuple:

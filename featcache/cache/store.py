@@ -25,7 +25,11 @@ _KEY_MEMOS_LOCK = threading.Lock()
 
 
 def default_cache_dir() -> pathlib.Path:
-    """``$FEATCACHE_HOME`` if set, else the platform user cache dir (``~/.cache/featcache``)."""
+    """``$FEATCACHE_HOME`` if set, else the platform's user cache directory (platformdirs).
+
+    That is ``~/.cache/featcache`` on Linux, ``~/Library/Caches/featcache`` on macOS and
+    ``%LOCALAPPDATA%\\featcache\\featcache\\Cache`` on Windows.
+    """
     env = os.environ.get("FEATCACHE_HOME")
     if env:
         return pathlib.Path(env).expanduser()
@@ -241,22 +245,27 @@ class FeatureCache:
         return self._ns(namespace).to_numpy()
 
     # -- annotations -----------------------------------------------------------------
-    def annotate(self, keys, *, label=None, group=None, split=None, source=None) -> pathlib.Path:
+    def annotate(self, keys, *, label=None, group=None, split=None, source=None,
+                 dataset=None) -> pathlib.Path:
         """Record labels, groups (patients), splits and sources of inputs, by content key.
 
-        Stored once per cache directory (see :mod:`featcache.annotations`), so every
+        Stored once per cache directory (see :mod:`featcache.cache.annotations`), so every
         namespace and ``featcache probe`` can use them without the original manifest. Text
-        that is not valid UTF-8 is stored with backslash escapes.
+        that is not valid UTF-8 is stored with backslash escapes. ``dataset`` (one str for
+        all ``keys``) tags these records as one dataset's (``featcache extract --dataset``).
         """
         try:
-            return _annotations.write_annotations(self.path, keys, label=label, group=group, split=split,
-                                     source=source)
+            return _annotations.write_annotations(self.path, keys, label=label, group=group,
+                                                  split=split, source=source, dataset=dataset)
         except OSError as exc:
             raise files.write_error(exc, self.path, what="annotations") from exc
 
-    def annotations(self, keys=None) -> dict:
-        """``key -> {"label", "group", "split", "source"}`` recorded by :meth:`annotate`."""
-        return _annotations.read_annotations(self.path, keys)
+    def annotations(self, keys=None, *, dataset=None) -> dict:
+        """``key -> {"label", "group", "split", "source", "dataset"}`` recorded by :meth:`annotate`.
+
+        With ``dataset``, only that dataset's records: exactly the keys tagged with it.
+        """
+        return _annotations.read_annotations(self.path, keys, dataset=dataset)
 
     # -- maintenance (implemented in featcache.cache.maintenance) ----------------------------
     def verify(self) -> maintenance.VerifyReport:
@@ -287,13 +296,17 @@ class FeatureCache:
         """(Re)build ``<fingerprint>/index.h5``: virtual ``features``/``keys`` over all shards."""
         return maintenance.build_index(self._ns(namespace))
 
-    def export(self, out_path, namespace=None) -> pathlib.Path:
+    def export(self, out_path, namespace=None, *, dataset=None) -> pathlib.Path:
         """Write one namespace to a plain ``.h5`` (or ``.npz``) file, readable with h5py alone.
 
-        The .h5 holds datasets ``features``, ``keys``, ``sources`` and a ``failures`` group
-        (keys, sources, reasons), with attrs ``config`` (JSON) and ``fingerprint``. The .npz
-        holds ``features, keys, sources, failure_keys, failure_sources, failure_reasons,
-        config, fingerprint``. The file is written atomically.
+        The .h5 holds datasets ``features``, ``keys``, ``sources``, ``labels``, ``groups``,
+        ``splits`` (annotations; ``""`` where none) and a ``failures`` group (keys, sources,
+        reasons), with attrs ``config`` (JSON), ``fingerprint`` and ``dataset``. The .npz holds
+        the same arrays (``failure_keys, failure_sources, failure_reasons`` for the failures).
+        The file is written atomically. With ``dataset``, only the rows tagged with that
+        dataset, and its annotations; without, every row, with a
+        :class:`~featcache.exceptions.MixedDatasetsWarning` when the rows belong to several
+        datasets (see :mod:`featcache.cache.export`).
 
         Raises
         ------
@@ -301,4 +314,4 @@ class FeatureCache:
             When ``out_path`` lies inside the cache directory (it could overwrite the cache's
             own files), is a directory, or does not end in ``.h5``, ``.hdf5`` or ``.npz``.
         """
-        return maintenance.export_namespace(self._ns(namespace), out_path)
+        return maintenance.export_namespace(self._ns(namespace), out_path, dataset=dataset)
