@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .exceptions import FeatcacheError, InputError
 from .interrupts import deferred_signals, raise_if_interrupted
+from .log import get_logger
+
+_log = get_logger(__name__)
 
 __all__ = ["content_keys", "plan", "fill_cache", "embed", "EmbedResult", "extract", "ExtractSummary",
-           "namespace_configs", "resolve_configs", "resolution_key", "source_of", "NO_KEY"]
+           "namespace_configs", "resolve_configs", "resolution_key", "source_of", "NO_KEY",
+           "annotate_inputs"]
 
 
 def content_keys(items, on_error="raise", memo=None):
@@ -72,7 +76,7 @@ def plan(keys, namespaces, *, retry_failed=False):
 
 
 def fill_cache(loaded, items, keys, sources, todo, namespaces, *, options, on_batch=None,
-               progress_desc="featcache"):
+               progress_desc="featcache", augment=None):
     """Compute ``items[todo]`` and commit every layer's rows to its namespace.
 
     Parameters
@@ -86,6 +90,9 @@ def fill_cache(loaded, items, keys, sources, todo, namespaces, *, options, on_ba
         Batch size, resolved device and precision, workers, on_error, progress, commits.
     on_batch : callable, optional
         Called with each :class:`featcache.engine.Batch` after it is handed to the writers.
+    augment : callable, optional
+        An augmentation view (:class:`featcache.augment.AugmentView`) applied to every input;
+        the namespaces' configurations must record it.
 
     Returns
     -------
@@ -112,7 +119,7 @@ def fill_cache(loaded, items, keys, sources, todo, namespaces, *, options, on_ba
                                      image_size=loaded.preprocessing.image_size,
                                      progress_desc=progress_desc,
                                      policy=DecodePolicy(window=options.window),
-                                     **options.engine_kwargs()):
+                                     augment=augment, **options.engine_kwargs()):
                 failures.update(batch.failures)
                 background.submit(_write_batch, writers, batch, keys, sources)
                 if on_batch is not None:
@@ -164,20 +171,29 @@ class _BackgroundWrites:
         return False
 
 
-def namespace_configs(loaded, options):
-    """Layer name -> (configuration, fingerprint) of each extracted layer under ``options``."""
+def namespace_configs(loaded, options, *, storage="float32", augment=None):
+    """Layer name -> (configuration, fingerprint) of each extracted layer under ``options``.
+
+    ``storage="float16"`` (rows stored as float16) and an ``augment`` description (the
+    augmentation policy and view, :mod:`featcache.augment`) enter the configuration, and so
+    the fingerprint, only when given: the configurations of plain float32 rows are unchanged.
+    """
     from .backbones import fingerprint
     from .inputs import DecodePolicy
 
     decode = DecodePolicy(window=options.window).to_dict()
+    extra = {} if storage == "float32" else {"storage": storage}
+    if augment is not None:
+        extra["augment"] = augment
     out = {}
     for layer in loaded.dims:
-        config = loaded.layer_config(layer, precision=options.precision, decode=decode)
+        config = loaded.layer_config(layer, precision=options.precision, decode=decode, **extra)
         out[layer] = (config, fingerprint(config))
     return out
 
 
-def resolution_key(*, model, weights, layers, pooling, image_size, options) -> dict:
+def resolution_key(*, model, weights, layers, pooling, image_size, options, storage="float32",
+                   augment=None) -> dict:
     """Everything a configuration's fingerprint depends on, known without loading the network.
 
     A weights file enters as its identity (resolved path, size, mtime_ns, inode, device,
@@ -194,10 +210,12 @@ def resolution_key(*, model, weights, layers, pooling, image_size, options) -> d
             "layers": [None if layer is None else str(layer) for layer in layers],
             "pooling": pooling, "image_size": image_size, "precision": options.precision,
             "decode": DecodePolicy(window=options.window).to_dict(),
+            "storage": storage, "augment": augment, "row_shapes": True,
             "format_version": FORMAT_VERSION, "versions": library_versions()}
 
 
-def resolve_configs(store, *, model, weights, layers, pooling, image_size, options):
+def resolve_configs(store, *, model, weights, layers, pooling, image_size, options,
+                    storage="float32", augment=None):
     """Layer name -> (configuration, fingerprint), without loading the network when possible.
 
     The cache directory remembers resolved configurations (:mod:`featcache.cache.resolved`);
@@ -216,14 +234,15 @@ def resolve_configs(store, *, model, weights, layers, pooling, image_size, optio
     from .cache import resolved
 
     key = resolution_key(model=model, weights=weights, layers=layers, pooling=pooling,
-                         image_size=image_size, options=options)
+                         image_size=image_size, options=options, storage=storage, augment=augment)
 
     def load_checked(expected=None):
         loaded = load_backbone(model, weights=weights, layers=tuple(layers), pooling=pooling,
                                image_size=image_size)
-        found = namespace_configs(loaded, options)
+        found = namespace_configs(loaded, options, storage=storage, augment=augment)
         if expected is not None and {k: fp for k, (_, fp) in found.items()} != expected:
             if store is not None:
+                _log.info("forgot a stale remembered configuration in %s", store.path)
                 resolved.forget(store.path, key)
             raise FeatcacheError(
                 f"the configuration remembered in {store.path if store else 'the cache'} does "
@@ -279,7 +298,7 @@ class EmbedResult:
 
 
 def embed(items, sources, namespaces, *, load, options, read=None, on_keys=None, on_batch=None,
-          start=None, key_memo=None) -> EmbedResult:
+          start=None, key_memo=None, augment=None) -> EmbedResult:
     """The one unit of work: keys -> plan -> compute the misses -> commit -> read.
 
     Every caller (:class:`~featcache.FrozenBackbone`, :func:`extract` and ``featcache
@@ -306,6 +325,8 @@ def embed(items, sources, namespaces, *, load, options, read=None, on_keys=None,
     key_memo : featcache.cache.KeyMemo, optional
         The cache's persistent memo of file keys: a rerun over unchanged files reads none of
         their bytes.
+    augment : featcache.augment.AugmentView, optional
+        Computes an augmented view of each input (its namespaces' configurations record it).
 
     Raises
     ------
@@ -318,6 +339,9 @@ def embed(items, sources, namespaces, *, load, options, read=None, on_keys=None,
     if on_keys is not None:
         on_keys(keys)
     todo, known = plan(keys, namespaces, retry_failed=options.retry_failed)
+    _log.info("%d inputs: %d to compute, %d unreadable, %d failed in an earlier run (%s)",
+              len(items), len(todo), len(key_failures), len(known),
+              ", ".join(getattr(ns, "fingerprint", "?") for ns in namespaces.values()))
     if known and options.on_error == "raise":
         raise InputError(f"{next(iter(known.values()))} (recorded in the cache by an earlier run; "
                          "fix the input, or pass retry_failed=True / --retry-failed to decode it "
@@ -325,9 +349,11 @@ def embed(items, sources, namespaces, *, load, options, read=None, on_keys=None,
     failures = {}
     if len(todo):
         failures = fill_cache(load(), items, keys, sources, todo, namespaces, options=options,
-                              on_batch=on_batch,
+                              on_batch=on_batch, augment=augment,
                               progress_desc=f"featcache ({len(items) - len(todo)} cached)")
     every = {**key_failures, **known, **failures}
+    for pos, reason in {**key_failures, **failures}.items():
+        _log.warning("skipped (on_error='skip'): %s", reason)
     features = None
     if read is not None:
         ns = namespaces[read]
@@ -360,15 +386,19 @@ class ExtractSummary:
     failures: dict = field(default_factory=dict)
 
     def line(self) -> str:
-        rate = self.computed / self.seconds if self.seconds > 0 else 0.0
+        if self.computed and self.seconds > 0:
+            pace = f"{self.computed / self.seconds:.1f} images/s"
+        else:  # no rate to speak of: say why nothing ran
+            pace = "all from cache" if self.cached == self.inputs else "nothing computed"
         return (f"{self.inputs} inputs: {self.computed} computed, {self.cached} from cache, "
-                f"{self.failed} failed in {self.seconds:.1f} s ({rate:.1f} images/s)")
+                f"{self.failed} failed in {self.seconds:.1f} s ({pace})")
 
 
 def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", layers=(None,),
             pooling="avg", image_size=None, batch_size=64, device="auto", precision="auto",
             num_workers=None, shard=(0, 1), on_error="raise", retry_failed=False, progress=None,
-            commit_rows=4096, commit_seconds=30.0, on_batch=None, window=None) -> ExtractSummary:
+            commit_rows=4096, commit_seconds=30.0, on_batch=None, window=None,
+            client=None, dataset=None, partition_size=None) -> ExtractSummary:
     """Embed every input into the cache (the library behind ``featcache extract``).
 
     Parameters
@@ -382,9 +412,35 @@ def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", lay
         ``FrozenBackbone(layer=...)`` reads.
     shard : (int, int)
         ``(i, N)``: embed only this job's deterministic share of the inputs.
+    client : distributed.Client, optional
+        Run on this Dask cluster instead, one task per partition of the inputs, into a
+        cache directory every worker reaches (:mod:`featcache.distributed`).
+    partition_size : int, optional
+        Inputs per Dask task (with ``client``; default
+        :data:`featcache.distributed.DEFAULT_PARTITION_SIZE`).
+    dataset : str, optional
+        A dataset tag recorded with the annotations of every input (``--dataset``), so that
+        ``featcache probe/export --dataset NAME`` use exactly these rows when the cache holds
+        several studies.
     Other parameters are those of :class:`featcache.FrozenBackbone`.
     """
     from .options import resolve_run_options, validate_run_options
+
+    if dataset is not None:  # the tag travels with the inputs, to every annotate_inputs call
+        from .cache.annotations import check_dataset
+
+        inputs = replace(_input_set(inputs), dataset=check_dataset(dataset))
+
+    if client is not None:  # the same unit of work (embed), one Dask task per partition
+        from .distributed import extract_on_cluster
+
+        return extract_on_cluster(
+            client, _input_set(inputs), cache, model=model, weights=weights, layers=layers,
+            pooling=pooling, image_size=image_size, shard=shard, progress=progress,
+            on_batch=on_batch, batch_size=batch_size, device=device, precision=precision,
+            num_workers=num_workers, on_error=on_error, retry_failed=retry_failed,
+            commit_rows=commit_rows, commit_seconds=commit_seconds, window=window,
+            partition_size=partition_size)
 
     start = time.perf_counter()
     options = resolve_run_options(
@@ -407,7 +463,8 @@ def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", lay
                              fingerprints={k: fp for k, (_, fp) in configs.items()})
     try:
         done = embed(inputs.items, inputs.sources, namespaces, load=load, options=options,
-                     key_memo=store.key_memo(), on_keys=lambda keys: _annotate(store, inputs, keys),
+                     key_memo=store.key_memo(),
+                     on_keys=lambda keys: annotate_inputs(store, inputs, keys),
                      on_batch=on_batch, start=start)
     finally:
         summary.seconds = time.perf_counter() - start
@@ -436,22 +493,25 @@ def source_of(item, index) -> str:
     return str(item) if isinstance(item, os.PathLike) else describe(item, index)
 
 
-def _annotate(store, inputs, keys):
+def annotate_inputs(store, inputs, keys):
     """Record labels, groups, splits and sources of the inputs whose record would change.
 
-    A rerun over the same inputs records nothing (no new annotations file per run).
+    A rerun over the same inputs records nothing (no new annotations file per run). With a
+    dataset tag (``inputs.dataset``) the records of that dataset are compared and written.
     """
     from .cache.files import safe_text
 
     present = [i for i, k in enumerate(keys) if k is not None]
     if not present:
         return
-    known = store.annotations([keys[i] for i in present])
+    tag = getattr(inputs, "dataset", None)
+    known = store.annotations([keys[i] for i in present], dataset=tag)
     fresh = {"label": inputs.labels, "group": inputs.groups, "split": inputs.splits,
              "source": inputs.sources}
-    changed = [i for i in present if known.get(keys[i]) != {
+    changed = [i for i in present if {f: v for f, v in known.get(keys[i], {}).items()
+                                      if f in fresh} != {
         field: None if values[i] is None or values[i] == "" else safe_text(values[i])
         for field, values in fresh.items()}]
     if changed:
-        store.annotate([keys[i] for i in changed],
+        store.annotate([keys[i] for i in changed], dataset=tag,
                        **{field: [values[i] for i in changed] for field, values in fresh.items()})

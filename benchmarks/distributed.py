@@ -1,0 +1,252 @@
+"""Extraction on a local Dask cluster vs in process: Dask's overhead, scaling, partition cost.
+
+Writes N PneumoniaMNIST images as PNG files and embeds them, in one run, with the default
+backbone (EfficientNet-Lite0, pretrained) at ``--image-size``:
+
+1. in process (a fresh one), the engine on 1 thread (``torch.set_num_threads(1)``);
+2. a ``LocalCluster`` of 1 worker x 1 thread: ratio to 1 (Dask's overhead; target >= 0.95x);
+3. a ``LocalCluster`` of 2 workers x 1 thread: ratio to 2 (scaling; target >= 1.7x on the
+   2-core machine);
+4. the per-partition overhead: on the 1-worker cluster, ``--overhead-n`` images at
+   ``--overhead-image-size`` (small, so the fixed costs show) in partitions of
+   ``--small-partition`` vs one partition; (time difference) / (extra partitions). Both
+   cold (keys, plan, compute, one shard and key-memo file per partition) and warm (every
+   row cached: keys from the memo, plan, scheduling);
+5. for the GPU extrapolation in docs/cluster.md: how many 640x427 JPEG files one core decodes
+   and resizes to 224 px per second with featcache's decoder.
+
+Every job writes into a fresh cache directory; the network is loaded before timing starts
+(a warm-up job on other images), in process and on every worker, so the ratios compare the
+work, not the start-up. Jobs 1-3 run in ``--repeats`` interleaved rounds and each reports its
+best time (other jobs share this machine now and then). Prints a markdown table and the
+partition size that keeps the per-partition overhead under 1% of a partition's work at the
+measured 1-worker rate.
+
+    .venv/bin/python benchmarks/distributed.py [--n 768] [--image-size 224] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+# This script shares its name with the `distributed` package: keep its folder off the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from featcache.extract import extract  # noqa: E402
+from featcache.sources import collect_inputs  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "pneumoniamnist_trainval.npz"
+WARMUP = 16
+
+
+def write_pngs(folder: Path, start: int, n: int) -> Path:
+    """PNG files of images ``start .. start+n`` of the bundled data set, in ``folder``."""
+    with np.load(DATA) as data:
+        images = np.concatenate([data["train_images"], data["val_images"]])[start:start + n]
+    folder.mkdir(parents=True)
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(folder / f"{start + i:05d}.png")
+    return folder
+
+
+def timed(job, folder, cache, **params):
+    """(seconds, summary) of one extraction of ``folder`` into ``cache``."""
+    inputs = collect_inputs([folder])
+    start = time.perf_counter()
+    summary = job(inputs, cache, **params)
+    seconds = time.perf_counter() - start
+    assert summary.failed == 0 and summary.computed + summary.cached == summary.inputs, summary
+    return seconds, summary
+
+
+def _load(image_size):
+    from featcache.backbones import load_backbone
+
+    load_backbone("efficientnet_lite0", weights="DEFAULT", layers=(None,), pooling="avg",
+                  image_size=image_size)
+    return os.getpid()
+
+
+@contextlib.contextmanager
+def clusters(warm, tmp, params, sizes):
+    """One warm ``LocalCluster`` of n workers x 1 thread per n in ``sizes``: name -> client.
+
+    Each worker loads the network (featcache's per-process memo keeps it) and runs a warm-up
+    job, so the timed jobs measure the work, not the start-up.
+    """
+    from distributed import Client, LocalCluster
+
+    with contextlib.ExitStack() as stack:
+        out = {}
+        for n in sizes:
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0"))
+            client = out[n] = stack.enter_context(Client(cluster, set_as_default=False))
+            client.run(_load, params["image_size"])
+            timed(extract, warm, tmp / f"warm-{n}", client=client,
+                  partition_size=max(1, WARMUP // n), **params)
+        yield out
+
+
+def in_process(folder, warm, cache, image_size, batch_size) -> float:
+    """Seconds of the job in a fresh process, the engine on one thread, like each worker.
+
+    A process of its own: the clusters' schedulers live in this one, and their threads would
+    take the interpreter lock from the in-process engine now and then.
+    """
+    code = ("import sys, time, torch; torch.set_num_threads(1); "
+            "from featcache.extract import extract; "
+            "from featcache.sources import collect_inputs as c; "
+            "folder, warm, cache, size, batch = sys.argv[1:]; "
+            "p = dict(image_size=int(size), batch_size=int(batch), progress=False, device='cpu'); "
+            "extract(c([warm]), cache + '-warm', **p); inputs = c([folder]); "
+            "t = time.perf_counter(); extract(inputs, cache, **p); "
+            "print(time.perf_counter() - t)")
+    done = subprocess.run([sys.executable, "-c", code, str(folder), str(warm), str(cache),
+                           str(image_size), str(batch_size)], capture_output=True, text=True,
+                          check=True)
+    return float(done.stdout.split()[-1])
+
+
+def rounds(folder, warm, tmp, params, per_task, repeats):
+    """Best seconds of each job over ``repeats`` rounds, the configurations interleaved.
+
+    Other jobs share this machine now and then; interleaving spreads their load over every
+    configuration, and the best of each is the least disturbed run.
+    """
+    best = {}
+    with clusters(warm, tmp, params, (1, 2)) as clients:
+        for r in range(repeats):
+            seconds = {"local": in_process(folder, warm, tmp / f"cache-local-{r}",
+                                           params["image_size"], params["batch_size"])}
+            for n in (1, 2):
+                seconds[n], _ = timed(extract, folder, tmp / f"cache-{n}-{r}", client=clients[n],
+                                      partition_size=per_task, **params)
+            for name, value in seconds.items():
+                best[name] = min(best.get(name, value), value)
+    return best
+
+
+def overhead(folder, warm, tmp, params, small, n, repeats):
+    """ms per partition, cold and warm, on one worker (best of ``repeats``)."""
+    out = {}
+    with clusters(warm, tmp, params, (1,)) as clients:
+        for r in range(repeats):
+            for label, size in (("one", n), ("small", small)):
+                cache = tmp / f"overhead-{label}-{r}"
+                cold, _ = timed(extract, folder, cache, client=clients[1], partition_size=size,
+                                **params)
+                warm_s, summary = timed(extract, folder, cache, client=clients[1],
+                                        partition_size=size, **params)
+                assert summary.computed == 0
+                old = out.get(label, (cold, warm_s))
+                out[label] = (min(old[0], cold), min(old[1], warm_s))
+    extra = -(-n // small) - 1
+    return ({k: 1000 * (out["small"][i] - out["one"][i]) / extra for i, k in
+             enumerate(("cold", "warm"))}, out, extra)
+
+
+def decode_rate(tmp: Path, n: int, size: int) -> float:
+    """Images/s one core decodes and resizes: a 640x427 JPEG (quality 90) through featcache's
+    decoder and resize, as a worker's decode step does (what feeds a GPU)."""
+    import torch
+
+    from featcache.engine import to_model_input
+    from featcache.inputs import DecodePolicy, decode
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:427, 0:640]
+    smooth = np.stack([x * 255 / 640, y * 255 / 427, (x + y) * 255 / 1067], axis=-1)
+    pixels = np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)
+    path = tmp / "photo.jpg"
+    Image.fromarray(pixels).save(path, quality=90)
+    policy = DecodePolicy()
+    to_model_input(decode(path, 0, policy, image_size=size), size)  # warm-up
+    start = time.perf_counter()
+    for i in range(n):
+        to_model_input(decode(path, i, policy, image_size=size), size)
+    return n / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=768, help="images per timed job")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--partition-size", type=int, default=None,
+                        help="inputs per task in jobs 2 and 3 (default: featcache's)")
+    parser.add_argument("--overhead-n", type=int, default=512)
+    parser.add_argument("--overhead-image-size", type=int, default=32)
+    parser.add_argument("--small-partition", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="rounds; each configuration's best time is reported")
+    parser.add_argument("--decode-n", type=int, default=200,
+                        help="640x427 JPEG decodes timed on one core (0: skip)")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", message=".*still alive after")
+    from featcache.distributed import DEFAULT_PARTITION_SIZE
+
+    size = args.partition_size or DEFAULT_PARTITION_SIZE
+    params = dict(image_size=args.image_size, batch_size=args.batch_size, progress=False,
+                  device="cpu")
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="featcache-dask-") as tmp:
+        tmp = Path(tmp)
+        folder = write_pngs(tmp / "pngs", 0, args.n)
+        warm = write_pngs(tmp / "warm", args.n, WARMUP)
+        # 4 partitions per worker at least, so 2 workers stay balanced when one is slowed.
+        per_task = min(size, max(1, args.n // 8))
+        best = rounds(folder, warm, tmp, params, per_task, args.repeats)
+        t_local, t_one, t_two = best["local"], best[1], best[2]
+        small_params = dict(params, image_size=args.overhead_image_size)
+        ofolder = write_pngs(tmp / "overhead", 0, args.overhead_n) if args.overhead_n != args.n \
+            else folder
+        per_partition, raw, extra = overhead(ofolder, warm, tmp, small_params,
+                                             args.small_partition, args.overhead_n, args.repeats)
+        decode = decode_rate(tmp, args.decode_n, 224) if args.decode_n else None
+    n = args.n
+    rate_one = n / t_one
+    print(f"{n} PNG files (PneumoniaMNIST 28x28) at {args.image_size} px, batch "
+          f"{args.batch_size}, partitions of {per_task}, best of {args.repeats} interleaved "
+          f"rounds; CPU, {os.cpu_count()} cores; load "
+          f"average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}; "
+          f"{time.perf_counter() - started:.0f} s in all\n")
+    print("| measurement | value | target | met? |")
+    print("|---|---:|---:|---|")
+    print(f"| in process, 1 thread | {n / t_local:.1f} images/s | | |")
+    print(f"| Dask, 1 worker x 1 thread | {rate_one:.1f} images/s | | |")
+    print(f"| Dask, 2 workers x 1 thread | {n / t_two:.1f} images/s | | |")
+    ratio1, ratio2 = t_local / t_one, t_one / t_two
+    for what, ratio, target in (("1 worker / in process", ratio1, 0.95),
+                                ("2 workers / 1 worker", ratio2, 1.7)):
+        print(f"| {what} | {ratio:.2f}x | >= {target}x | {'yes' if ratio >= target else 'NO'} |")
+    print(f"| per-partition overhead, cold ({args.overhead_image_size} px, "
+          f"{extra} extra partitions) | {per_partition['cold']:.0f} ms | | |")
+    print(f"| per-partition overhead, warm (all cached) | {per_partition['warm']:.0f} ms | | |")
+    if decode is not None:
+        print(f"| decode + resize of a 640x427 JPEG to 224 px, one core | {decode:.0f} images/s "
+              "| | |")
+    print(f"\nraw seconds (one partition, {args.small_partition}-image partitions), cold / warm: "
+          + ", ".join(f"{k}: {c:.2f} / {w:.2f}" for k, (c, w) in raw.items()))
+    # The smallest power of two whose overhead is under 1% of its work at the 1-worker rate.
+    target = max(per_partition["cold"], 1.0) / 1000 / 0.01 * rate_one
+    power = 1 << max(0, int(np.ceil(np.log2(target))))
+    print(f"partition size for <= 1% overhead at {rate_one:.0f} images/s per worker: "
+          f">= {target:.0f} inputs (next power of two: {power})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,514 @@
+"""Extraction on a Dask cluster: one task per partition, each running the one unit of work.
+
+``extract(inputs, cache, client=Client(...))`` and ``featcache extract ... --dask-scheduler
+ADDRESS`` come here. The client only lists the inputs (it never reads an image's bytes),
+splits them into deterministic partitions (contiguous chunks of the inputs sorted by source)
+and submits one Dask task per partition. Each task, on a worker, runs
+:func:`featcache.extract.embed` -- the same unit of work as :class:`~featcache.FrozenBackbone`
+and a local ``featcache extract``: content keys, plan (skip what the shared cache holds),
+compute the misses, commit shards straight into the shared cache directory (shards are
+atomic and many writers may add them at once), and returns its counts and failures.
+
+Configurations are resolved, and the network loaded, once per worker process
+(:func:`_worker_state`), not once per task. A worker that dies mid-task (OOM, pre-emption,
+``kill -9``) loses only the rows it had not committed: Dask runs the partition again
+elsewhere (``distributed.scheduler.allowed-failures`` applies) and its plan step skips the
+rows the dead worker committed. Labels, groups, splits and sources are recorded by one small
+task per :data:`ANNOTATE_EVERY` finished partitions (:func:`record_annotations`). Importing
+this module imports neither dask nor torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import socket
+import threading
+import time
+import uuid
+import warnings
+from collections import OrderedDict
+
+from .exceptions import CacheValueError, FeatcacheError, InvalidOptionError
+
+__all__ = ["DEFAULT_PARTITION_SIZE", "CONNECT_TIMEOUT", "ANNOTATE_EVERY", "Job",
+           "PartitionResult", "connect", "partitions", "task_resources", "extract_on_cluster",
+           "run_partition", "record_annotations"]
+
+#: Inputs per Dask task (see benchmarks/README.md, "Extraction on a Dask cluster"): large
+#: enough that the per-task cost (scheduling, one shard and one key-memo file per partition)
+#: stays near 1% of the work, small enough to balance load and to lose little to a dead worker.
+DEFAULT_PARTITION_SIZE = 512
+#: Seconds to wait for a scheduler before giving up (exit 1 on the command line).
+CONNECT_TIMEOUT = 10.0
+#: Finished partitions whose annotations one task records (one annotations file each).
+ANNOTATE_EVERY = 64
+
+
+def _dask_missing(exc) -> FeatcacheError:
+    return FeatcacheError("running on a Dask cluster needs dask.distributed: "
+                          f"pip install 'featcache[dask]' ({exc})")
+
+
+def connect(address, timeout: float | None = None):
+    """A ``distributed.Client`` of the scheduler at ``address``.
+
+    Parameters
+    ----------
+    address : str
+        ``tcp://host:8786`` (any address ``dask scheduler`` prints), or the path of the JSON
+        file that ``dask scheduler --scheduler-file FILE`` writes.
+    timeout : float, optional
+        Seconds to wait for the scheduler (default :data:`CONNECT_TIMEOUT`).
+
+    Raises
+    ------
+    FeatcacheError
+        One line naming the address when no scheduler answers there in time.
+    """
+    try:
+        from distributed import Client
+    except ImportError as exc:
+        raise _dask_missing(exc) from exc
+    timeout = CONNECT_TIMEOUT if timeout is None else timeout
+    address = os.fspath(address)
+    where = {"scheduler_file": address} if os.path.isfile(address) else {"address": address}
+    try:
+        return Client(**where, timeout=f"{timeout}s")
+    except (OSError, ValueError, TypeError) as exc:  # TimeoutError is an OSError
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise FeatcacheError(
+            f"cannot reach a Dask scheduler at {address} within {timeout:g} s ({reason}); "
+            "start one with `dask scheduler` or check the address") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What every task of one extraction needs besides its inputs (picklable, torch-free).
+
+    ``run`` holds the validated run options as given (``device="auto"``, ``precision="auto"``):
+    each worker resolves them for its own hardware, once per process.
+    """
+
+    cache: str
+    model: str
+    weights: object
+    layers: tuple
+    pooling: str
+    image_size: int | None
+    run: dict
+    on_batch: object = None
+
+    def memo_key(self) -> str:
+        """Everything a worker's resolved state depends on (a weights file by its identity)."""
+        from .backbones.weights import file_identity, is_weights_path
+
+        weights = list(file_identity(self.weights)) if is_weights_path(self.weights) \
+            else self.weights
+        return json.dumps([self.cache, self.model, weights, list(self.layers), self.pooling,
+                           self.image_size, sorted(self.run.items())], default=str)
+
+
+@dataclasses.dataclass
+class PartitionResult:
+    """What one task did: counts, failures (by position in the job) and where it ran."""
+
+    computed: int
+    cached: int
+    failures: dict
+    seconds: float
+    fingerprints: dict
+    worker: str
+    keys: list = dataclasses.field(default_factory=list)  # content key per input (None: unread)
+
+    @property
+    def done(self) -> int:
+        return self.computed + self.cached + len(self.failures)
+
+
+# ---------------------------------------------------------------- on the worker
+@dataclasses.dataclass
+class _State:
+    store: object
+    configs: dict  # layer -> (config, fingerprint)
+    load: object
+    options: object
+
+    @property
+    def fingerprints(self) -> dict:
+        return {layer: fp for layer, (_, fp) in self.configs.items()}
+
+    def namespaces(self) -> dict:
+        """Layer -> namespace (its config.json written again if someone removed it)."""
+        return {layer: self.store.namespace(fp, config)
+                for layer, (config, fp) in self.configs.items()}
+
+
+_STATES: "OrderedDict[str, _State]" = OrderedDict()
+_STATES_SIZE = 4
+_STATES_LOCK = threading.Lock()
+
+
+def _worker_state(job: Job) -> _State:
+    """The store, namespaces, options and network loader of ``job``, once per process.
+
+    Held under a lock, so the tasks of a multi-threaded worker wait for one resolution; the
+    network itself is loaded at the first miss, once (and featcache.backbones.loading keeps it).
+    A cache directory removed since (its marker gone) is resolved, and so created, again.
+    """
+    from .cache.files import MARKER
+
+    key = job.memo_key()
+    with _STATES_LOCK:
+        state = _STATES.get(key)
+        if state is None or not os.path.exists(os.path.join(job.cache, MARKER)):
+            state = _STATES[key] = _resolve(job)
+            while len(_STATES) > _STATES_SIZE:
+                _STATES.popitem(last=False)
+        _STATES.move_to_end(key)
+        return state
+
+
+def _resolve(job: Job) -> _State:
+    from .cache import resolve_cache
+    from .extract import resolve_configs
+    from .options import resolve_run_options
+
+    _drop_dask_malloc_setting()
+    options = _fit_to_process(resolve_run_options(  # device and precision of this worker
+        "extract", model=job.model, weights=job.weights, pooling=job.pooling,
+        image_size=job.image_size, **job.run))
+    store = resolve_cache(job.cache)
+    configs, load = resolve_configs(store, model=job.model, weights=job.weights,
+                                    layers=job.layers, pooling=job.pooling,
+                                    image_size=job.image_size, options=options)
+    return _State(store, configs, _once(load), options)
+
+
+def _forget(job: Job) -> None:
+    """Drop ``job``'s resolved state (after an error: the next task resolves afresh)."""
+    with _STATES_LOCK:
+        _STATES.pop(job.memo_key(), None)
+
+
+def _drop_dask_malloc_setting() -> None:
+    """Let the engine tune glibc's malloc in a Dask worker, as it does in any other process.
+
+    Dask's nanny starts every worker with ``MALLOC_TRIM_THRESHOLD_=65536`` (its
+    ``distributed.nanny.pre-spawn-environ``). featcache leaves malloc alone where a
+    ``MALLOC_*`` variable is set (the user's tuning, see :mod:`featcache._allocator`), so in a
+    worker every chunk page-faulted its activations back in: 2.8x slower on a CPU here. A
+    value equal to Dask's own setting is Dask's, not the user's: it is dropped from this
+    worker's environment (glibc read it at start; the engine's ``mallopt`` calls override it
+    while it extracts, and return freed memory to the system after).
+    """
+    try:
+        import dask
+        from distributed import get_worker
+
+        get_worker()  # ValueError outside a Dask worker
+    except (ImportError, ValueError):
+        return
+    environ = dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}
+    dask_value = environ.get("MALLOC_TRIM_THRESHOLD_")
+    if dask_value is not None and os.environ.get("MALLOC_TRIM_THRESHOLD_") == str(dask_value):
+        del os.environ["MALLOC_TRIM_THRESHOLD_"]
+
+
+def _fit_to_process(options):
+    """No decode subprocesses in a daemonic worker process (Dask's default), which cannot fork."""
+    if not multiprocessing.current_process().daemon or options.num_workers == 0:
+        return options
+    if options.num_workers is not None or options.device.startswith("cuda"):
+        warnings.warn("this Dask worker is a daemonic process, so images are decoded in the "
+                      "task's thread; start workers with DASK_DISTRIBUTED__WORKER__DAEMON=False "
+                      "to decode in DataLoader workers", RuntimeWarning, stacklevel=2)
+    return dataclasses.replace(options, num_workers=0)
+
+
+def _once(load):
+    """``load`` called at most once (thread-safe); later calls return its network."""
+    lock, box = threading.Lock(), []
+
+    def loaded():
+        with lock:
+            if not box:
+                box.append(load())
+            return box[0]
+
+    return loaded
+
+
+def run_partition(job: Job, part, positions) -> PartitionResult:
+    """The Dask task: :func:`featcache.extract.embed` over one partition, on a worker.
+
+    Parameters
+    ----------
+    job : Job
+    part : featcache.sources.InputSet
+        The partition's inputs (absolute paths, or arrays), with sources and annotations.
+    positions : sequence of int
+        Each input's position in the whole job (failures are reported by it).
+    """
+    from .extract import embed
+
+    start = time.perf_counter()
+    state = _worker_state(job)
+    try:
+        done = embed(part.items, part.sources, state.namespaces(), load=state.load,
+                     options=state.options, key_memo=state.store.key_memo(),
+                     on_batch=job.on_batch, start=start)
+    except FeatcacheError:  # e.g. a remembered configuration found stale and forgotten
+        _forget(job)
+        raise
+    failures = {int(positions[p]): reason for p, reason in done.failures.items()}
+    return PartitionResult(done.computed, done.cached, failures, done.seconds,
+                           state.fingerprints, f"{socket.gethostname()}:{os.getpid()}",
+                           done.keys)
+
+
+def record_annotations(job: Job, inputs, keys) -> int:
+    """The Dask task that records labels, groups, splits and sources of finished partitions.
+
+    One task per group of partitions (:data:`ANNOTATE_EVERY`) instead of one file per
+    partition: every annotation call reads the files already there, so a file per partition
+    would cost each task more than the one before it.
+    """
+    from .cache import resolve_cache
+    from .extract import annotate_inputs
+
+    annotate_inputs(resolve_cache(job.cache), inputs, keys)
+    return len(inputs)
+
+
+# ---------------------------------------------------------------- on the client
+def partitions(sources, size: int) -> list:
+    """Positions of each partition: contiguous chunks of ``size`` of the inputs sorted by source.
+
+    The same inputs always give the same partitions, whatever order they were listed in.
+    """
+    import numpy as np
+
+    order = np.asarray(sorted(range(len(sources)), key=lambda i: sources[i]), dtype=np.int64)
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def task_resources(client, device: str):
+    """``{"GPU": 1}`` when the job may run on a GPU and the workers declare GPU resources.
+
+    ``dask worker --resources GPU=1`` (or ``LocalCUDACluster(resources={"GPU": 1})``) then
+    runs one task per GPU. Without declared resources no constraint is set (it could never
+    be met); dask-cuda's default of one single-threaded worker per GPU gives the same.
+    """
+    if not (device == "auto" or device.startswith("cuda")):
+        return None
+    try:
+        info = client.scheduler_info(n_workers=-1)  # every worker (newer distributed)
+    except TypeError:
+        info = client.scheduler_info()
+    workers = info.get("workers", {}).values()
+    return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in workers) else None
+
+
+def _cache_dir(cache) -> str:
+    """The cache directory as an absolute path (the workers' working directories differ)."""
+    from .cache import FeatureCache
+    from .cache.store import default_cache_dir
+
+    if isinstance(cache, FeatureCache):
+        return str(cache.path)
+    if cache is True or (isinstance(cache, str) and cache == "auto"):
+        return str(default_cache_dir())
+    if isinstance(cache, (str, os.PathLike)):
+        return os.path.abspath(os.path.expanduser(os.fspath(cache)))
+    raise CacheValueError(f"cache={cache!r}: a Dask job writes into a cache directory that every "
+                          "worker can reach; pass its path (on a shared filesystem)")
+
+
+def _portable(item):
+    """A path made absolute (the workers' working directories differ); arrays as they are."""
+    if isinstance(item, (str, os.PathLike)):
+        from pathlib import Path
+
+        return Path(os.path.abspath(os.path.expanduser(os.fspath(item))))
+    return item
+
+
+def _job(cache, model, weights, layers, pooling, image_size, run, on_batch) -> Job:
+    from .backbones.weights import is_weights_path
+    from .options import validate_run_options
+
+    validate_run_options(dict(model=model, weights=weights, pooling=pooling,
+                              image_size=image_size, **run), caller="extract")
+    for layer in layers:
+        validate_run_options({"layer": layer}, caller="extract")
+    if is_weights_path(weights):
+        weights = os.path.abspath(os.path.expanduser(os.fspath(weights)))
+    return Job(_cache_dir(cache), str(model), weights, tuple(layers), pooling, image_size,
+               {**run, "progress": False}, on_batch)
+
+
+def extract_on_cluster(client, inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT",
+                       layers=(None,), pooling="avg", image_size=None, shard=(0, 1),
+                       progress=None, on_batch=None, partition_size=None, **run):
+    """Embed every input into a shared cache with one Dask task per partition.
+
+    What :func:`featcache.extract.extract` runs when given ``client``; the parameters are
+    its own, plus:
+
+    Parameters
+    ----------
+    client : distributed.Client
+    inputs : featcache.sources.InputSet
+    cache : str or PathLike
+        A directory every worker can reach (a shared filesystem).
+    partition_size : int, optional
+        Inputs per task (default :data:`DEFAULT_PARTITION_SIZE`).
+    on_batch : callable, optional
+        Runs on the workers (so it must be picklable), after each computed batch.
+    **run
+        The run options (``batch_size``, ``device``, ``precision``, ``num_workers``,
+        ``on_error``, ``retry_failed``, ``commit_rows``, ``commit_seconds``, ``window``).
+
+    Returns
+    -------
+    featcache.extract.ExtractSummary
+
+    Raises
+    ------
+    FeatcacheError
+        A partition's error (an input with ``on_error="raise"``, a partition whose workers
+        died more often than Dask allows), or workers whose environments resolved
+        different configurations. Rows already committed stay in the cache.
+    KeyboardInterrupt
+        Ctrl-C: pending tasks are cancelled; committed rows stay.
+    """
+    from .extract import ExtractSummary
+    from .sources import shard_positions
+
+    start = time.perf_counter()
+    size = DEFAULT_PARTITION_SIZE if partition_size is None else partition_size
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise InvalidOptionError("The 'partition_size' parameter of extract must be an int in "
+                                 f"the range [1, inf). Got {partition_size!r} instead.")
+    job = _job(cache, model, weights, layers, pooling, image_size, run, on_batch)
+    inputs = inputs.subset(shard_positions(inputs.sources, *shard))
+    inputs.items = [_portable(item) for item in inputs.items]
+    summary = ExtractSummary(inputs=len(inputs))
+    work = _Run(client, job, inputs, partitions(inputs.sources, size), summary)
+    try:
+        work.run(progress)
+    except BaseException:
+        client.cancel(work.futures())  # running tasks finish their partition and commit it
+        raise
+    finally:
+        summary.seconds = time.perf_counter() - start
+    return summary
+
+
+class _Run:
+    """One job on the cluster: submits the partitions, folds their results into the summary.
+
+    Finished partitions' annotations are recorded by one task per :data:`ANNOTATE_EVERY` of
+    them (a job stopped early records the rest on its rerun, which computes nothing again).
+    """
+
+    def __init__(self, client, job, inputs, parts, summary):
+        self.client, self.job, self.inputs, self.parts, self.summary = \
+            client, job, inputs, parts, summary
+        self.run_id = uuid.uuid4().hex[:12]
+        self.resources = task_resources(client, str(job.run.get("device", "auto")))
+        self.submitted: dict = {}  # future -> partition index (None: an annotations task)
+        self.keys: list = [None] * len(inputs)
+        self.unannotated: list = []  # finished partitions not annotated yet
+        self.remaining = len(parts)
+        self.seen: dict = {}  # fingerprints -> the worker that resolved them first
+
+    def futures(self) -> list:
+        return list(self.submitted)
+
+    def run(self, progress) -> None:
+        from distributed import as_completed
+        from tqdm.auto import tqdm
+
+        from .interrupts import raise_if_interrupted
+
+        for i, positions in enumerate(self.parts):
+            future = self.client.submit(run_partition, self.job, self.inputs.subset(positions),
+                                        positions, resources=self.resources,
+                                        key=f"featcache-extract-{self.run_id}-{i:06d}")
+            self.submitted[future] = i
+        pending = as_completed(self.futures(), loop=self.client.loop)  # this client's
+        bar = tqdm(total=self.summary.inputs, unit="img", desc="featcache (dask)", leave=False,
+                   disable=None if progress is None else not progress)
+        wake = threading.Event()
+        try:
+            while not pending.is_empty():
+                raise_if_interrupted()  # Ctrl-C under the command line's deferred signals
+                ready = pending.next_batch(block=False)
+                if not ready:
+                    wake.wait(0.05)
+                for future in ready:
+                    self._fold(future, bar, pending)
+        finally:
+            bar.close()
+        self._finish()
+
+    def _fold(self, future, bar, pending) -> None:
+        index = self.submitted[future]
+        if index is None:  # an annotations task: its errors are the job's errors
+            future.result()
+            return
+        result = _result(future, self.parts[index], self.inputs.sources)
+        summary = self.summary
+        self.seen.setdefault(json.dumps(result.fingerprints, sort_keys=True), result.worker)
+        summary.computed += result.computed
+        summary.cached += result.cached
+        summary.failures.update(result.failures)
+        summary.failed = len(summary.failures)
+        summary.fingerprints = result.fingerprints
+        for pos, key in zip(self.parts[index], result.keys):
+            self.keys[int(pos)] = key
+        self.unannotated.append(index)
+        self.remaining -= 1
+        if len(self.unannotated) >= ANNOTATE_EVERY or not self.remaining:
+            pending.add(self._annotate())
+        bar.update(result.done)
+        bar.set_postfix(cached=summary.cached, failed=summary.failed, refresh=False)
+
+    def _annotate(self):
+        import numpy as np
+
+        positions = np.concatenate([self.parts[i] for i in self.unannotated])
+        self.unannotated = []
+        future = self.client.submit(record_annotations, self.job, self.inputs.subset(positions),
+                                    [self.keys[int(p)] for p in positions], priority=1,
+                                    key=f"featcache-annotate-{self.run_id}-{len(self.submitted)}")
+        self.submitted[future] = None
+        return future
+
+    def _finish(self) -> None:
+        summary = self.summary
+        summary.failures = dict(sorted(summary.failures.items()))
+        if len(self.seen) > 1:
+            raise FeatcacheError(
+                f"the workers resolved {len(self.seen)} different configurations ("
+                + "; ".join(f"{fps} on {worker}" for fps, worker in self.seen.items())
+                + "), so their rows went to different namespaces: give every worker the same "
+                "library versions and hardware kind, or pass device and precision explicitly")
+
+
+def _result(future, positions, sources) -> PartitionResult:
+    """The task's result; a worker that kept dying becomes a FeatcacheError naming its inputs."""
+    from distributed import KilledWorker
+
+    try:
+        return future.result()
+    except KilledWorker as exc:
+        first, last = sources[positions[0]], sources[positions[-1]]
+        raise FeatcacheError(
+            f"the partition of {len(positions)} inputs from {first} to {last} killed every "
+            f"worker that ran it ({exc}); rows committed before stay. Check the workers' "
+            "memory and logs, then run again: only what is missing is computed") from exc
