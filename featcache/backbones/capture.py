@@ -227,6 +227,21 @@ class FeatureExtractor(nn.Module):
             for layer in self.layers
         }
 
+    def row_shapes(self, images: torch.Tensor) -> dict:
+        """``{layer: shape}`` of one image's captured tensor before pooling (e.g. ``(C, H, W)``).
+
+        With ``pooling="none"`` a row is this tensor flattened (C order); the shape says how to
+        bring it back.
+        """
+        captured = self._capture((images - self.mean) / self.std)
+        out = {}
+        for layer in self.layers:
+            t = captured[layer]
+            if self._nhwc and layer is None and t.ndim == 4:
+                t = t.permute(0, 3, 1, 2)
+            out[DEFAULT_LAYER if layer is None else layer] = tuple(int(n) for n in t.shape[1:])
+        return out
+
     def _capture(self, x) -> dict:
         """Run the network on ``x`` until every requested layer is captured (this thread only)."""
         job = _Capture(self._by_module, set(self.layers))

@@ -11,7 +11,7 @@ __all__ = ["fingerprint", "NOT_FINGERPRINTED", "FORMAT_VERSION"]
 
 
 #: Configuration entries kept for people but left out of the fingerprint (they do not change numbers).
-NOT_FINGERPRINTED = ("weights_file",)
+NOT_FINGERPRINTED = ("weights_file", "row_shape")
 
 
 def fingerprint(config: dict) -> str:

@@ -32,10 +32,17 @@ class LoadedBackbone:
     #: :func:`featcache.weights.file_identity` of the weights file it was loaded from (None
     #: for named or random weights): what a fitted estimator checks the file against.
     weights_identity: tuple | None = None
+    #: layer name -> shape of one row before flattening, with ``pooling="none"`` (else empty).
+    row_shapes: dict = dataclasses.field(default_factory=dict)
 
     def layer_config(self, layer: str, **extra) -> dict:
-        """Configuration of one layer's features: what a cache namespace is keyed by."""
-        return {**self.config, "layer": layer, "dim": self.dims[layer], **extra}
+        """Configuration of one layer's features: what a cache namespace is keyed by.
+
+        With ``pooling="none"`` it records ``row_shape`` (not fingerprinted: the model, layer
+        and image size fix it).
+        """
+        shape = {"row_shape": list(self.row_shapes[layer])} if layer in self.row_shapes else {}
+        return {**self.config, "layer": layer, "dim": self.dims[layer], **shape, **extra}
 
 
 def build_network(spec: BackboneSpec, weights):
@@ -183,8 +190,10 @@ def _load(spec, weights, wkey, layers, pooling, image_size) -> LoadedBackbone:
     extractor = FeatureExtractor(network, layers, pooling, pre.mean, pre.std)
     device = next(network.parameters()).device  # an earlier GPU run may have moved it there
     extractor.to(device)
+    zeros = torch.zeros(1, 3, pre.image_size, pre.image_size, device=device)
     with torch.inference_mode():
-        probe = extractor(torch.zeros(1, 3, pre.image_size, pre.image_size, device=device))
+        probe = extractor(zeros)
+        shapes = extractor.row_shapes(zeros) if pooling == "none" else {}
     dims = {name: int(t.shape[1]) for name, t in probe.items()}
     config = {
         "format_version": FORMAT_VERSION,
@@ -201,7 +210,8 @@ def _load(spec, weights, wkey, layers, pooling, image_size) -> LoadedBackbone:
     if is_weights_path(weights):
         config["weights_file"] = str(weights)  # informative only: not fingerprinted
         identity = wkey
-    return LoadedBackbone(spec, extractor, config, dims, pre, weights_identity=identity)
+    return LoadedBackbone(spec, extractor, config, dims, pre, weights_identity=identity,
+                          row_shapes=shapes)
 
 
 def layer_names(model="efficientnet_lite0") -> list:

@@ -1,0 +1,177 @@
+"""Cached activations of a frozen prefix: computed once by the one unit of work, then served.
+
+:func:`prefix_activations` runs the inputs through :func:`featcache.extract.embed` (keys ->
+plan -> compute the misses -> commit), once for the plain inputs and once per augmentation
+view, and returns an :class:`ActivationSet` that serves rows by position. The rows live in
+memory (in their storage type, so float16 maps take half the bytes) when they fit within
+``max_memory`` bytes; otherwise every batch is read from the cache's shards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..exceptions import FeatcacheError
+
+__all__ = ["ActivationSet", "prefix_activations", "memory_budget"]
+
+#: Rows are read into memory in chunks of about this many bytes.
+_READ_CHUNK_BYTES = 64 * 2**20
+
+
+def memory_budget(max_memory) -> int:
+    """``max_memory`` in bytes; ``"auto"`` is a quarter of this machine's physical memory."""
+    if max_memory != "auto":
+        return int(max_memory)
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return 4 * 2**30
+
+
+@dataclass
+class ActivationSet:
+    """Cached prefix activations of a list of inputs, one or more views each.
+
+    Attributes
+    ----------
+    keys : list of bytes or None
+        Content key of each input (None where it could not be read).
+    failures : dict
+        Position -> reason of every input without a row.
+    row_shape : tuple
+        Shape of one row: ``(C, H, W)``, ``(tokens, D)`` or ``(D,)``.
+    namespaces : list
+        The namespace of each view (view 0: the inputs as they are).
+    in_memory : bool
+        Whether the rows were read into memory (else each batch is read from the shards).
+    fingerprints : list of str
+    """
+
+    keys: list
+    failures: dict
+    row_shape: tuple
+    namespaces: list
+    fingerprints: list
+    storage: str = "float32"
+    arrays: list = field(default_factory=list)
+    computed: int = 0
+    cached: int = 0
+
+    @property
+    def in_memory(self) -> bool:
+        return bool(self.arrays)
+
+    @property
+    def n_views(self) -> int:
+        return len(self.namespaces)
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Positions that have rows."""
+        return np.array([i for i in range(len(self.keys)) if i not in self.failures], dtype=np.int64)
+
+    def rows(self, positions, views=None) -> np.ndarray:
+        """Float32 rows ``(len(positions), *row_shape)``; ``views[i]`` picks each row's view."""
+        positions = np.asarray(positions, dtype=np.int64)
+        views = np.zeros(len(positions), dtype=np.int64) if views is None else np.asarray(views)
+        out = np.empty((len(positions), *self.row_shape), dtype=np.float32)
+        for v in np.unique(views):
+            sel = np.flatnonzero(views == v)
+            out[sel] = self._view_rows(int(v), positions[sel]).reshape(len(sel), *self.row_shape)
+        return out
+
+    def _view_rows(self, view: int, positions: np.ndarray) -> np.ndarray:
+        if self.arrays:
+            return self.arrays[view][positions].astype(np.float32)
+        rows = self.namespaces[view].read([self.keys[p] for p in positions])
+        return rows
+
+    def load(self, max_memory: int) -> bool:
+        """Read every view's rows into memory when they fit in ``max_memory`` bytes."""
+        width = int(np.prod(self.row_shape))
+        itemsize = np.dtype(self.storage).itemsize
+        need = len(self.keys) * width * itemsize * self.n_views
+        if need > max_memory:
+            return False
+        present = self.keys
+        chunk = max(1, _READ_CHUNK_BYTES // max(1, width * 4))
+        arrays = []
+        for ns in self.namespaces:
+            a = np.full((len(present), width), np.nan, dtype=self.storage)
+            for lo in range(0, len(present), chunk):
+                idx = [i for i in range(lo, min(lo + chunk, len(present))) if i not in self.failures]
+                if idx:
+                    a[idx] = ns.read([present[i] for i in idx])
+            arrays.append(a)
+        self.arrays = arrays
+        return True
+
+
+def prefix_activations(items, *, model, weights, layer, pooling, image_size, options, cache,
+                       storage="float32", views=0, policy=None, max_memory=None,
+                       expected=None) -> ActivationSet:
+    """Cache (where missing) and serve the activations of ``layer`` for ``items``.
+
+    Parameters
+    ----------
+    items : list
+        From :func:`featcache.inputs.as_items`.
+    model, weights, layer, pooling, image_size
+        The frozen prefix: its output at ``layer`` (``pooling="none"`` keeps the feature map).
+    options : featcache.options.RunOptions
+    cache : "auto", path, FeatureCache, False or None
+        Where the activations are cached; False/None keeps them in memory for this call.
+    storage : {"float32", "float16"}
+        How rows are stored (recorded in the fingerprint).
+    views : int
+        Augmented views per input besides the input itself (see :mod:`featcache.augment`).
+    policy : featcache.augment.AugmentPolicy, optional
+    max_memory : int, optional
+        Rows are read into memory when they take at most this many bytes (None: always).
+    expected : str, optional
+        The fingerprint of view 0 recorded at fit: a different one (a weights file changed,
+        a parameter set without refitting) raises :class:`FeatcacheError`.
+    """
+    from ..augment import DEFAULT_POLICY, AugmentView
+    from ..cache import MemoryNamespace, resolve_cache
+    from ..extract import embed, resolve_configs, source_of
+
+    store = resolve_cache(cache)
+    sources = [source_of(item, i) for i, item in enumerate(items)]
+    policy = policy or DEFAULT_POLICY
+    result = None
+    namespaces, fingerprints, shape = [], [], None
+    for view in range(views + 1):
+        described = None if view == 0 else policy.describe(view)
+        configs, load = resolve_configs(store, model=model, weights=weights, layers=(layer,),
+                                        pooling=pooling, image_size=image_size, options=options,
+                                        storage=storage, augment=described)
+        ((name, (config, fp)),) = configs.items()
+        if view == 0 and expected is not None and fp != expected:
+            raise FeatcacheError(
+                f"the frozen prefix changed since fit (fingerprint {expected} then, {fp} now): "
+                "parameters were set without refitting, or the weights file changed. Call fit "
+                "again.")
+        shape = tuple(config.get("row_shape") or (config["dim"],))
+        ns = MemoryNamespace(fp, config["dim"], storage=storage, row_shape=config.get("row_shape")) \
+            if store is None else store.namespace(fp, config)
+        done = embed(items, sources, {name: ns}, load=load, options=options,
+                     key_memo=None if store is None else store.key_memo(),
+                     augment=None if view == 0 else AugmentView(policy, view))
+        if result is None:
+            result = ActivationSet(done.keys, dict(done.failures), shape, [], [], storage,
+                                   computed=done.computed, cached=done.cached)
+        else:
+            result.failures.update(done.failures)
+            result.computed += done.computed
+        namespaces.append(ns)
+        fingerprints.append(fp)
+    result.namespaces, result.fingerprints = namespaces, fingerprints
+    unlimited = store is None or max_memory is None  # in-memory namespaces are in memory anyway
+    result.load(np.iinfo(np.int64).max if unlimited else max_memory)
+    return result

@@ -1,0 +1,49 @@
+"""The unfolded network a tail is copied from: pretrained for fitting, bare for reloading.
+
+The frozen prefix runs from the shared, BatchNorm-folded network of
+:mod:`featcache.backbones.loading`; the trainable stages need the network as published (its
+BatchNorm layers intact, so they can train or keep their statistics). Pretrained networks are
+kept in a small per-process memo keyed like the loader's (a weights file by its identity), so
+grid-search candidates and folds copy their tails from one load. Tails are deep copies: the
+memoised network itself is never trained.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections import OrderedDict
+
+__all__ = ["pretrained_network", "architecture"]
+
+_MEMO: "OrderedDict[tuple, object]" = OrderedDict()
+_MEMO_SIZE = 2
+_LOCK = threading.Lock()
+
+
+def pretrained_network(spec, weights):
+    """``spec``'s network with ``weights`` (BatchNorm not folded), in evaluation mode."""
+    from ..backbones.loading import build_network
+    from ..backbones.weights import file_identity, is_weights_path
+
+    key = (spec.name, file_identity(weights) if is_weights_path(weights) else weights)
+    with _LOCK:
+        if key in _MEMO:
+            _MEMO.move_to_end(key)
+            return _MEMO[key]
+        network, _, _ = build_network(spec, weights)
+        network.eval()
+        _MEMO[key] = network
+        while len(_MEMO) > _MEMO_SIZE:
+            _MEMO.popitem(last=False)
+        return network
+
+
+def architecture(spec):
+    """``spec``'s architecture with (seeded) random weights, to load trained arrays into."""
+    from ..backbones.loading import build_network
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        network, _, _ = build_network(spec, None)
+    return network

@@ -1,0 +1,265 @@
+"""PartiallyFrozenClassifier / PartiallyFrozenRegressor: scikit-learn behaviour and the cache."""
+
+import pickle
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV
+from sklearn.utils._param_validation import InvalidParameterError
+
+from featcache import FeatureCache, PartiallyFrozenClassifier, PartiallyFrozenRegressor
+from featcache.exceptions import InputError
+
+SIZE = 32
+
+
+def _clf(tmp_path, **params):
+    defaults = dict(image_size=SIZE, max_epochs=2, batch_size=16, cache=tmp_path / "cache",
+                    random_state=0, progress=False)
+    return PartiallyFrozenClassifier(**{**defaults, **params})
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """48 RGB 32 px images whose class is a bright top band (0) or not (1)."""
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 200, size=(48, SIZE, SIZE, 3), dtype=np.uint8)
+    y = np.array(["normal", "pneumonia"] * 24)
+    X[y == "normal", :10] = 255
+    return X, y
+
+
+def test_fit_predict_and_the_classifier_api(tmp_path, toy):
+    X, y = toy
+    clf = _clf(tmp_path, trainable_blocks=2, max_epochs=4).fit(X, y)
+    assert list(clf.classes_) == ["normal", "pneumonia"]
+    assert clf.n_stages_ == 7 and clf.stages_[0] == "blocks.0"
+    assert clf.cut_layer_ == "blocks.4" and clf.row_shape_ == (112, 2, 2)
+    proba = clf.predict_proba(X)
+    assert proba.shape == (48, 2) and np.allclose(proba.sum(axis=1), 1)
+    assert clf.decision_function(X).shape == (48,)
+    assert set(clf.predict(X)) <= set(clf.classes_)
+    assert clf.score(X, y) >= 0.9
+    assert len(clf.loss_curve_) == clf.n_iter_ == 4 and clf.best_epoch_ == 4
+    assert clf.validation_scores_ is None
+    assert clf.loss_curve_[-1] < clf.loss_curve_[0]
+
+
+def test_multiclass_labels(tmp_path, toy):
+    X, _ = toy
+    y = np.arange(48) % 3
+    clf = _clf(tmp_path, trainable_blocks=0).fit(X, y)
+    assert list(clf.classes_) == [0, 1, 2]
+    assert clf.predict_proba(X).shape == (48, 3)
+    assert clf.decision_function(X).shape == (48, 3)
+
+
+def test_the_prefix_runs_once_per_cut_across_a_grid_search(tmp_path, toy, monkeypatch):
+    import featcache.engine as engine
+
+    X, y = toy
+    counted = []
+    real = engine.run_batches
+
+    def counting(extractor, items, positions, **kwargs):
+        counted.append(len(positions))
+        return real(extractor, items, positions, **kwargs)
+
+    monkeypatch.setattr(engine, "run_batches", counting)
+    search = GridSearchCV(_clf(tmp_path, max_epochs=1),
+                          {"trainable_blocks": [0, 1], "learning_rate": [1e-3, 3e-4]}, cv=3)
+    search.fit(X, y)
+    # 2 cut points x 48 images: every image went through each frozen prefix exactly once,
+    # although 2 x 2 candidates x 3 folds + the refit trained on the cache.
+    assert sum(counted) == 2 * 48
+    assert search.best_estimator_.predict(X).shape == (48,)
+
+
+def test_same_seed_same_predictions_and_pickles_carry_trained_arrays(tmp_path, toy):
+    import torch
+
+    X, y = toy
+    a = _clf(tmp_path, trainable_blocks=1).fit(X, y)
+    b = _clf(tmp_path, trainable_blocks=1).fit(X, y)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    assert all(isinstance(v, np.ndarray) for v in a.tail_state_.values())
+    blob = pickle.dumps(a)
+    assert b"torch.nn" not in blob and b"torch._utils" not in blob
+    restored = pickle.loads(blob)
+    assert "_tail" not in restored.__dict__
+    np.testing.assert_array_equal(restored.predict_proba(X), a.predict_proba(X))
+    joblib.dump(a, tmp_path / "model.joblib")
+    np.testing.assert_array_equal(joblib.load(tmp_path / "model.joblib").predict(X), a.predict(X))
+    assert isinstance(a._fitted_tail(), torch.nn.Module)
+
+
+def test_a_different_seed_trains_a_different_model(tmp_path, toy):
+    X, y = toy
+    a = _clf(tmp_path, trainable_blocks=0, random_state=0).fit(X, y)
+    b = _clf(tmp_path, trainable_blocks=0, random_state=1).fit(X, y)
+    assert not np.array_equal(a.predict_proba(X), b.predict_proba(X))
+
+
+def test_clone_and_params(tmp_path):
+    clf = _clf(tmp_path, trainable_blocks=3)
+    twin = clone(clf)
+    assert twin.get_params() == clf.get_params()
+    twin.set_params(trainable_blocks=1, learning_rate=1e-3)
+    assert twin.trainable_blocks == 1 and clf.trainable_blocks == 3
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"trainable_blocks": 8}, "has 7 stages"),
+    ({"trainable_blocks": -1}, "trainable_blocks"),
+    ({"learning_rate": 0}, "learning_rate"),
+    ({"batchnorm": "maybe"}, "batchnorm"),
+    ({"cache_dtype": "int8"}, "cache_dtype"),
+    ({"device": "gpu"}, "device"),
+])
+def test_invalid_parameters_are_named(tmp_path, toy, params, match):
+    X, y = toy
+    with pytest.raises(InvalidParameterError, match=match):
+        _clf(tmp_path, **params).fit(X[:8], y[:8])
+
+
+def test_not_fitted_and_bad_targets(tmp_path, toy):
+    X, y = toy
+    with pytest.raises(NotFittedError):
+        _clf(tmp_path).predict(X)
+    with pytest.raises(ValueError, match="48 images but y"):
+        _clf(tmp_path).fit(X, y[:10])
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        _clf(tmp_path).fit(X, np.zeros(48))
+
+
+def test_early_stopping_keeps_the_best_epoch(tmp_path, toy):
+    X, y = toy
+    clf = _clf(tmp_path, trainable_blocks=0, max_epochs=20, early_stopping=True,
+               validation_fraction=0.25, n_iter_no_change=2, tol=10.0).fit(X, y)
+    # tol=10 means no epoch after the first improves enough: it stops after 1 + 2 epochs
+    assert clf.n_iter_ == 3 and clf.best_epoch_ == 1
+    assert len(clf.validation_scores_) == 3 and len(clf.loss_curve_) == 3
+
+
+def test_balanced_class_weights_change_the_loss(tmp_path, toy):
+    X, y = toy
+    y = np.where(np.arange(48) < 40, "a", "b")
+    plain = _clf(tmp_path, trainable_blocks=0).fit(X, y)
+    balanced = _clf(tmp_path, trainable_blocks=0, class_weight="balanced").fit(X, y)
+    assert plain.loss_curve_[0] != balanced.loss_curve_[0]
+    weighted = _clf(tmp_path, trainable_blocks=0, class_weight={"a": 1.0, "b": 5.0}).fit(X, y)
+    assert weighted.loss_curve_[0] != plain.loss_curve_[0]
+
+
+def test_cached_maps_are_float16_by_default_and_recorded(tmp_path, toy):
+    X, y = toy
+    _clf(tmp_path, trainable_blocks=1).fit(X, y)
+    _clf(tmp_path, trainable_blocks=1, cache_dtype="float32").fit(X, y)
+    info = {i["config"].get("storage", "float32"): i for i in FeatureCache(tmp_path / "cache").info()}
+    assert set(info) == {"float16", "float32"}
+    assert info["float16"]["config"]["row_shape"] == [192, 1, 1]
+    assert info["float16"]["fingerprint"] != info["float32"]["fingerprint"]
+    assert info["float16"]["bytes"] < info["float32"]["bytes"]
+
+
+def test_streaming_from_the_shards_gives_the_same_model(tmp_path, toy):
+    X, y = toy
+    held = _clf(tmp_path, trainable_blocks=1).fit(X, y)
+    streamed = _clf(tmp_path, trainable_blocks=1, max_memory=1024).fit(X, y)
+    assert held.fit_stats_["in_memory"] and not streamed.fit_stats_["in_memory"]
+    np.testing.assert_array_equal(held.predict_proba(X), streamed.predict_proba(X))
+
+
+def test_without_a_cache_the_activations_stay_in_memory(tmp_path, toy):
+    X, y = toy
+    a = _clf(tmp_path, trainable_blocks=1, cache=False).fit(X, y)
+    b = _clf(tmp_path, trainable_blocks=1).fit(X, y)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_augment_views_are_cached_once_each(tmp_path, toy, monkeypatch):
+    import featcache.engine as engine
+
+    X, y = toy
+    clf = _clf(tmp_path, trainable_blocks=1, augment_views=2).fit(X, y)
+    assert clf.fit_stats_["computed"] == 3 * 48
+    fps = {i["config"].get("augment", {}).get("view", 0) for i in FeatureCache(tmp_path / "cache").info()}
+    assert fps == {0, 1, 2}
+    monkeypatch.setattr(engine, "run_batches", lambda *a, **k: pytest.fail("prefix ran again"))
+    again = _clf(tmp_path, trainable_blocks=1, augment_views=2).fit(X, y)
+    assert again.fit_stats_["computed"] == 0
+    np.testing.assert_array_equal(again.predict_proba(X), clf.predict_proba(X))
+    plain = _clf(tmp_path, trainable_blocks=1).fit(X, y)
+    assert not np.array_equal(plain.predict_proba(X), clf.predict_proba(X))
+
+
+def test_unreadable_inputs_with_skip(tmp_path, toy):
+    X, y = toy
+    paths = []
+    from PIL import Image
+    for i in range(12):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(X[i]).save(p)
+        paths.append(str(p))
+    (tmp_path / "3.png").write_bytes(b"not a png")
+    clf = _clf(tmp_path, trainable_blocks=0, on_error="skip")
+    with pytest.warns(UserWarning, match="1 of 12 training inputs could not be read"):
+        clf.fit(paths, y[:12])
+    proba = clf.predict_proba(paths)
+    assert np.isnan(proba[3]).all() and not np.isnan(np.delete(proba, 3, axis=0)).any()
+    with pytest.raises(InputError, match="no class"):
+        clf.predict(paths)
+    with pytest.raises(InputError, match="3.png"):
+        _clf(tmp_path, trainable_blocks=0).fit(paths, y[:12])
+
+
+def test_regressor(tmp_path, toy):
+    X, _ = toy
+    target = X[:, :10].mean(axis=(1, 2, 3)) / 255.0
+    for loss in ("squared_error", "huber"):
+        reg = PartiallyFrozenRegressor(trainable_blocks=1, image_size=SIZE, max_epochs=6,
+                                       batch_size=16, cache=tmp_path / "cache", random_state=0,
+                                       learning_rate=1e-3, loss=loss, progress=False).fit(X, target)
+        pred = reg.predict(X)
+        assert pred.shape == (48,) and np.isfinite(pred).all()
+        assert reg.score(X, target) > 0.5
+    two = PartiallyFrozenRegressor(trainable_blocks=0, image_size=SIZE, max_epochs=2,
+                                   cache=tmp_path / "cache", random_state=0, progress=False)
+    assert two.fit(X, np.c_[target, -target]).predict(X).shape == (48, 2)
+    with pytest.raises(ValueError, match="finite"):
+        two.fit(X, np.full(48, np.nan))
+
+
+def test_a_weights_file_changed_since_fit_is_refused(tmp_path, toy):
+    import torch
+
+    from featcache.exceptions import FeatcacheError
+    from featcache.partial.network import pretrained_network
+    from featcache.backbones import get_backbone
+
+    X, y = toy
+    ckpt = tmp_path / "lite0.pt"
+    torch.save(pretrained_network(get_backbone("efficientnet_lite0"), "DEFAULT").state_dict(), ckpt)
+    clf = _clf(tmp_path, trainable_blocks=0, weights=str(ckpt)).fit(X, y)
+    state = torch.load(ckpt)
+    state["conv_stem.weight"] += 1.0
+    torch.save(state, ckpt)
+    with pytest.raises(FeatcacheError, match="changed since fit"):
+        clf.predict(X)
+
+
+def test_sklearn_parameter_checks():
+    from sklearn.utils import estimator_checks as ec
+
+    for est in (PartiallyFrozenClassifier(), PartiallyFrozenRegressor()):
+        name = type(est).__name__
+        ec.check_no_attributes_set_in_init(name, est)
+        ec.check_parameters_default_constructible(name, est)
+        ec.check_get_params_invariance(name, est)
+        ec.check_set_params(name, est)
+        ec.check_estimator_repr(name, est)
+        ec.check_estimator_cloneable(name, est)
