@@ -8,7 +8,12 @@ split (524 images) and report **validation** ROC AUC and accuracy with 95% boots
 - the default backbone (final feature map, average-pooled, 1280-d) at 28, 64, 128, 224 px;
 - intermediate block outputs (blocks.3 to blocks.6, average-pooled) at 128 px, and blocks.4
   at 64 and 96 px (``--configs``);
-- MLP and RBF-SVM heads on the features of the best logistic row (``--heads``).
+- MLP and RBF-SVM heads on the features of the best logistic row (``--heads``);
+- frozen EfficientNet-Lite1 and Lite2 (``--lite``: final layer and blocks.4 at 96 px);
+- partial freezing (``--partial``): :class:`featcache.PartiallyFrozenClassifier` with
+  ``trainable_blocks`` 0-3 at ``--partial-size`` px, then the best of them with augmentation
+  views, with ``class_weight="balanced"`` and with ``batchnorm="train"``, trained on train
+  for ``--partial-epochs`` epochs (seed 0) and scored on val like every other row.
 
 Every head is fitted with :func:`featcache.probe.linear_probe` (standardise, sweep, select on
 val). Timings: extraction of all 5,214 images into a cold cache (when the cache already held
@@ -38,18 +43,26 @@ DATA = HERE.parent / "data" / "pneumoniamnist_trainval.npz"
 CONFIGS = ("28:final,64:final,128:final,224:final,"
            "128:blocks.3,128:blocks.4,128:blocks.5,128:blocks.6,64:blocks.4,96:blocks.4")
 #: The winning configuration of this benchmark (see benchmarks/README.md): the row with the
-#: highest validation AUC (to 3 decimals), ties broken by validation accuracy.
-BEST = {"image_size": 96, "layer": "blocks.4", "C": 0.1}
+#: highest validation AUC (to 3 decimals), ties broken by validation accuracy. ``kind`` is
+#: "probe" (a frozen backbone + logistic regression) or "partial" (PartiallyFrozenClassifier).
+BEST = {"kind": "probe", "model": "efficientnet_lite0", "image_size": 96, "layer": "blocks.4",
+        "C": 0.1}
 
 
 def best_pipeline(cache="auto"):
-    """The best configuration found here, as an unfitted scikit-learn Pipeline.
+    """The best configuration found here, unfitted, whatever kind it is.
 
-    Takes ``(n, 28, 28)`` uint8 PneumoniaMNIST arrays (or any input FrozenBackbone takes):
-    frozen EfficientNet-Lite0 at ``BEST["image_size"]`` px, standardisation, then an
-    L2-regularised logistic regression with the ``C`` chosen on the validation split;
-    ``predict_proba`` gives the class probabilities (column 1: pneumonia).
+    Takes ``(n, 28, 28)`` uint8 PneumoniaMNIST arrays (or any input FrozenBackbone takes);
+    ``predict_proba`` gives the class probabilities (column 1: pneumonia). A "probe" winner is
+    a Pipeline (frozen backbone, standardisation, L2-regularised logistic regression with the
+    ``C`` chosen on the validation split); a "partial" winner a
+    :class:`~featcache.PartiallyFrozenClassifier` with the parameters chosen on it.
     """
+    if BEST["kind"] == "partial":
+        from featcache import PartiallyFrozenClassifier
+
+        params = {k: v for k, v in BEST.items() if k not in ("kind", "model")}
+        return PartiallyFrozenClassifier(BEST["model"], cache=cache, random_state=0, **params)
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
@@ -57,8 +70,8 @@ def best_pipeline(cache="auto"):
     from featcache import FrozenBackbone
 
     return Pipeline([
-        ("backbone", FrozenBackbone(image_size=BEST["image_size"], layer=BEST["layer"],
-                                    cache=cache)),
+        ("backbone", FrozenBackbone(BEST["model"], image_size=BEST["image_size"],
+                                    layer=BEST["layer"], cache=cache)),
         ("scale", StandardScaler()),
         ("clf", LogisticRegression(C=BEST["C"], max_iter=5000)),
     ])
@@ -70,11 +83,12 @@ def load(path=DATA):
                 d["val_labels"].ravel())
 
 
-def extract(X, image_size, layer, cache):
+def extract(X, image_size, layer, cache, model="efficientnet_lite0"):
     """(features, cold seconds, rows computed, warm seconds); model loading not timed."""
     from featcache import FrozenBackbone
 
-    backbone = FrozenBackbone(image_size=image_size, layer=layer, cache=cache, progress=False)
+    backbone = FrozenBackbone(model, image_size=image_size, layer=layer, cache=cache,
+                              progress=False)
     backbone.fit(X[:1])                              # loads the network (memoised per process)
     start = time.perf_counter()
     features = backbone.transform(X)
@@ -123,6 +137,58 @@ def _pipeline_for(report, head):
     return make_pipeline(StandardScaler(), estimator.set_params(**report.best_params))
 
 
+class _Scored:
+    """The part of a ProbeReport the table reads: metrics with bootstrap intervals."""
+
+    def __init__(self, metrics):
+        self.metrics = metrics
+
+
+def partial_row(name, X, n, y_train, y_val, n_bootstrap, cache, **params):
+    """Fit a PartiallyFrozenClassifier on train, score it on val; one result row."""
+    from featcache import PartiallyFrozenClassifier
+    from featcache.probe_metrics import bootstrap_metrics
+
+    clf = PartiallyFrozenClassifier(cache=cache, random_state=0, progress=False, **params)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        clf.fit(X[:n], y_train)
+    fit = time.perf_counter() - start
+    proba = clf.predict_proba(X[n:])
+    yi = np.searchsorted(clf.classes_, y_val)
+    metrics = bootstrap_metrics(yi, proba.argmax(axis=1), proba, len(clf.classes_),
+                                n_bootstrap, 0)
+    chosen = ", ".join(f"{k}={v}" for k, v in params.items() if k != "model")
+    stats = clf.fit_stats_
+    print(f"  {name}: AUC {metrics['roc_auc'].value:.4f} ACC {metrics['accuracy'].value:.4f} "
+          f"({fit:.0f} s; prefix {stats['prefix_seconds']:.0f} s, {clf.n_iter_} epochs)",
+          flush=True)
+    return {"name": name, "dim": "x".join(map(str, clf.row_shape_)), "report": _Scored(metrics),
+            "chosen": chosen, "fit_s": fit, "params": params,
+            "cold_s": stats["prefix_seconds"], "computed": stats["computed"]}
+
+
+def run_partial(args, X, n, y_train, y_val):
+    """Rows of partial freezing: trainable_blocks, then variants of the best cut point."""
+    base = {"image_size": args.partial_size, "max_epochs": args.partial_epochs}
+    rows = []
+    for k in args.partial_blocks:
+        rows.append(partial_row(f"Lite0 {args.partial_size} px, partial, {k} trainable", X, n,
+                                y_train, y_val, args.n_bootstrap, args.cache,
+                                trainable_blocks=k, **base))
+    best = max(rows, key=lambda r: r["report"].metrics["roc_auc"].value)["params"]
+    variants = [("augment_views", args.partial_views), ("class_weight", "balanced"),
+                ("batchnorm", "train")]
+    for key, value in variants:
+        if value:
+            rows.append(partial_row(f"Lite0 {args.partial_size} px, partial, "
+                                    f"{best['trainable_blocks']} trainable, {key}={value}", X, n,
+                                    y_train, y_val, args.n_bootstrap, args.cache,
+                                    **{**best, key: value}))
+    return rows
+
+
 def _default_cache_dir() -> str:
     """``benchmarks/.cache``, holding a ``.gitignore`` so git never picks up the embeddings."""
     path = HERE / ".cache"
@@ -151,6 +217,15 @@ def run(args):
         rows.append(probe(f"EfficientNet-Lite0 {best['size']} px, {best['layer'] or 'final'} + "
                           f"{head}", F, n, y_train, y_val, args.n_bootstrap,
                           {k: best[k] for k in ("cold_s", "computed", "warm_s")}, head=head))
+    for model in args.lite:
+        for layer in (None, "blocks.4"):
+            F, cold, computed, warm = extract(X, 96, layer, args.cache, model)
+            timing = {"cold_s": cold, "computed": computed, "warm_s": warm, "size": 96,
+                      "layer": layer}
+            rows.append(probe(f"{model} 96 px, {layer or 'final'} + logistic", F, n, y_train,
+                              y_val, args.n_bootstrap, timing))
+    if args.partial:
+        rows += run_partial(args, X, n, y_train, y_val)
     return rows
 
 
@@ -196,6 +271,16 @@ def main(argv=None):
     parser.add_argument("--heads", type=_csv, default=["mlp", "svc"],
                         help="other heads (featcache.probe.HEADS) on the best backbone row")
     parser.add_argument("--n-bootstrap", type=int, default=1000)
+    parser.add_argument("--lite", type=_csv, default=["efficientnet_lite1", "efficientnet_lite2"],
+                        help="other frozen backbones probed at 96 px (final layer and blocks.4)")
+    parser.add_argument("--partial", action=argparse.BooleanOptionalAction, default=True,
+                        help="partial-freezing rows (PartiallyFrozenClassifier)")
+    parser.add_argument("--partial-blocks", type=lambda t: [int(b) for b in _csv(t)],
+                        default=[0, 1, 2, 3])
+    parser.add_argument("--partial-size", type=int, default=64)
+    parser.add_argument("--partial-epochs", type=int, default=8)
+    parser.add_argument("--partial-views", type=int, default=2,
+                        help="augmentation views of the variant row (0: no such row)")
     args = parser.parse_args(argv)
     args.cache = args.cache or _default_cache_dir()
     start = time.perf_counter()
