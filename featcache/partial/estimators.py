@@ -57,42 +57,6 @@ class _PartiallyFrozen(BaseEstimator):
         "cache": [str, os.PathLike, "boolean", None, HasMethods(["namespace", "verify"])],
     }
 
-    def __init__(self, model="efficientnet_lite0", *, trainable_blocks=1, weights="DEFAULT",
-                 image_size=None, max_epochs=10, batch_size=64, learning_rate=3e-4,
-                 head_learning_rate=None, weight_decay=0.01, early_stopping=False,
-                 validation_fraction=0.1, n_iter_no_change=5, tol=1e-4, batchnorm="frozen",
-                 augment_views=0, augment_policy=None, cache_dtype="float16", max_memory="auto",
-                 random_state=None, device="auto", precision="auto", cache="auto",
-                 num_workers=None, on_error="raise", progress=None, window=None,
-                 retry_failed=False):
-        self.model = model
-        self.trainable_blocks = trainable_blocks
-        self.weights = weights
-        self.image_size = image_size
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.head_learning_rate = head_learning_rate
-        self.weight_decay = weight_decay
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.n_iter_no_change = n_iter_no_change
-        self.tol = tol
-        self.batchnorm = batchnorm
-        self.augment_views = augment_views
-        self.augment_policy = augment_policy
-        self.cache_dtype = cache_dtype
-        self.max_memory = max_memory
-        self.random_state = random_state
-        self.device = device
-        self.precision = precision
-        self.cache = cache
-        self.num_workers = num_workers
-        self.on_error = on_error
-        self.progress = progress
-        self.window = window
-        self.retry_failed = retry_failed
-
     # ------------------------------------------------------------------ shared machinery
 
     def _run_options(self):
@@ -372,18 +336,7 @@ class PartiallyFrozenClassifier(ClassifierMixin, _PartiallyFrozen):
                  max_memory="auto", random_state=None, device="auto", precision="auto",
                  cache="auto", num_workers=None, on_error="raise", progress=None, window=None,
                  retry_failed=False):
-        super().__init__(model, trainable_blocks=trainable_blocks, weights=weights,
-                         image_size=image_size, max_epochs=max_epochs, batch_size=batch_size,
-                         learning_rate=learning_rate, head_learning_rate=head_learning_rate,
-                         weight_decay=weight_decay, early_stopping=early_stopping,
-                         validation_fraction=validation_fraction,
-                         n_iter_no_change=n_iter_no_change, tol=tol, batchnorm=batchnorm,
-                         augment_views=augment_views, augment_policy=augment_policy,
-                         cache_dtype=cache_dtype, max_memory=max_memory,
-                         random_state=random_state, device=device, precision=precision,
-                         cache=cache, num_workers=num_workers, on_error=on_error,
-                         progress=progress, window=window, retry_failed=retry_failed)
-        self.class_weight = class_weight
+        _store_parameters(self, locals())
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
@@ -486,18 +439,7 @@ class PartiallyFrozenRegressor(RegressorMixin, _PartiallyFrozen):
                  max_memory="auto", random_state=None, device="auto", precision="auto",
                  cache="auto", num_workers=None, on_error="raise", progress=None, window=None,
                  retry_failed=False):
-        super().__init__(model, trainable_blocks=trainable_blocks, weights=weights,
-                         image_size=image_size, max_epochs=max_epochs, batch_size=batch_size,
-                         learning_rate=learning_rate, head_learning_rate=head_learning_rate,
-                         weight_decay=weight_decay, early_stopping=early_stopping,
-                         validation_fraction=validation_fraction,
-                         n_iter_no_change=n_iter_no_change, tol=tol, batchnorm=batchnorm,
-                         augment_views=augment_views, augment_policy=augment_policy,
-                         cache_dtype=cache_dtype, max_memory=max_memory,
-                         random_state=random_state, device=device, precision=precision,
-                         cache=cache, num_workers=num_workers, on_error=on_error,
-                         progress=progress, window=window, retry_failed=retry_failed)
-        self.loss = loss
+        _store_parameters(self, locals())
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
@@ -538,6 +480,13 @@ class PartiallyFrozenRegressor(RegressorMixin, _PartiallyFrozen):
         """Predicted targets (NaN for unreadable inputs with ``on_error="skip"``)."""
         out = self._outputs(X).astype(np.float64) * self.y_scale_ + self.y_mean_
         return out[:, 0] if self.__dict__.get("_y_1d", True) and out.shape[1] == 1 else out
+
+
+def _store_parameters(estimator, params: dict) -> None:
+    """Store every ``__init__`` argument as an attribute of the same name (nothing else)."""
+    for name, value in params.items():
+        if name not in ("self", "__class__"):
+            setattr(estimator, name, value)
 
 
 def _check_targets(X, y, as_items, multi_output=False):
