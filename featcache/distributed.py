@@ -4,7 +4,7 @@
 ADDRESS`` come here. The client only lists the inputs (it never reads an image's bytes),
 splits them into deterministic partitions (contiguous chunks of the inputs sorted by source)
 and submits one Dask task per partition. Each task, on a worker, runs
-:func:`featcache.extract.embed` -- the same unit of work as :class:`~featcache.FrozenBackbone`
+:func:`featcache.embedding.embed` -- the same unit of work as :class:`~featcache.FrozenBackbone`
 and a local ``featcache extract``: content keys, plan (skip what the shared cache holds),
 compute the misses, commit shards straight into the shared cache directory (shards are
 atomic and many writers may add them at once), and returns its counts and failures.
@@ -173,7 +173,7 @@ def _worker_state(job: Job) -> _State:
 
 def _resolve(job: Job) -> _State:
     from .cache import resolve_cache
-    from .extract import resolve_configs
+    from .embedding import resolve_configs
     from .options import resolve_run_options
 
     _drop_dask_malloc_setting()
@@ -242,7 +242,7 @@ def _once(load):
 
 
 def run_partition(job: Job, part, positions) -> PartitionResult:
-    """The Dask task: :func:`featcache.extract.embed` over one partition, on a worker.
+    """The Dask task: :func:`featcache.embedding.embed` over one partition, on a worker.
 
     Parameters
     ----------
@@ -252,7 +252,7 @@ def run_partition(job: Job, part, positions) -> PartitionResult:
     positions : sequence of int
         Each input's position in the whole job (failures are reported by it).
     """
-    from .extract import embed
+    from .embedding import embed
 
     start = time.perf_counter()
     state = _worker_state(job)
@@ -277,7 +277,7 @@ def record_annotations(job: Job, inputs, keys) -> int:
     would cost each task more than the one before it.
     """
     from .cache import resolve_cache
-    from .extract import annotate_inputs
+    from .batch import annotate_inputs
 
     annotate_inputs(resolve_cache(job.cache), inputs, keys)
     return len(inputs)
@@ -385,7 +385,7 @@ def extract_on_cluster(client, inputs, cache, *, model="efficientnet_lite0", wei
     KeyboardInterrupt
         Ctrl-C: pending tasks are cancelled; committed rows stay.
     """
-    from .extract import ExtractSummary
+    from .batch import ExtractSummary
     from .sources import shard_positions
 
     start = time.perf_counter()

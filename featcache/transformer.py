@@ -186,7 +186,7 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         torch; ``load()`` returns the network, checked to match.
         """
         from .cache import resolve_cache
-        from .extract import resolve_configs
+        from .embedding import resolve_configs
 
         configs, load = resolve_configs(resolve_cache(self.cache), model=self.model,
                                         weights=self.weights, layers=(self.layer,),
@@ -265,7 +265,7 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     def _embed(self, items):
         """Rows of ``items``: cached ones read, misses computed (and committed) first."""
         from .cache import MemoryNamespace, resolve_cache
-        from .extract import embed, source_of
+        from .embedding import embed, source_of
 
         start = time.perf_counter()
         self._check_weights_unchanged()

@@ -172,7 +172,7 @@ def test_dicom_window_changes_the_fingerprint_and_the_features(tmp_path):
 
 def _replace_after_planning(monkeypatch, action):
     """Run ``action`` right after the cache misses are planned (keys computed, nothing decoded)."""
-    import featcache.extract as extract_module
+    import featcache.embedding as extract_module
 
     real = extract_module.plan
 

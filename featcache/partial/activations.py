@@ -1,6 +1,6 @@
 """Cached activations of a frozen prefix: computed once by the one unit of work, then served.
 
-:func:`prefix_activations` runs the inputs through :func:`featcache.extract.embed` (keys ->
+:func:`prefix_activations` runs the inputs through :func:`featcache.embedding.embed` (keys ->
 plan -> compute the misses -> commit), once for the plain inputs and once per augmentation
 view, and returns an :class:`ActivationSet` that serves rows by position. The rows live in
 memory (in their storage type, so float16 maps take half the bytes) when they fit within
@@ -139,7 +139,7 @@ def prefix_activations(items, *, model, weights, layer, pooling, image_size, opt
     """
     from ..augment import DEFAULT_POLICY, AugmentView
     from ..cache import MemoryNamespace, resolve_cache
-    from ..extract import embed, resolve_configs, source_of
+    from ..embedding import embed, resolve_configs, source_of
 
     store = resolve_cache(cache)
     sources = [source_of(item, i) for i, item in enumerate(items)]
