@@ -14,6 +14,12 @@ and returns the free memory to the system with ``malloc_trim``. It does nothing 
 allocator is not glibc's, where the user has tuned it (``MALLOC_*`` or ``GLIBC_TUNABLES``
 environment variables, or another allocator in ``LD_PRELOAD``), or when
 ``FEATCACHE_MALLOC_TUNING=0``.
+
+glibc reads those variables once, when the process starts, so only the ones this process
+started with count: one set in ``os.environ`` later (Dask's ``LocalCluster`` sets
+``MALLOC_TRIM_THRESHOLD_`` in the process that starts it, for its workers) tunes nothing here,
+and one the process has since removed from ``os.environ`` is disowned (see
+``featcache.distributed``). The start environment comes from ``/proc/self/environ``.
 """
 
 from __future__ import annotations
@@ -44,9 +50,46 @@ def _libc():
         return None
 
 
+#: Environment variables through which a user tunes or replaces glibc's allocator (read by
+#: glibc and the dynamic loader at process start).
+_TUNING_PREFIXES = ("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD")
+
+
+def _start_environment() -> dict | None:
+    """The environment this process started with (``/proc/self/environ``), None if unknown."""
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    start = {}
+    for entry in raw.split(b"\0"):
+        name, sep, value = entry.partition(b"=")
+        if sep:
+            start[os.fsdecode(name)] = os.fsdecode(value)
+    return start
+
+
+def _tuning_environment() -> dict:
+    """``os.environ`` with the allocator variables reduced to those in effect: set when the
+    process started and still set to the same value now."""
+    environ = dict(os.environ)
+    start = _start_environment()
+    if start is None:
+        return environ
+    for name in [k for k in environ if k.startswith(_TUNING_PREFIXES)]:
+        if start.get(name) != environ[name]:
+            del environ[name]
+    return environ
+
+
 def allocator_tunable(environ=None) -> bool:
-    """Whether :func:`reuse_freed_memory` will change anything in this process."""
-    environ = os.environ if environ is None else environ
+    """Whether :func:`reuse_freed_memory` will change anything in this process.
+
+    ``environ`` (a mapping) replaces the process's environment, for tests; by default it is
+    ``os.environ`` with only the allocator variables the process started with and still has.
+    """
+    environ = _tuning_environment() if environ is None else environ
     if not sys.platform.startswith("linux"):
         return False
     if environ.get("FEATCACHE_MALLOC_TUNING", "1").strip().lower() in {"0", "false", "no", "off"}:

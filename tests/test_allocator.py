@@ -19,6 +19,32 @@ def test_the_user_s_allocator_choice_is_respected():
     assert allocator_tunable({"FEATCACHE_MALLOC_TUNING": "1"}) == GLIBC_LINUX
 
 
+
+_TUNABLE_AFTER = textwrap.dedent("""
+    import os, sys
+    from featcache._allocator import allocator_tunable
+    change = sys.argv[1]
+    if change == "set":
+        os.environ["MALLOC_TRIM_THRESHOLD_"] = "65536"
+    elif change == "unset":
+        del os.environ["MALLOC_TRIM_THRESHOLD_"]
+    print(allocator_tunable())
+""")
+
+
+@pytest.mark.parametrize("started_with, change, tunable", [
+    ({}, "set", True),           # set later (as Dask's LocalCluster does): glibc never read it
+    ({"MALLOC_TRIM_THRESHOLD_": "65536"}, "none", False),   # the user's tuning: respected
+    ({"MALLOC_TRIM_THRESHOLD_": "65536"}, "unset", True),   # disowned by the process
+    ({}, "none", True),
+])
+def test_only_allocator_variables_the_process_started_with_count(started_with, change,
+                                                                 tunable):
+    env = {"PATH": "/usr/bin:/bin", **started_with}
+    out = subprocess.run([sys.executable, "-c", _TUNABLE_AFTER, change], capture_output=True,
+                         text=True, check=True, env=env).stdout.strip()
+    assert out == str(tunable and GLIBC_LINUX)
+
 # Allocates, touches and frees a 48 MiB tensor 20 times in a steady state (as a forward pass
 # does with an activation) and prints the minor page faults that took outside and inside the
 # context, and the resident memory inside the context (freed buffers held) and after it.
