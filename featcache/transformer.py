@@ -265,7 +265,7 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     def _embed(self, items):
         """Rows of ``items``: cached ones read, misses computed (and committed) first."""
         from .cache import MemoryNamespace, resolve_cache
-        from .embedding import embed, source_of
+        from .embedding import SourcesOf, embed
 
         start = time.perf_counter()
         self._check_weights_unchanged()
@@ -273,7 +273,7 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         layer = self.config_["layer"]
         store = MemoryNamespace(self.fingerprint_, self.n_features_out_) if cache is None else \
             cache.namespace(self.fingerprint_, self.config_)
-        done = embed(items, [source_of(item, i) for i, item in enumerate(items)], {layer: store},
+        done = embed(items, SourcesOf(items), {layer: store},
                      load=self._loaded_for_transform, options=self._run_options(), read=layer,
                      start=start, key_memo=None if cache is None else cache.key_memo())
         self.failures_ = done.failures

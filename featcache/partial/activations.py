@@ -139,10 +139,10 @@ def prefix_activations(items, *, model, weights, layer, pooling, image_size, opt
     """
     from ..augment import DEFAULT_POLICY, AugmentView
     from ..cache import MemoryNamespace, resolve_cache
-    from ..embedding import embed, resolve_configs, source_of
+    from ..embedding import SourcesOf, embed, resolve_configs
 
     store = resolve_cache(cache)
-    sources = [source_of(item, i) for i, item in enumerate(items)]
+    sources = SourcesOf(items)
     policy = policy or DEFAULT_POLICY
     result = None
     namespaces, fingerprints, shape = [], [], None
