@@ -150,6 +150,23 @@ class PauseOnce:
             time.sleep(0.01)
 
 
+class KillAtThirdBatch:
+    """``on_batch`` hook: every worker that reaches the third batch of a partition dies there.
+
+    ``kill -9`` of its own process, as the kernel's OOM killer would do it, after the
+    partition's first batch is committed (see ``PauseOnce``). The client's process never dies:
+    the hook only acts in another process.
+    """
+
+    def __init__(self, client_pid: int):
+        self.client_pid = client_pid
+
+    def __call__(self, batch):
+        if os.getpid() != self.client_pid and len(batch.positions) and \
+                int(batch.positions.min()) >= 2 * BATCH:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 # ---------------------------------------------------------------- fast
 def test_partitions_are_contiguous_chunks_of_the_sorted_sources():
     sources = ["c", "a", "d", "b", "e"]
@@ -291,6 +308,35 @@ def test_ctrl_c_cancels_the_job_and_committed_rows_stay(client, images, referenc
     fp = local.fingerprints["default"]
     rerun = extract(collect_inputs([images]), cache, client=client, partition_size=PART, **PARAMS)
     assert rerun.cached >= BATCH and rerun.computed + rerun.cached == N_IMAGES
+    _assert_same_rows(_rows(cache, fp), reference_rows)
+
+
+@pytest.mark.slow
+def test_a_partition_that_kills_every_worker_fails_the_job_naming_it(images, reference,
+                                                                      tmp_path):
+    """Past ``allowed-failures`` the job stops with a FeatcacheError naming the partition's
+    inputs; what the dead workers committed stays, and a rerun computes only the rest."""
+    import dask
+
+    from featcache.exceptions import FeatcacheError
+
+    local, reference_rows = reference
+    cache = tmp_path / "cache"
+    inputs = collect_inputs([images])
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            distributed.LocalCluster(n_workers=1, processes=True, threads_per_worker=1,
+                                     dashboard_address=":0") as cluster, \
+            distributed.Client(cluster, set_as_default=False) as dying:
+        with pytest.raises(FeatcacheError, match=r"(?s)partition of 48 inputs from .*img_.*"
+                                                 r"killed every worker that ran it.*run again"):
+            extract(inputs, cache, client=dying, partition_size=PART,
+                    **dict(PARAMS, commit_rows=BATCH, on_batch=KillAtThirdBatch(os.getpid())))
+    fp = local.fingerprints["default"]
+    committed = _rows_on_disk(cache, fp)
+    assert BATCH <= committed < N_IMAGES  # the first batch of the partition that killed it
+    rerun = _local_extract(inputs, cache, **PARAMS)
+    assert (rerun.cached, rerun.computed + rerun.cached, rerun.failed) == \
+        (committed, N_IMAGES, 0)
     _assert_same_rows(_rows(cache, fp), reference_rows)
 
 
