@@ -227,12 +227,27 @@ def _benchmark_module():
     return module
 
 
-def test_best_pipeline_is_an_unfitted_frozen_backbone_pipeline(xray, tmp_path):
-    pipe = _benchmark_module().best_pipeline()
-    assert isinstance(pipe, Pipeline) and isinstance(pipe.steps[0][1], FrozenBackbone)
-    assert not hasattr(pipe.steps[0][1], "fingerprint_")
+def test_best_pipeline_is_the_unfitted_winner_and_fits_the_28px_arrays(xray, tmp_path):
+    """Whatever kind wins (a probe Pipeline or a PartiallyFrozenClassifier), best_pipeline()
+    returns it unfitted, and it fits and predicts the bundled 28x28 arrays (at a small size)."""
+    from sklearn.exceptions import NotFittedError
+
+    from featcache import PartiallyFrozenClassifier
+
+    module = _benchmark_module()
+    pipe = module.best_pipeline()
     images, labels = xray
     images, labels = images[10:50], labels[10:50]
-    pipe.set_params(backbone__image_size=32, backbone__cache=tmp_path, backbone__progress=False)
+    if module.BEST["kind"] == "partial":
+        assert isinstance(pipe, PartiallyFrozenClassifier)
+        assert pipe.get_params()["trainable_blocks"] == module.BEST["trainable_blocks"]
+        with pytest.raises(NotFittedError):
+            pipe.predict_proba(images)
+        pipe.set_params(image_size=32, max_epochs=1, cache=tmp_path, progress=False)
+    else:
+        assert isinstance(pipe, Pipeline) and isinstance(pipe.steps[0][1], FrozenBackbone)
+        assert not hasattr(pipe.steps[0][1], "fingerprint_")
+        pipe.set_params(backbone__image_size=32, backbone__cache=tmp_path,
+                        backbone__progress=False)
     proba = pipe.fit(images, labels).predict_proba(images)
     assert proba.shape == (40, 2) and np.allclose(proba.sum(axis=1), 1)
