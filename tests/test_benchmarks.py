@@ -38,8 +38,8 @@ def test_gpu_throughput_on_the_gpu():
 
 @pytest.mark.slow
 def test_warm_path_benchmark_runs_quick():
-    # Slow for now: each warm process still loads the network (about 15 s on the 2-core CPU),
-    # so --quick takes about 2 minutes; issue #11 is what would bring it under a minute.
+    # Slow: --quick still runs two cold extractions, four grid searches with fresh joblib
+    # workers (about 6 s each to start here) and three new processes.
     out = _run("warm_path.py", "--quick")
     assert "| measurement | value | target | met? |" in out
     for item in ("1. `featcache extract` rerun", "2. ratio n_jobs=2 / n_jobs=1",
