@@ -298,7 +298,7 @@ class EmbedResult:
 
 
 def embed(items, sources, namespaces, *, load, options, read=None, on_keys=None, on_batch=None,
-          start=None, key_memo=None, augment=None) -> EmbedResult:
+          start=None, key_memo=None, augment=None, keys=None) -> EmbedResult:
     """The one unit of work: keys -> plan -> compute the misses -> commit -> read.
 
     Every caller (:class:`~featcache.FrozenBackbone`, :func:`extract` and ``featcache
@@ -327,6 +327,10 @@ def embed(items, sources, namespaces, *, load, options, read=None, on_keys=None,
         their bytes.
     augment : featcache.augment.AugmentView, optional
         Computes an augmented view of each input (its namespaces' configurations record it).
+    keys : tuple, optional
+        ``(keys, failures)`` from :func:`content_keys` for these ``items`` (with the same
+        ``on_error``), when the caller embeds them more than once (e.g. once per augmentation
+        view): the inputs are then hashed once, not once per call.
 
     Raises
     ------
@@ -335,7 +339,11 @@ def embed(items, sources, namespaces, *, load, options, read=None, on_keys=None,
         whose failure an earlier run recorded (unless ``retry_failed``).
     """
     start = time.perf_counter() if start is None else start
-    keys, key_failures = content_keys(items, options.on_error, key_memo)
+    keys, key_failures = content_keys(items, options.on_error, key_memo) if keys is None \
+        else keys
+    if len(keys) != len(items):
+        raise FeatcacheError(f"{len(keys)} content keys for {len(items)} inputs: pass the keys "
+                             "content_keys() gave for these same inputs")
     if on_keys is not None:
         on_keys(keys)
     todo, known = plan(keys, namespaces, retry_failed=options.retry_failed)

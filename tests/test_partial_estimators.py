@@ -190,8 +190,15 @@ def test_augment_views_are_cached_once_each(tmp_path, toy, monkeypatch):
     fps = {i["config"].get("augment", {}).get("view", 0) for i in FeatureCache(tmp_path / "cache").info()}
     assert fps == {0, 1, 2}
     monkeypatch.setattr(engine, "run_batches", lambda *a, **k: pytest.fail("prefix ran again"))
+    import featcache.inputs as inputs
+
+    hashed = []
+    real_key = inputs.content_key
+    monkeypatch.setattr(inputs, "content_key",
+                        lambda *a, **k: hashed.append(1) or real_key(*a, **k))
     again = _clf(tmp_path, trainable_blocks=1, augment_views=2).fit(X, y)
     assert again.fit_stats_["computed"] == 0
+    assert len(hashed) == len(X)  # each input hashed once for its three views
     np.testing.assert_array_equal(again.predict_proba(X), clf.predict_proba(X))
     plain = _clf(tmp_path, trainable_blocks=1).fit(X, y)
     assert not np.array_equal(plain.predict_proba(X), clf.predict_proba(X))

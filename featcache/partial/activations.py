@@ -139,10 +139,12 @@ def prefix_activations(items, *, model, weights, layer, pooling, image_size, opt
     """
     from ..augment import DEFAULT_POLICY, AugmentView
     from ..cache import MemoryNamespace, resolve_cache
-    from ..embedding import SourcesOf, embed, resolve_configs
+    from ..embedding import SourcesOf, content_keys, embed, resolve_configs
 
     store = resolve_cache(cache)
     sources = SourcesOf(items)
+    key_memo = None if store is None else store.key_memo()
+    hashed = content_keys(items, options.on_error, key_memo)  # once for every view
     policy = policy or DEFAULT_POLICY
     result = None
     namespaces, fingerprints, shape = [], [], None
@@ -160,8 +162,7 @@ def prefix_activations(items, *, model, weights, layer, pooling, image_size, opt
         shape = tuple(config.get("row_shape") or (config["dim"],))
         ns = MemoryNamespace(fp, config["dim"], storage=storage, row_shape=config.get("row_shape")) \
             if store is None else store.namespace(fp, config)
-        done = embed(items, sources, {name: ns}, load=load, options=options,
-                     key_memo=None if store is None else store.key_memo(),
+        done = embed(items, sources, {name: ns}, load=load, options=options, keys=hashed,
                      augment=None if view == 0 else AugmentView(policy, view))
         if result is None:
             result = ActivationSet(done.keys, dict(done.failures), shape, [], [], storage,
