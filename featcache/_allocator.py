@@ -55,8 +55,11 @@ def _libc():
 _TUNING_PREFIXES = ("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD")
 
 
+@functools.lru_cache(maxsize=None)
 def _start_environment() -> dict | None:
-    """The environment this process started with (``/proc/self/environ``), None if unknown."""
+    """The environment this process started with (``/proc/self/environ``), None if unknown.
+
+    Read once: it never changes (callers must not modify the dict)."""
     try:
         with open("/proc/self/environ", "rb") as f:
             raw = f.read()
