@@ -31,10 +31,9 @@ def content_key(item, index: int, memo=None) -> bytes:
 
     Parameters
     ----------
-    item : Path, ndarray or PIL.Image.Image
-        One item from :func:`featcache.items.as_items`.
-    index : int
-        Its position in ``X`` (for error messages).
+    item, index
+        One item from :func:`featcache.items.as_items` and its position in ``X``, as for
+        :func:`featcache.decoding.decode`.
     memo : mapping, optional
         A persistent memo of file keys (e.g. :meth:`featcache.cache.FeatureCache.key_memo`),
         keyed like the process memo: consulted before a file is read, and given every key
