@@ -270,3 +270,28 @@ def test_sklearn_parameter_checks():
         ec.check_set_params(name, est)
         ec.check_estimator_repr(name, est)
         ec.check_estimator_cloneable(name, est)
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_fp32_matches_the_cpu_and_a_seed_repeats(tmp_path, toy):
+    X, y = toy
+    cpu = _clf(tmp_path, device="cpu", precision="fp32").fit(X, y)
+    gpu = _clf(tmp_path, device="cuda", precision="fp32").fit(X, y)
+    again = _clf(tmp_path, device="cuda", precision="fp32").fit(X, y)
+    np.testing.assert_allclose(gpu.loss_curve_, cpu.loss_curve_, rtol=2e-2)
+    np.testing.assert_allclose(gpu.predict_proba(X), cpu.predict_proba(X), atol=2e-2)
+    np.testing.assert_array_equal(again.predict_proba(X), gpu.predict_proba(X))
+    assert gpu.fit_stats_["computed"] == 0, "the GPU fit reads the rows the CPU fit cached"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_a_gpu(tmp_path, toy, precision):
+    X, y = toy
+    reference = _clf(tmp_path, device="cuda", precision="fp32").fit(X, y)
+    mixed = _clf(tmp_path, device="cuda", precision=precision).fit(X, y)
+    assert np.isfinite(mixed.loss_curve_).all()
+    np.testing.assert_allclose(mixed.loss_curve_[0], reference.loss_curve_[0], rtol=0.1)
+    proba = mixed.predict_proba(X)
+    assert np.isfinite(proba).all()
+    np.testing.assert_allclose(proba, reference.predict_proba(X), atol=0.15)

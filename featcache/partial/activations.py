@@ -85,6 +85,41 @@ class ActivationSet:
             out[sel] = self._view_rows(int(v), positions[sel]).reshape(len(sel), *self.row_shape)
         return out
 
+    def rows_on(self, device, fraction: float = 0.5):
+        """``rows`` for a loop that runs on ``device``.
+
+        On a CUDA device, rows already in memory move there once, in their storage type, when
+        they take at most ``fraction`` of the device's free memory; every batch is then sliced
+        on the device and returned as a float32 tensor (the same values as :meth:`rows`), with
+        no host conversion and no transfer per step. Otherwise (a CPU, rows streamed from the
+        shards, or too little device memory) this is :meth:`rows`.
+        """
+        import torch
+
+        device = torch.device(device)
+        if device.type != "cuda" or not self.arrays:
+            return self.rows
+        free, _ = torch.cuda.mem_get_info(device)
+        if sum(a.nbytes for a in self.arrays) > fraction * free:
+            return self.rows
+        tensors = [torch.from_numpy(a).to(device) for a in self.arrays]
+        shape = self.row_shape
+
+        def rows(positions, views=None):
+            idx = torch.as_tensor(np.asarray(positions, dtype=np.int64), device=device)
+            if views is None or len(tensors) == 1:
+                out = tensors[0].index_select(0, idx).float()
+            else:
+                views = torch.as_tensor(np.asarray(views, dtype=np.int64), device=device)
+                out = torch.empty((len(idx), tensors[0].shape[1]), dtype=torch.float32,
+                                  device=device)
+                for v, t in enumerate(tensors):
+                    sel = torch.nonzero(views == v).squeeze(1)
+                    out[sel] = t.index_select(0, idx[sel]).float()
+            return out.view(len(idx), *shape)
+
+        return rows
+
     def _view_rows(self, view: int, positions: np.ndarray) -> np.ndarray:
         if self.arrays:
             return self.arrays[view][positions].astype(np.float32)

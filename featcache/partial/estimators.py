@@ -22,8 +22,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, InvalidParameterError, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ..exceptions import FeatcacheError, InputError, InvalidOptionError, LayerError
-from ..options import run_constraints, validate_run_options
+from ..exceptions import InputError, InvalidOptionError, LayerError
+from ..options import run_constraints
 
 __all__ = ["PartiallyFrozenClassifier", "PartiallyFrozenRegressor"]
 
@@ -126,7 +126,7 @@ class _PartiallyFrozen(BaseEstimator):
         train_idx, val_idx = self._split(positions, stratify, seed)
         config = self._training_config(options, seed)
         extracted = time.perf_counter() - start
-        result = train_tail(tail, acts.rows, targets, train_idx, val_idx,
+        result = train_tail(tail, acts.rows_on(config.device), targets, train_idx, val_idx,
                             loss_fn=loss_fn, score_fn=score_fn, config=config,
                             n_views=acts.n_views)
         tail.to("cpu")
@@ -196,8 +196,8 @@ class _PartiallyFrozen(BaseEstimator):
         out = np.full((len(items), tail.head.out_features), np.nan, dtype=np.float32)
         valid = acts.valid
         if len(valid):
-            out[valid] = predict_outputs(tail, acts.rows, valid,
-                                         self._training_config(options, 0))
+            config = self._training_config(options, 0)
+            out[valid] = predict_outputs(tail, acts.rows_on(config.device), valid, config)
         tail.to("cpu")
         self.failures_ = dict(acts.failures)
         return out

@@ -8,6 +8,7 @@ equivalence test and the benchmark compare against).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
@@ -48,10 +49,31 @@ class TrainingResult:
     epoch_seconds: list = field(default_factory=list)
 
 
-def to_device(rows: np.ndarray, device) -> torch.Tensor:
-    """Rows as a float32 tensor on ``device`` (feature maps laid out channels-last)."""
-    x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(device)
+def to_device(rows, device) -> torch.Tensor:
+    """Rows (an array, or a tensor already sliced on a device) as a float32 tensor on
+    ``device`` (feature maps laid out channels-last)."""
+    if isinstance(rows, torch.Tensor):
+        x = rows.to(device, torch.float32)
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(device)
     return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+
+
+@contextlib.contextmanager
+def _deterministic(device: torch.device):
+    """cuDNN's deterministic kernels while a tail trains on a CUDA device (the caller's
+    settings restored after): the same seed on the same machine gives the same weights there
+    too, as it does on a CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    saved = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = saved
 
 
 def _optimizer(tail, config: TrainingConfig):
@@ -93,10 +115,14 @@ def train_tail(tail, inputs, targets, train_idx, val_idx=None, *, loss_fn, score
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    on_device = targets.to(device)
     result = TrainingResult(validation_scores=[] if val_idx is not None else None)
     best_state, best_score, stale = None, -np.inf, 0
     bar = progress_bar(config.max_epochs, "featcache training", config.progress, unit="epoch")
-    with torch.random.fork_rng(devices=[]):
+    # The caller's random state (the CUDA device's too, when training there) is left as it was.
+    forked = [] if device.type != "cuda" else [
+        device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=forked), _deterministic(device):
         torch.manual_seed(config.seed)
         try:
             for epoch in range(config.max_epochs):
@@ -105,21 +131,22 @@ def train_tail(tail, inputs, targets, train_idx, val_idx=None, *, loss_fn, score
                 order = rng.permutation(np.asarray(train_idx))
                 views = rng.integers(0, n_views, len(order)) if n_views > 1 else None
                 tail.train()
-                total = 0.0
+                # Summed on the device: a float() per step would wait for the GPU every step.
+                total = torch.zeros((), dtype=torch.float64, device=device)
                 for lo in range(0, len(order), config.batch_size):
                     pos = order[lo:lo + config.batch_size]
                     x = to_device(inputs(pos, None if views is None else views[lo:lo + len(pos)]),
                                   device)
                     with autocast:
                         out = tail(x)
-                    loss = loss_fn(out.float(), targets[pos].to(device))
+                    loss = loss_fn(out.float(), on_device[torch.as_tensor(pos, device=device)])
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     scaler.step(optimizer)
                     scaler.update()
                     schedule.step()
-                    total += float(loss.detach()) * len(pos)
-                result.loss_curve.append(total / max(1, len(order)))
+                    total += loss.detach().double() * len(pos)
+                result.loss_curve.append(float(total) / max(1, len(order)))
                 result.epoch_seconds.append(time.perf_counter() - start)
                 result.n_iter = epoch + 1
                 bar.update(1)
@@ -149,6 +176,9 @@ def predict_outputs(tail, inputs, positions, config: TrainingConfig) -> np.ndarr
     device = torch.device(config.device)
     dtype = _DTYPES[config.precision]
     was_training = tail.training
+    tail.to(device)  # a tail rebuilt or fitted elsewhere lives on the CPU
+    if any(p.ndim == 4 for p in tail.parameters()):
+        tail.to(memory_format=torch.channels_last)
     tail.eval()
     parts = []
     try:
