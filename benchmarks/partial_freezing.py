@@ -29,7 +29,6 @@ import argparse
 import copy
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -69,10 +68,11 @@ def _fastest_after_warmup(seconds):
     return min(seconds[1:] if len(seconds) > 1 else seconds)
 
 
-def measure(n, size, k, epochs, classic_epochs, work) -> dict:
+def measure(n, size, k, epochs, classic_epochs, work, device="cpu", precision="fp32") -> dict:
     images, resized, y = _images(n, size)
     cache = Path(work) / f"cache-{size}-{k}"
-    params = dict(trainable_blocks=k, image_size=size, random_state=0, progress=False, device="cpu")
+    params = dict(trainable_blocks=k, image_size=size, random_state=0, progress=False,
+                  device=device, precision=precision)
     # Warm up: load both networks (prefix and tail source) before anything is timed.
     PartiallyFrozenClassifier(max_epochs=1, cache=Path(work) / "warmup", **params).fit(images[:8], y[:8])
     clf = PartiallyFrozenClassifier(max_epochs=epochs, cache=cache, **params)
@@ -89,11 +89,26 @@ def measure(n, size, k, epochs, classic_epochs, work) -> dict:
     def tail():
         return build_tail(network, layout.tail_modules(k), layout.pool, clf.row_shape_, 2, seed=0)
 
-    recompute = classic_inputs(prefix, resized)
+    on_gpu = torch.device(device).type == "cuda"
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    recompute = classic_inputs(prefix, resized, device=device if on_gpu else None,
+                               autocast=dtypes.get(precision))
     classic = _epoch_seconds(tail(), recompute, y, classic_epochs, config)
-    exact = np.concatenate([recompute(np.arange(i, min(i + 256, n))) for i in range(0, n, 256)])
-    bare = _epoch_seconds(tail(), lambda pos, views: exact[pos], y, epochs, config)
+    exact = [recompute(np.arange(i, min(i + 256, n))) for i in range(0, n, 256)]
+    if on_gpu:  # the bare tail's rows already on the device, sliced there
+        exact = torch.cat(exact)
+
+        def bare_rows(pos, views):
+            return exact.index_select(0, torch.as_tensor(pos, device=exact.device))
+    else:
+        exact = np.concatenate(exact)
+
+        def bare_rows(pos, views):
+            return exact[pos]
+    bare = _epoch_seconds(tail(), bare_rows, y, epochs, config)
     (info,) = FeatureCache(cache).info()
+    if on_gpu:
+        exact = exact.cpu().numpy()
     half = exact.astype(np.float16).astype(np.float32)
     return {"size": size, "k": k, "cut": clf.cut_layer_, "shape": clf.row_shape_,
             "cached": cached, "classic": classic, "bare": bare, "extraction": extraction,
@@ -124,15 +139,19 @@ def main(argv=None):
     parser.add_argument("--blocks", default="1,2,3")
     parser.add_argument("--epochs", type=int, default=4, help="cached and bare epochs (the first is warm-up)")
     parser.add_argument("--classic-epochs", type=int, default=3, help="classic epochs (the first is warm-up)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the prefix, tail and bare rows on it)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for size in map(int, args.sizes.split(",")):
             for k in map(int, args.blocks.split(",")):
-                rows.append(measure(args.n, size, k, args.epochs, args.classic_epochs, work))
+                rows.append(measure(args.n, size, k, args.epochs, args.classic_epochs, work,
+                                    args.device, args.precision))
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
-    print(f"\n{args.n} images, batch 64, torch threads {torch.get_num_threads()}, "
-          f"load average {os.getloadavg()[0]:.1f}\n")
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(f"\n{args.n} images, batch 64, {where}, {args.precision}, torch threads "
+          f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}\n")
     print(table(rows))
 
 

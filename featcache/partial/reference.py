@@ -49,21 +49,33 @@ class FrozenPrefix(torch.nn.Module):
         return captured["out"]
 
 
-def classic_inputs(prefix: FrozenPrefix, images: np.ndarray, *, pooling=None):
+def classic_inputs(prefix: FrozenPrefix, images: np.ndarray, *, pooling=None, device=None,
+                   autocast=None):
     """``inputs(positions, views)`` that recomputes the prefix on ``images[positions]``.
 
     ``images``: uint8 ``(n, S, S, 3)`` at the network's input size. ``pooling="avg"`` or
-    ``"cls"`` reduces the activation to a vector (for ``trainable_blocks=0``).
+    ``"cls"`` reduces the activation to a vector (for ``trainable_blocks=0``). With a
+    ``device``, the prefix runs there (each batch of uint8 images is sent to it, as a data
+    loader would) and the rows come back as a tensor on it; else as a CPU array.
+    ``autocast`` (a torch dtype such as ``torch.bfloat16``) runs the prefix under autocast
+    on the device, as a mixed-precision fine-tune would.
     """
+    if device is not None:
+        prefix.to(device)
+
     def inputs(positions, views=None):
         x = torch.from_numpy(np.ascontiguousarray(images[positions])).permute(0, 3, 1, 2)
+        if device is not None:
+            x = x.to(device)
         x = x.float().div(255.0).contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
+        kind = torch.device(device).type if device is not None else "cpu"
+        with torch.no_grad(), torch.autocast(kind, dtype=autocast or torch.float32,
+                                             enabled=autocast is not None):
             out = prefix(x)
         if pooling == "avg":
             out = out.mean(dim=(2, 3)) if out.ndim == 4 else out.mean(dim=1)
         elif pooling == "cls":
             out = out[:, 0]
-        return out.float().numpy()
+        return out.float() if device is not None else out.float().numpy()
 
     return inputs
