@@ -10,7 +10,9 @@ cache as soon as it exists.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -182,6 +184,34 @@ def _denormals_flushed() -> bool:
     return float(torch.tensor([1e-40]).mul(1.0)) == 0.0
 
 
+#: What a decode worker imports: the forkserver imports them once (torchvision alone takes
+#: about 2 s, which every task's workers would pay again).
+_DECODE_WORKER_MODULES = (__name__, "torchvision.transforms.v2.functional")
+#: Packages that a worker's main script often imports, preloaded when this process has them.
+_MAIN_SCRIPT_PACKAGES = ("dask", "distributed")
+
+
+def decode_context(workers: int, start_method: str | None = None):
+    """The multiprocessing context decode workers start in (None: the process's default).
+
+    Where this process would *spawn* them (a Dask worker: ``distributed`` sets that start
+    method; macOS), every run would start fresh interpreters that import torch and featcache
+    again, seconds per Dask task. Workers are then forked from a forkserver that imported
+    :mod:`featcache.engine` and torchvision once: it is single-threaded, so forking it is as
+    safe as spawning.
+    """
+    start_method = start_method or multiprocessing.get_start_method()
+    if workers == 0 or start_method != "spawn" \
+            or "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    context = multiprocessing.get_context("forkserver")
+    # A child also re-imports the main script (a Dask worker's imports distributed, about
+    # 0.5 s): what the parent imported of it, the forkserver imports once too.
+    context.set_forkserver_preload(
+        [*_DECODE_WORKER_MODULES, *(m for m in _MAIN_SCRIPT_PACKAGES if m in sys.modules)])
+    return context
+
+
 def run_batches(extractor, items, positions, *, image_size, policy=None, batch_size=64,
                 device="auto", precision="auto", num_workers=None, on_error="raise",
                 progress=None, progress_desc="featcache", keys=None, augment=None):
@@ -224,6 +254,7 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
                        image_size, keys, augment),
         batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
         pin_memory=device.type == "cuda", persistent_workers=False,
+        multiprocessing_context=decode_context(workers),
     )
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     _log.info("computing %d inputs on %s in %s, batch size %d, %d decode workers",

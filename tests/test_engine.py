@@ -1,5 +1,8 @@
 """Tests for featcache.engine: resizing, device and precision choice, the batch loop."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -120,3 +123,37 @@ def test_denormal_flushing_is_on_during_a_cpu_run_and_restored_after():
         assert _denormals_flushed() == caller_setting, "the caller's setting is restored"
     torch.set_flush_denormal(False)
     assert seen == [True, True]
+
+
+def test_decode_workers_fork_from_a_preloaded_forkserver_where_the_process_spawns():
+    from featcache.engine import decode_context
+
+    assert decode_context(4, "fork") is None and decode_context(0, "spawn") is None
+    context = decode_context(4, "spawn")
+    assert context.get_start_method() == "forkserver"
+
+
+def test_decode_workers_in_a_spawning_process_give_the_same_rows(tmp_path):
+    # A real process whose start method is spawn (a Dask worker's): decode workers fork from
+    # the forkserver, twice (the second run reuses it), and give the in-process rows.
+    script = tmp_path / "spawning.py"
+    script.write_text(
+        "import multiprocessing, numpy as np\n"
+        "from featcache.backbones import load_backbone\n"
+        "from featcache.engine import run_batches\n"
+        "from featcache.inputs import as_items\n"
+        "def rows(workers):\n"
+        "    loaded = load_backbone(image_size=32)\n"
+        "    items = as_items(np.random.default_rng(0).integers(0, 255, (12, 40, 40, 3), np.uint8))\n"
+        "    return np.concatenate([b.features['default'] for b in run_batches(\n"
+        "        loaded.extractor, items, range(12), image_size=32, batch_size=4,\n"
+        "        num_workers=workers, device='cpu', progress=False)])\n"
+        "if __name__ == '__main__':\n"
+        "    multiprocessing.set_start_method('spawn')\n"
+        "    base = rows(0)\n"
+        "    for _ in range(2):\n"
+        "        np.testing.assert_allclose(rows(2), base, atol=1e-5)\n"
+        "    print('same rows')\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "same rows" in done.stdout, done.stderr[-2000:]
