@@ -193,7 +193,8 @@ def _add_extract(sub) -> None:
                    help="run on this Dask cluster: tcp://host:8786 or a scheduler file "
                         "(pip install 'featcache[dask]'; see docs/cluster.md)")
     p.add_argument("--partition-size", type=int, default=None, metavar="N",
-                   help="inputs per Dask task, with --dask-scheduler (default 512)")
+                   help="inputs per Dask task, with --dask-scheduler (default 512; 4096 when "
+                        "the job runs on GPUs)")
     for what in ("path", "label", "group", "split"):
         p.add_argument(f"--{what}-column", default=None, metavar="NAME",
                        help=f"manifest column with the {what} (default: the usual names)")

@@ -33,7 +33,7 @@ from collections import OrderedDict
 
 from .exceptions import CacheValueError, FeatcacheError, InvalidOptionError
 
-__all__ = ["DEFAULT_PARTITION_SIZE", "CONNECT_TIMEOUT", "ANNOTATE_EVERY", "Job",
+__all__ = ["DEFAULT_PARTITION_SIZE", "GPU_PARTITION_SIZE", "default_partition_size", "CONNECT_TIMEOUT", "ANNOTATE_EVERY", "Job",
            "PartitionResult", "connect", "partitions", "task_resources", "extract_on_cluster",
            "run_partition", "record_annotations"]
 
@@ -41,6 +41,11 @@ __all__ = ["DEFAULT_PARTITION_SIZE", "CONNECT_TIMEOUT", "ANNOTATE_EVERY", "Job",
 #: enough that the per-task cost (scheduling, one shard and one key-memo file per partition)
 #: stays near 1% of the work, small enough to balance load and to lose little to a dead worker.
 DEFAULT_PARTITION_SIZE = 512
+#: Inputs per Dask task when the job runs on GPUs: a task decodes in DataLoader workers, which
+#: start with the task and only all work once the partition holds several batches per
+#: worker. One H200 worker (batch 256, 8 decode workers) ran partitions of 512 at 0.36x the
+#: in-process rate and partitions of 4096 at 1.30x (benchmarks/gpu_cluster.py).
+GPU_PARTITION_SIZE = 4096
 #: Seconds to wait for a scheduler before giving up (exit 1 on the command line).
 CONNECT_TIMEOUT = 10.0
 #: Finished partitions whose annotations one task records (one annotations file each).
@@ -312,6 +317,13 @@ def task_resources(client, device: str):
     return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in workers) else None
 
 
+def default_partition_size(resources, device: str) -> int:
+    """:data:`GPU_PARTITION_SIZE` for a job on GPUs (``device="cuda..."``, or ``"auto"`` on
+    workers that declare GPU ``resources``), else :data:`DEFAULT_PARTITION_SIZE`."""
+    on_gpu = device.startswith("cuda") or (device == "auto" and bool(resources))
+    return GPU_PARTITION_SIZE if on_gpu else DEFAULT_PARTITION_SIZE
+
+
 def _cache_dir(cache) -> str:
     """The cache directory as an absolute path (the workers' working directories differ)."""
     from .cache import FeatureCache
@@ -365,7 +377,7 @@ def extract_on_cluster(client, inputs, cache, *, model="efficientnet_lite0", wei
     cache : str or PathLike
         A directory every worker can reach (a shared filesystem).
     partition_size : int, optional
-        Inputs per task (default :data:`DEFAULT_PARTITION_SIZE`).
+        Inputs per task (default :func:`default_partition_size`: 512, or 4096 on GPUs).
     on_batch : callable, optional
         Runs on the workers (so it must be picklable), after each computed batch.
     **run
@@ -389,15 +401,19 @@ def extract_on_cluster(client, inputs, cache, *, model="efficientnet_lite0", wei
     from .sources import shard_positions
 
     start = time.perf_counter()
-    size = DEFAULT_PARTITION_SIZE if partition_size is None else partition_size
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+    size = partition_size
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
         raise InvalidOptionError("The 'partition_size' parameter of extract must be an int in "
                                  f"the range [1, inf). Got {partition_size!r} instead.")
     job = _job(cache, model, weights, layers, pooling, image_size, run, on_batch)
+    device = str(job.run.get("device", "auto"))
+    resources = task_resources(client, device)
+    if size is None:
+        size = default_partition_size(resources, device)
     inputs = inputs.subset(shard_positions(inputs.sources, *shard))
     inputs.items = [_portable(item) for item in inputs.items]
     summary = ExtractSummary(inputs=len(inputs))
-    work = _Run(client, job, inputs, partitions(inputs.sources, size), summary)
+    work = _Run(client, job, inputs, partitions(inputs.sources, size), summary, resources)
     try:
         work.run(progress)
     except BaseException:
@@ -415,11 +431,11 @@ class _Run:
     them (a job stopped early records the rest on its rerun, which computes nothing again).
     """
 
-    def __init__(self, client, job, inputs, parts, summary):
+    def __init__(self, client, job, inputs, parts, summary, resources):
         self.client, self.job, self.inputs, self.parts, self.summary = \
             client, job, inputs, parts, summary
         self.run_id = uuid.uuid4().hex[:12]
-        self.resources = task_resources(client, str(job.run.get("device", "auto")))
+        self.resources = resources
         self.submitted: dict = {}  # future -> partition index (None: an annotations task)
         self.keys: list = [None] * len(inputs)
         self.unannotated: list = []  # finished partitions not annotated yet

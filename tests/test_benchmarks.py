@@ -29,6 +29,14 @@ def test_gpu_throughput_runs_on_a_cpu():
     assert "featcache extract from JPEG files" in out and "its bound" in out
 
 
+@pytest.mark.slow
+def test_gpu_cluster_benchmark_runs_on_a_cpu():
+    out = _run("gpu_cluster.py", "--device", "cpu", "--n", "16", "--batch-size", "4",
+               "--num-workers", "0", "--partition-sizes", "8")
+    assert "| 1 Dask worker, task resources None, partitions of 8 |" in out
+    assert "rerun over the warm cache" in out
+
+
 @pytest.mark.gpu
 def test_gpu_throughput_on_the_gpu():
     out = _run("gpu_throughput.py", "--n", "1024")

@@ -176,6 +176,13 @@ def test_partitions_are_contiguous_chunks_of_the_sorted_sources():
         [[3, 1], [4, 2], [0]]  # the same chunks of inputs, whatever order they came in
 
 
+def test_the_default_partition_size_is_larger_on_gpus():
+    assert fd.default_partition_size(None, "cpu") == fd.DEFAULT_PARTITION_SIZE == 512
+    assert fd.default_partition_size(None, "auto") == 512  # workers that declare no GPU
+    assert fd.default_partition_size({"GPU": 1}, "auto") == fd.GPU_PARTITION_SIZE == 4096
+    assert fd.default_partition_size(None, "cuda:1") == 4096
+
+
 def test_job_on_the_cluster_equals_a_single_process_run_and_a_rerun_computes_nothing(
         client, images, reference, tmp_path):
     local, reference_rows = reference
