@@ -10,6 +10,7 @@ cache as soon as it exists.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import multiprocessing
 import os
 import sys
@@ -153,6 +154,47 @@ def _collate(samples):
     return positions, images, errors
 
 
+def decode_batch_size(batch_size: int, workers: int) -> int:
+    """Images each decode worker decodes per step: ``batch_size`` split among the workers.
+
+    A DataLoader worker hands over a whole decode batch at once, so the first batch reaches
+    the network only after one worker has decoded that many images. Split among ``workers``,
+    the network's first batch is ready ``workers`` times sooner: on a GPU a worker decodes
+    about 175 JPEG photos per second, so a batch of 256 from one worker kept it idle 1.4 s
+    at the start of every run (every Dask task). :func:`_full_batches` puts them back
+    together, so the network still runs on batches of ``batch_size``.
+    """
+    return batch_size if workers <= 1 else max(1, -(-batch_size // workers))
+
+
+def _full_batches(loader, batch_size: int, device):
+    """Consecutive decode batches of ``loader`` joined into ``(positions, images, errors)``
+    batches of about ``batch_size`` inputs, in order; images move to ``device`` as they come
+    (non-blocking from pinned memory), and a batch that mixes 8-bit and float images is float.
+    """
+    parts, count = [], 0
+    for part in loader:
+        parts.append(part)
+        count += len(part[0]) + len(part[2])
+        if count >= batch_size:
+            yield _join(parts, device)
+            parts, count = [], 0
+    if parts:
+        yield _join(parts, device)
+
+
+def _join(parts, device):
+    if len(parts) == 1:
+        return parts[0]
+    positions = np.concatenate([p for p, _, _ in parts])
+    errors = [e for _, _, errs in parts for e in errs]
+    images = [im if device.type == "cpu" else im.to(device, non_blocking=True)
+              for _, im, _ in parts if im is not None]
+    if any(im.dtype != torch.uint8 for im in images):
+        images = [to_unit_float(im) for im in images]
+    return positions, (torch.cat(images) if images else None), errors
+
+
 #: On a CPU, the forward pass runs in chunks of about this many input pixels: small chunks keep
 #: activations in the CPU caches (EfficientNet-Lite0 at 224 px on a 2-core machine, freed
 #: memory reused: 134 images/s in chunks of 8, 86 one image at a time, about 65 in batches of
@@ -194,15 +236,22 @@ _MAIN_SCRIPT_PACKAGES = ("dask", "distributed")
 def decode_context(workers: int, start_method: str | None = None):
     """The multiprocessing context decode workers start in (None: the process's default).
 
+    What a decode worker imports is imported here first, so that workers forked from this
+    process have it (torchvision's resize took each forked worker 2 s to import in every run
+    of a process that had not loaded a network).
+
     Where this process would *spawn* them (a Dask worker: ``distributed`` sets that start
     method; macOS), every run would start fresh interpreters that import torch and featcache
     again, seconds per Dask task. Workers are then forked from a forkserver that imported
     :mod:`featcache.engine` and torchvision once: it is single-threaded, so forking it is as
     safe as spawning.
     """
+    if workers == 0:
+        return None
+    for name in _DECODE_WORKER_MODULES:  # forked workers inherit them (once per process)
+        importlib.import_module(name)
     start_method = start_method or multiprocessing.get_start_method()
-    if workers == 0 or start_method != "spawn" \
-            or "forkserver" not in multiprocessing.get_all_start_methods():
+    if start_method != "spawn" or "forkserver" not in multiprocessing.get_all_start_methods():
         return None
     context = multiprocessing.get_context("forkserver")
     # A child also re-imports the main script (a Dask worker's imports distributed, about
@@ -252,7 +301,8 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
     loader = DataLoader(
         _DecodeDataset(items, np.asarray(positions, dtype=np.int64), policy or DecodePolicy(),
                        image_size, keys, augment),
-        batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
+        batch_size=decode_batch_size(batch_size, workers), shuffle=False, num_workers=workers,
+        collate_fn=_collate,
         pin_memory=device.type == "cuda", persistent_workers=False,
         multiprocessing_context=decode_context(workers),
     )
@@ -269,7 +319,7 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
     allocator = reuse_freed_memory() if device.type == "cpu" else contextlib.nullcontext()
     try:
         with allocator:
-            for batch_positions, images, errors in loader:
+            for batch_positions, images, errors in _full_batches(loader, batch_size, device):
                 if errors and on_error == "raise":
                     raise errors[0][1]
                 failures = [(pos, str(error)) for pos, error in errors]

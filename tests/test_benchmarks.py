@@ -37,6 +37,12 @@ def test_gpu_cluster_benchmark_runs_on_a_cpu():
     assert "rerun over the warm cache" in out
 
 
+@pytest.mark.slow
+def test_decode_start_benchmark_prints_its_table():
+    out = _run("decode_start.py", "--n", "16", "--batch-size", "8", "--repeats", "1")
+    assert "| whole (8 per worker step) |" in out and "| split (4 per worker step" in out
+
+
 @pytest.mark.gpu
 def test_gpu_throughput_on_the_gpu():
     out = _run("gpu_throughput.py", "--n", "1024")

@@ -80,6 +80,26 @@ def test_decode_failures_raise_or_are_reported():
     assert batches[0].failures[0][0] == 1 and "input 1" in batches[0].failures[0][1]
 
 
+def test_decode_workers_split_a_batch_and_the_network_gets_it_whole():
+    from featcache.engine import decode_batch_size
+
+    assert [decode_batch_size(256, w) for w in (0, 1, 2, 8, 300)] == [256, 256, 128, 32, 1]
+    loaded = load_backbone(image_size=32)
+    items = _items(11)
+    items[5] = np.full((28, 28), np.nan, np.float32)  # undecodable: a failure, not a row
+    items[8] = items[8].astype(np.uint16) * 257  # a 16-bit image joins 8-bit ones as float
+    batches = list(run_batches(loaded.extractor, items, range(11), image_size=32, batch_size=4,
+                               num_workers=2, on_error="skip", progress=False))
+    assert [len(b.positions) + len(b.failures) for b in batches] == [4, 4, 3]
+    assert [p for b in batches for p in b.positions.tolist()] == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
+    assert [f[0] for b in batches for f in b.failures] == [5]
+    alone = np.concatenate([b.features["default"] for b in run_batches(
+        loaded.extractor, [items[i] for i in (0, 1, 2, 3, 4, 6, 7, 8, 9, 10)], range(10),
+        image_size=32, batch_size=4, progress=False)])
+    np.testing.assert_allclose(np.concatenate([b.features["default"] for b in batches]), alone,
+                               atol=1e-5)
+
+
 def test_decode_workers_give_the_same_rows():
     loaded = load_backbone(image_size=32)
     items = _items(6)
@@ -131,6 +151,16 @@ def test_decode_workers_fork_from_a_preloaded_forkserver_where_the_process_spawn
     assert decode_context(4, "fork") is None and decode_context(0, "spawn") is None
     context = decode_context(4, "spawn")
     assert context.get_start_method() == "forkserver"
+
+
+def test_the_parent_imports_what_forked_decode_workers_need():
+    # Else every forked worker imported torchvision's resize on its own, in every run.
+    code = ("import sys; from featcache.engine import decode_context; "
+            "name = 'torchvision.transforms.v2.functional'; before = name in sys.modules; "
+            "decode_context(2, 'fork'); print(before, name in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.split() == ["False", "True"]
 
 
 def test_decode_workers_in_a_spawning_process_give_the_same_rows(tmp_path):
