@@ -24,6 +24,7 @@ decode + model beats extract by a wide margin, decoding on the device would pay.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 import warnings
@@ -31,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from featcache.backbones import load_backbone
@@ -40,21 +40,11 @@ from featcache.extract import extract
 from featcache.inputs import DecodePolicy
 from featcache.sources import collect_inputs
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_cluster import write_jpegs  # noqa: E402  (the same files as gpu_cluster.py)
+
 SIZE = 224
 MODEL = "resnet50"
-
-
-def write_jpegs(folder: Path, n: int) -> list:
-    from sklearn.datasets import load_sample_images
-
-    photos = load_sample_images().images  # two 427x640 RGB photographs
-    paths = []
-    for i in range(n):  # distinct content (shifted copies), same size
-        img = np.roll(photos[i % 2], ((i // 1280) % 427, (i // 2) % 640), axis=(0, 1))
-        path = folder / f"{i:06d}.jpg"
-        Image.fromarray(np.ascontiguousarray(img)).save(path, quality=90)
-        paths.append(path)
-    return paths
 
 
 def synced(device):
@@ -153,14 +143,12 @@ def main():
     device = torch.device(args.device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "jpegs"
-        folder.mkdir()
-        paths = write_jpegs(folder, args.n)
+        folder = write_jpegs(Path(tmp) / "jpegs", 0, args.n)
+        paths = sorted(folder.glob("*.jpg"))
         b, w = args.batch_size, args.workers
         # Warm-up, two full batches through every pipeline (CUDA context, nvJPEG, the
         # kernels for the batch shape): a process's first full-size job ran at about 0.55x.
-        (Path(tmp) / "warm").mkdir()
-        warm = write_jpegs(Path(tmp) / "warm", min(args.n, 2 * b))
+        warm = sorted(write_jpegs(Path(tmp) / "warm", args.n, min(args.n, 2 * b)).glob("*.jpg"))
         cpu_decode_only(warm, b, w)
         gpu_decode_and_model(warm, device, b, w)
         featcache_extract(Path(tmp) / "warm", Path(tmp) / "warm-cache", device, b, w)
