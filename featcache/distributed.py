@@ -33,9 +33,9 @@ from collections import OrderedDict
 
 from .exceptions import CacheValueError, FeatcacheError, InvalidOptionError
 
-__all__ = ["DEFAULT_PARTITION_SIZE", "GPU_PARTITION_SIZE", "default_partition_size", "CONNECT_TIMEOUT", "ANNOTATE_EVERY", "Job",
-           "PartitionResult", "connect", "partitions", "task_resources", "extract_on_cluster",
-           "run_partition", "record_annotations"]
+__all__ = ["DEFAULT_PARTITION_SIZE", "GPU_PARTITION_SIZE", "default_partition_size",
+           "CONNECT_TIMEOUT", "ANNOTATE_EVERY", "Job", "PartitionResult", "connect", "partitions",
+           "task_resources", "extract_on_cluster", "run_partition", "record_annotations"]
 
 #: Inputs per Dask task (see benchmarks/README.md, "Extraction on a Dask cluster"): large
 #: enough that the per-task cost (scheduling, one shard and one key-memo file per partition)
@@ -43,8 +43,9 @@ __all__ = ["DEFAULT_PARTITION_SIZE", "GPU_PARTITION_SIZE", "default_partition_si
 DEFAULT_PARTITION_SIZE = 512
 #: Inputs per Dask task when the job runs on GPUs: a task decodes in DataLoader workers, which
 #: start with the task and only all work once the partition holds several batches per
-#: worker. One H200 worker (batch 256, 8 decode workers) ran partitions of 512 at 0.36x the
-#: in-process rate and partitions of 4096 at 1.30x (benchmarks/gpu_cluster.py).
+#: worker. One H200 worker (batch 256, 8 decode workers) ran partitions of 512 at 299
+#: images/s and partitions of 4096 at 1,079 (0.75-0.79x a warm in-process job;
+#: benchmarks/gpu_cluster.py, docs/cluster.md).
 GPU_PARTITION_SIZE = 4096
 #: Seconds to wait for a scheduler before giving up (exit 1 on the command line).
 CONNECT_TIMEOUT = 10.0

@@ -62,13 +62,13 @@ def classic_inputs(prefix: FrozenPrefix, images: np.ndarray, *, pooling=None, de
     """
     if device is not None:
         prefix.to(device)
+    kind = torch.device(device).type if device is not None else "cpu"
 
     def inputs(positions, views=None):
         x = torch.from_numpy(np.ascontiguousarray(images[positions])).permute(0, 3, 1, 2)
         if device is not None:
             x = x.to(device)
         x = x.float().div(255.0).contiguous(memory_format=torch.channels_last)
-        kind = torch.device(device).type if device is not None else "cpu"
         with torch.no_grad(), torch.autocast(kind, dtype=autocast or torch.float32,
                                              enabled=autocast is not None):
             out = prefix(x)

@@ -59,6 +59,13 @@ def to_device(rows, device) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
 
 
+def _place(tail, device: torch.device) -> None:
+    """Move ``tail`` to ``device``, convolution weights laid out channels-last like the rows."""
+    tail.to(device)
+    if any(p.ndim == 4 for p in tail.parameters()):
+        tail.to(memory_format=torch.channels_last)
+
+
 @contextlib.contextmanager
 def _deterministic(device: torch.device):
     """cuDNN's deterministic kernels while a tail trains on a CUDA device (the caller's
@@ -107,9 +114,7 @@ def train_tail(tail, inputs, targets, train_idx, val_idx=None, *, loss_fn, score
 
     device = torch.device(config.device)
     dtype = _DTYPES[config.precision]
-    tail.to(device)
-    if any(p.ndim == 4 for p in tail.parameters()):
-        tail.to(memory_format=torch.channels_last)
+    _place(tail, device)
     optimizer = _optimizer(tail, config)
     steps = config.max_epochs * max(1, -(-len(train_idx) // config.batch_size))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
@@ -176,9 +181,7 @@ def predict_outputs(tail, inputs, positions, config: TrainingConfig) -> np.ndarr
     device = torch.device(config.device)
     dtype = _DTYPES[config.precision]
     was_training = tail.training
-    tail.to(device)  # a tail rebuilt or fitted elsewhere lives on the CPU
-    if any(p.ndim == 4 for p in tail.parameters()):
-        tail.to(memory_format=torch.channels_last)
+    _place(tail, device)  # a tail rebuilt or fitted elsewhere lives on the CPU
     tail.eval()
     parts = []
     try:
