@@ -34,7 +34,8 @@ def test_caching_changes_speed_not_the_model(tmp_path, toy, trainable_blocks):
                                     cache_dtype="float32", random_state=0, progress=False)
     clf.fit(X, y)
     # The classic way: the pretrained network, BatchNorm not folded, frozen with
-    # requires_grad_(False) and eval(), recomputed on every batch of every epoch.
+    # requires_grad_(False) and eval(), recomputed on every batch of every epoch; its tail
+    # is an exact copy of the network's stages (torch's own depthwise convolutions).
     spec = get_backbone("efficientnet_lite0")
     network = pretrained_network(spec, "DEFAULT")
     layout = stage_layout(network)
@@ -42,7 +43,8 @@ def test_caching_changes_speed_not_the_model(tmp_path, toy, trainable_blocks):
                           spec.preprocessing.std)
     seed = int(np.random.RandomState(0).randint(2**31 - 1))
     tail = build_tail(network, layout.tail_modules(trainable_blocks), layout.pool, clf.row_shape_,
-                      2, seed=seed)
+                      2, seed=seed, fast_depthwise=False)
+    assert not any(type(m).__name__ == "DepthwiseConv2d" for m in tail.modules())
     config = clf._training_config(clf._run_options(), seed)
     inputs = classic_inputs(prefix, X, pooling=None if trainable_blocks else layout.pool)
     result = train_tail(tail, inputs, torch.as_tensor(y), np.arange(len(X)), None,

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .depthwise import use_fast_depthwise
+
 __all__ = ["Tail", "build_tail", "tail_state", "load_tail_state"]
 
 
@@ -66,14 +68,19 @@ class Tail(nn.Module):
 
 
 def build_tail(network: nn.Module, module_names, pool, row_shape, n_outputs: int, *,
-               batchnorm: str = "frozen", seed: int = 0) -> Tail:
+               batchnorm: str = "frozen", seed: int = 0, fast_depthwise: bool = True) -> Tail:
     """A :class:`Tail` of copies of ``network``'s modules ``module_names`` and a new head.
 
     The head's width is found by running the stages on one zero row of ``row_shape``; it is
-    initialised from ``seed`` (PyTorch's default ``nn.Linear`` initialisation).
+    initialised from ``seed`` (PyTorch's default ``nn.Linear`` initialisation). With
+    ``fast_depthwise``, plain depthwise convolutions become
+    :class:`~featcache.partial.depthwise.DepthwiseConv2d` (same weights and keys, a faster
+    weight gradient where the kernel outgrows the map); without, the stages are exact copies.
     """
     modules = dict(network.named_modules())
     stages = [copy.deepcopy(modules[name]) for name in module_names]
+    if fast_depthwise:
+        stages = [use_fast_depthwise(stage) for stage in stages]
     probe = Tail(stages, pool if module_names else None, nn.Identity(), batchnorm).eval()
     with torch.no_grad():
         width = probe.features(torch.zeros(1, *row_shape)).shape[1]
