@@ -64,7 +64,7 @@ def test_warm_path_benchmark_runs_quick():
 @pytest.mark.slow
 def test_partial_freezing_benchmark_prints_its_table():
     out = _run("partial_freezing.py", "--n", "32", "--sizes", "32", "--blocks", "1", "--epochs",
-               "2", "--classic-epochs", "2")
+               "2", "--classic-epochs", "2", "--rounds", "2")
     assert "| px | trainable | cut (shape) |" in out and "| 32 | 1 | blocks.5" in out
 
 
