@@ -4,9 +4,12 @@ Writes N PneumoniaMNIST images as PNG files and embeds them, in one run, with th
 backbone (EfficientNet-Lite0, pretrained) at ``--image-size``:
 
 1. in process (a fresh one), the engine on 1 thread (``torch.set_num_threads(1)``);
-2. a ``LocalCluster`` of 1 worker x 1 thread: ratio to 1 (Dask's overhead; target >= 0.95x);
+2. a ``LocalCluster`` of 1 worker x 1 thread: ratio to 1 (Dask's overhead; target >= 0.95x),
+   with Dask's defaults and again with the workers' statistical profiler off
+   (``distributed.worker.profile.enabled: False``, which docs/cluster.md recommends for
+   extraction workers);
 3. a ``LocalCluster`` of 2 workers x 1 thread: ratio to 2 (scaling; target >= 1.7x on the
-   2-core machine);
+   2-core machine), also with Dask's defaults and with the profiler off;
 4. the per-partition overhead: on the 1-worker cluster, ``--overhead-n`` images at
    ``--overhead-image-size`` (small, so the fixed costs show) in partitions of
    ``--small-partition`` vs one partition; (time difference) / (extra partitions). Both
@@ -85,19 +88,22 @@ def _load(image_size):
 
 
 @contextlib.contextmanager
-def clusters(warm, tmp, params, sizes):
+def clusters(warm, tmp, params, sizes, profile=True):
     """One warm ``LocalCluster`` of n workers x 1 thread per n in ``sizes``: name -> client.
 
     Each worker loads the network (featcache's per-process memo keeps it) and runs a warm-up
-    job, so the timed jobs measure the work, not the start-up.
+    job, so the timed jobs measure the work, not the start-up. ``profile=False`` starts the
+    workers with their statistical profiler off.
     """
+    import dask
     from distributed import Client, LocalCluster
 
     with contextlib.ExitStack() as stack:
         out = {}
         for n in sizes:
-            cluster = stack.enter_context(LocalCluster(
-                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0"))
+            with dask.config.set({"distributed.worker.profile.enabled": profile}):
+                cluster = stack.enter_context(LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0"))
             client = out[n] = stack.enter_context(Client(cluster, set_as_default=False))
             client.run(_load, params["image_size"])
             timed(extract, warm, tmp / f"warm-{n}", client=client,
@@ -127,7 +133,8 @@ def in_process(folder, warm, cache, image_size, batch_size) -> float:
 
 def rounds(folder, warm, tmp, params, per_task, repeats):
     """Best seconds of each job over ``repeats`` rounds, the configurations interleaved, and
-    each round's (1 worker / in process, 2 workers / 1 worker) ratios.
+    each round's (1 worker / in process, 2 workers / 1 worker, and both again with the
+    workers' profiler off) ratios.
 
     Other jobs share this machine now and then; interleaving spreads their load over every
     configuration, and the best of each is the least disturbed run. Even rounds run the
@@ -145,16 +152,21 @@ def rounds(folder, warm, tmp, params, per_task, repeats):
 
         def dask():
             (tmp / f"round-{r}").mkdir()
-            for n in (1, 2):
-                with clusters(warm, tmp / f"round-{r}", params, (n,)) as clients:
-                    seconds[n], _ = timed(extract, folder, tmp / f"cache-{n}-{r}",
-                                          client=clients[n], partition_size=per_task, **params)
+            for n, profile in ((1, True), (1, False), (2, True), (2, False))[::1 if r % 2 == 0
+                                                                              else -1]:
+                name = n if profile else f"{n}-quiet"
+                with clusters(warm, tmp / f"round-{r}", params, (n,), profile) as clients:
+                    seconds[name], _ = timed(extract, folder, tmp / f"cache-{name}-{r}",
+                                             client=clients[n], partition_size=per_task,
+                                             **params)
 
         for job in ((local, dask) if r % 2 == 0 else (dask, local)):
             job()
         for name, value in seconds.items():
             best[name] = min(best.get(name, value), value)
-        ratios.append((seconds["local"] / seconds[1], seconds[1] / seconds[2]))
+        ratios.append((seconds["local"] / seconds[1], seconds[1] / seconds[2],
+                       seconds["local"] / seconds["1-quiet"],
+                       seconds["1-quiet"] / seconds["2-quiet"]))
     return best, ratios
 
 
@@ -250,10 +262,16 @@ def main():
     print("|---|---:|---:|---|")
     print(f"| in process, 1 thread | {n / t_local:.1f} images/s | | |")
     print(f"| Dask, 1 worker x 1 thread | {rate_one:.1f} images/s | | |")
+    print(f"| Dask, 1 worker x 1 thread, profiler off | {n / best['1-quiet']:.1f} images/s | | |")
     print(f"| Dask, 2 workers x 1 thread | {n / t_two:.1f} images/s | | |")
-    ratio1, ratio2 = t_local / t_one, t_one / t_two
+    print(f"| Dask, 2 workers x 1 thread, profiler off | {n / best['2-quiet']:.1f} images/s | | |")
+    ratio1, ratio2, quiet = t_local / t_one, t_one / t_two, t_local / best["1-quiet"]
     for i, (what, ratio, target) in enumerate((("1 worker / in process", ratio1, 0.95),
-                                               ("2 workers / 1 worker", ratio2, 1.7))):
+                                               ("2 workers / 1 worker", ratio2, 1.7),
+                                               ("1 worker, profiler off / in process", quiet,
+                                                0.95),
+                                               ("2 workers / 1 worker, profiler off",
+                                                best["1-quiet"] / best["2-quiet"], 1.7))):
         each = [r[i] for r in ratios]
         median = float(np.median(each))
         print(f"| {what}, best times | {ratio:.2f}x | >= {target}x | "

@@ -73,3 +73,9 @@ def test_distributed_benchmark_runs_small():
     out = _run("distributed.py", "--n", "16", "--image-size", "32", "--overhead-n", "16",
                "--overhead-image-size", "32", "--repeats", "1", "--decode-n", "4")
     assert "|" in out
+
+
+@pytest.mark.slow
+def test_dask_profiler_benchmark_measures_both_settings():
+    out = _run("dask_profiler.py", "--seconds", "1", "--rounds", "1")
+    assert "| on (default) |" in out and "| off |" in out
