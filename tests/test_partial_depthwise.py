@@ -54,6 +54,8 @@ def test_the_fast_gradient_runs_only_where_the_kernel_outgrows_the_map():
     assert type(fast(large).grad_fn).__name__ == "ConvolutionBackward0"
     with torch.no_grad():
         assert fast(small).grad_fn is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert type(fast(small).grad_fn).__name__ == "ConvolutionBackward0"
     fast.weight.requires_grad_(False)   # a frozen convolution: torch's own path
     assert type(fast(small).grad_fn).__name__ == "ConvolutionBackward0"
 

@@ -66,6 +66,13 @@ class _DepthwiseConv2dFunction(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None, None
 
 
+def _cpu_autocast_enabled() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_cpu_enabled()
+
+
 def _is_plain_depthwise(module: nn.Module) -> bool:
     """An exact :class:`torch.nn.Conv2d` (not a subclass with its own forward, such as
     timm's ``Conv2dSame``) with one group per channel, numeric zero padding, dilation 1."""
@@ -91,7 +98,7 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.device.type == "cpu" and x.ndim == 4 and torch.is_grad_enabled()
-                and self.weight.requires_grad and not torch.is_autocast_enabled("cpu")
+                and self.weight.requires_grad and not _cpu_autocast_enabled()
                 and x.dtype == self.weight.dtype and self.kernel_outgrows_map(x)):
             return _DepthwiseConv2dFunction.apply(x, self.weight, self.bias,
                                                   tuple(self.stride), tuple(self.padding))
