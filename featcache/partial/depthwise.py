@@ -46,7 +46,7 @@ class _DepthwiseConv2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding):
         ctx.save_for_backward(x, weight)
-        ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+        ctx.stride, ctx.padding = stride, padding
         return F.conv2d(x, weight, bias, stride, padding, 1, weight.shape[0])
 
     @staticmethod
@@ -61,7 +61,7 @@ class _DepthwiseConv2dFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_weight = depthwise_weight_grad(x, grad, weight.shape[-2:], ctx.stride,
                                                 ctx.padding)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:   # False when there is no bias
             grad_bias = grad.sum(dim=(0, 2, 3))
         return grad_x, grad_weight, grad_bias, None, None
 
