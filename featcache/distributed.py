@@ -10,16 +10,18 @@ compute the misses, commit shards straight into the shared cache directory (shar
 atomic and many writers may add them at once), and returns its counts and failures.
 
 Configurations are resolved, and the network loaded, once per worker process
-(:func:`_worker_state`), not once per task. A worker that dies mid-task (OOM, pre-emption,
-``kill -9``) loses only the rows it had not committed: Dask runs the partition again
-elsewhere (``distributed.scheduler.allowed-failures`` applies) and its plan step skips the
-rows the dead worker committed. Labels, groups, splits and sources are recorded by one small
-task per :data:`ANNOTATE_EVERY` finished partitions (:func:`record_annotations`). Importing
-this module imports neither dask nor torch.
+(:func:`_worker_state`), not once per task; on a CPU, the activation buffers a partition frees
+wait :data:`PARTITION_LINGER` seconds for the next one before they go back to the system.
+A worker that dies mid-task (OOM, pre-emption, ``kill -9``) loses only the rows it had not
+committed: Dask runs the partition again elsewhere (``distributed.scheduler.allowed-failures``
+applies) and its plan step skips the rows the dead worker committed. Labels, groups, splits
+and sources are recorded by one small task per :data:`ANNOTATE_EVERY` finished partitions
+(:func:`record_annotations`). Importing this module imports neither dask nor torch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -34,8 +36,9 @@ from collections import OrderedDict
 from .exceptions import CacheValueError, FeatcacheError, InvalidOptionError
 
 __all__ = ["DEFAULT_PARTITION_SIZE", "GPU_PARTITION_SIZE", "default_partition_size",
-           "CONNECT_TIMEOUT", "ANNOTATE_EVERY", "Job", "PartitionResult", "connect", "partitions",
-           "task_resources", "extract_on_cluster", "run_partition", "record_annotations"]
+           "CONNECT_TIMEOUT", "PARTITION_LINGER", "ANNOTATE_EVERY", "Job", "PartitionResult",
+           "connect", "partitions", "task_resources", "extract_on_cluster", "run_partition",
+           "record_annotations"]
 
 #: Inputs per Dask task (see benchmarks/README.md, "Extraction on a Dask cluster"): large
 #: enough that the per-task cost (scheduling, one shard and one key-memo file per partition)
@@ -49,6 +52,10 @@ DEFAULT_PARTITION_SIZE = 512
 GPU_PARTITION_SIZE = 4096
 #: Seconds to wait for a scheduler before giving up (exit 1 on the command line).
 CONNECT_TIMEOUT = 10.0
+#: Seconds a CPU worker keeps its freed activation buffers after a partition, for the next
+#: one (returned to the system when no partition starts in that time): trimming them between
+#: partitions cost 0.3-0.6 s of page faults per partition at 224 px (benchmarks/README.md).
+PARTITION_LINGER = 2.0
 #: Finished partitions whose annotations one task records (one annotations file each).
 ANNOTATE_EVERY = 64
 
@@ -258,14 +265,20 @@ def run_partition(job: Job, part, positions) -> PartitionResult:
     positions : sequence of int
         Each input's position in the whole job (failures are reported by it).
     """
+    from ._allocator import reuse_freed_memory
     from .embedding import embed
 
     start = time.perf_counter()
     state = _worker_state(job)
+    # The worker's next partition follows within milliseconds: its activation buffers are
+    # kept for it instead of being returned to the system and page-faulted back in.
+    held = reuse_freed_memory(linger=PARTITION_LINGER) if state.options.device == "cpu" \
+        else contextlib.nullcontext()
     try:
-        done = embed(part.items, part.sources, state.namespaces(), load=state.load,
-                     options=state.options, key_memo=state.store.key_memo(),
-                     on_batch=job.on_batch, start=start)
+        with held:
+            done = embed(part.items, part.sources, state.namespaces(), load=state.load,
+                         options=state.options, key_memo=state.store.key_memo(),
+                         on_batch=job.on_batch, start=start)
     except FeatcacheError:  # e.g. a remembered configuration found stale and forgotten
         _forget(job)
         raise

@@ -122,3 +122,83 @@ def test_the_cpu_engine_runs_inside_the_context(monkeypatch):
     assert entered == ["in"]
     batches.close()
     assert entered == ["in", "out"]
+
+
+class _HeldTimer:
+    """A ``threading.Timer`` that fires only when the test says so (no waiting on time)."""
+
+    made = []
+
+    def __init__(self, interval, function, args=()):
+        self.interval, self.function, self.args, self.cancelled = interval, function, args, False
+        _HeldTimer.made.append(self)
+
+    def start(self):
+        pass
+
+    def cancel(self):
+        self.cancelled = True
+
+    def fire(self):
+        self.function(*self.args)
+
+
+@pytest.mark.skipif(not GLIBC_LINUX, reason="glibc's malloc only")
+def test_a_lingering_release_waits_for_the_next_context_and_a_stale_one_does_nothing(
+        monkeypatch):
+    import threading
+
+    import featcache._allocator as allocator
+
+    applied = []
+    real_apply = allocator._apply
+    monkeypatch.setattr(allocator, "_apply", lambda s: applied.append(s) or real_apply(s))
+    monkeypatch.setattr(threading, "Timer", _HeldTimer)
+    _HeldTimer.made.clear()
+    with reuse_freed_memory(linger=2.0):
+        pass
+    assert applied == [allocator._DURING] and allocator._tuned, "held after the exit"
+    first = _HeldTimer.made[-1]
+    assert first.interval == 2.0
+    with reuse_freed_memory(linger=2.0):  # the next partition: nothing applied again
+        assert first.cancelled
+        first.fire()  # a timer that fired just as the context was entered: stale
+        assert allocator._tuned and applied == [allocator._DURING]
+    second = _HeldTimer.made[-1]
+    assert second is not first and allocator._tuned
+    second.fire()  # nobody came: glibc's settings back, free memory returned
+    assert applied == [allocator._DURING, allocator._AFTER] and not allocator._tuned
+    with reuse_freed_memory():  # no linger: released on exit, as before
+        pass
+    assert applied[-1] == allocator._AFTER and not allocator._tuned and len(_HeldTimer.made) == 2
+
+
+# Churns a 48 MiB buffer in a context that lingers, then opens and closes one that does not:
+# the resident memory after the lingering exit (freed buffers kept for the next context) and
+# after the second exit (returned to the system).
+_LINGER = textwrap.dedent("""
+    import os, torch
+    from featcache._allocator import reuse_freed_memory
+
+    def resident_mib():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
+
+    with reuse_freed_memory(linger=600.0):  # far longer than this script runs
+        for _ in range(10):
+            buffer = torch.empty(48 << 20, dtype=torch.uint8)
+            buffer.fill_(1)
+            del buffer
+    held = resident_mib()
+    with reuse_freed_memory():
+        pass
+    print(held, resident_mib())
+""")
+
+
+@pytest.mark.skipif(not GLIBC_LINUX, reason="glibc's malloc only")
+def test_a_lingering_context_keeps_freed_memory_until_the_release():
+    out = subprocess.run([sys.executable, "-c", _LINGER], capture_output=True, text=True,
+                         check=True, env={"PATH": "/usr/bin:/bin"}).stdout.split()
+    held, released = map(int, out)
+    assert held - released >= 40, f"{held} MiB after the lingering exit, {released} after"

@@ -70,9 +70,14 @@ def test_partial_freezing_benchmark_prints_its_table():
 
 @pytest.mark.slow
 def test_distributed_benchmark_runs_small():
-    out = _run("distributed.py", "--n", "16", "--image-size", "32", "--overhead-n", "16",
-               "--overhead-image-size", "32", "--repeats", "1", "--decode-n", "4")
-    assert "|" in out
+    out = _run("distributed.py", "--n", "16", "--image-size", "32", "--batch-size", "4",
+               "--overhead-n", "16", "--overhead-image-size", "32", "--repeats", "1",
+               "--decode-n", "4")
+    assert "| 1 worker / in process, best times |" in out
+    assert "| 2 workers, profiler off: CPU / kernel seconds / minor page faults per job" in out
+    for what in ("kept for the next partition", "trimmed after each partition"):
+        assert f"| per-partition overhead at 32 px, 3 extra partitions of 4, buffers {what}:" \
+            in out
 
 
 @pytest.mark.slow
