@@ -14,7 +14,10 @@ backbone (EfficientNet-Lite0, pretrained) at ``--image-size``:
    ``--overhead-image-size`` (small, so the fixed costs show) in partitions of
    ``--small-partition`` vs one partition; (time difference) / (extra partitions). Both
    cold (keys, plan, compute, one shard and key-memo file per partition) and warm (every
-   row cached: keys from the memo, plan, scheduling);
+   row cached: keys from the memo, plan, scheduling). Then the same at ``--image-size``
+   (the timed job in its partitions vs one), with the workers' freed activation buffers kept
+   for the next partition (``featcache.distributed.PARTITION_LINGER``) and trimmed after each
+   one, to show what that costs (``--no-partition-cost`` skips it);
 5. for the GPU extrapolation in docs/cluster.md: how many 640x427 JPEG files one core decodes
    and resizes to 224 px per second with featcache's decoder.
 
@@ -79,6 +82,19 @@ def timed(job, folder, cache, **params):
     return seconds, summary
 
 
+def _usage():
+    """(CPU seconds, kernel seconds, minor page faults) of this process so far."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return np.array([r.ru_utime + r.ru_stime, r.ru_stime, r.ru_minflt])
+
+
+def workers_usage(client):
+    """:func:`_usage` summed over the cluster's workers."""
+    return sum(client.run(_usage).values())
+
+
 def _load(image_size):
     from featcache.backbones import load_backbone
 
@@ -111,8 +127,9 @@ def clusters(warm, tmp, params, sizes, profile=True):
         yield out
 
 
-def in_process(folder, warm, cache, image_size, batch_size) -> float:
-    """Seconds of the job in a fresh process, the engine on one thread, like each worker.
+def in_process(folder, warm, cache, image_size, batch_size):
+    """Seconds of the job in a fresh process, the engine on one thread, like each worker, and
+    its :func:`_usage`.
 
     A process of its own: the clusters' schedulers live in this one, and their threads would
     take the interpreter lock from the in-process engine now and then.
@@ -123,18 +140,23 @@ def in_process(folder, warm, cache, image_size, batch_size) -> float:
             "folder, warm, cache, size, batch = sys.argv[1:]; "
             "p = dict(image_size=int(size), batch_size=int(batch), progress=False, device='cpu'); "
             "extract(c([warm]), cache + '-warm', **p); inputs = c([folder]); "
-            "t = time.perf_counter(); extract(inputs, cache, **p); "
-            "print(time.perf_counter() - t)")
+            "import resource; u = lambda r: (r.ru_utime + r.ru_stime, r.ru_stime, r.ru_minflt); "
+            "a = u(resource.getrusage(resource.RUSAGE_SELF)); "
+            "t = time.perf_counter(); extract(inputs, cache, **p); t = time.perf_counter() - t; "
+            "b = u(resource.getrusage(resource.RUSAGE_SELF)); "
+            "print(t, *(y - x for x, y in zip(a, b)))")
     done = subprocess.run([sys.executable, "-c", code, str(folder), str(warm), str(cache),
                            str(image_size), str(batch_size)], capture_output=True, text=True,
                           check=True, env=START_ENVIRONMENT)
-    return float(done.stdout.split()[-1])
+    values = [float(v) for v in done.stdout.split()[-4:]]
+    return values[0], np.array(values[1:])
 
 
 def rounds(folder, warm, tmp, params, per_task, repeats):
     """Best seconds of each job over ``repeats`` rounds, the configurations interleaved, and
     each round's (1 worker / in process, 2 workers / 1 worker, and both again with the
-    workers' profiler off) ratios.
+    workers' profiler off) ratios, and each configuration's median :func:`_usage` per job (of
+    the in-process job's process, or summed over the workers).
 
     Other jobs share this machine now and then; interleaving spreads their load over every
     configuration, and the best of each is the least disturbed run. Even rounds run the
@@ -142,13 +164,14 @@ def rounds(folder, warm, tmp, params, per_task, repeats):
     the configuration being timed exists while it runs: an idle Dask worker and its scheduler
     take about 7% of a core each here (heartbeats, the profiler), which the 2-worker job needs.
     """
-    best, ratios = {}, []
+    best, ratios, usage = {}, [], {}
     for r in range(repeats):
         seconds = {}
 
         def local():
-            seconds["local"] = in_process(folder, warm, tmp / f"cache-local-{r}",
-                                          params["image_size"], params["batch_size"])
+            seconds["local"], used = in_process(folder, warm, tmp / f"cache-local-{r}",
+                                                params["image_size"], params["batch_size"])
+            usage.setdefault("local", []).append(used)
 
         def dask():
             (tmp / f"round-{r}").mkdir()
@@ -156,9 +179,11 @@ def rounds(folder, warm, tmp, params, per_task, repeats):
                                                                               else -1]:
                 name = n if profile else f"{n}-quiet"
                 with clusters(warm, tmp / f"round-{r}", params, (n,), profile) as clients:
+                    before = workers_usage(clients[n])
                     seconds[name], _ = timed(extract, folder, tmp / f"cache-{name}-{r}",
                                              client=clients[n], partition_size=per_task,
                                              **params)
+                    usage.setdefault(name, []).append(workers_usage(clients[n]) - before)
 
         for job in ((local, dask) if r % 2 == 0 else (dask, local)):
             job()
@@ -167,7 +192,7 @@ def rounds(folder, warm, tmp, params, per_task, repeats):
         ratios.append((seconds["local"] / seconds[1], seconds[1] / seconds[2],
                        seconds["local"] / seconds["1-quiet"],
                        seconds["1-quiet"] / seconds["2-quiet"]))
-    return best, ratios
+    return best, ratios, {name: np.median(used, axis=0) for name, used in usage.items()}
 
 
 def overhead(folder, warm, tmp, params, small, n, repeats):
@@ -187,6 +212,46 @@ def overhead(folder, warm, tmp, params, small, n, repeats):
     extra = -(-n // small) - 1
     return ({k: 1000 * (out["small"][i] - out["one"][i]) / extra for i, k in
              enumerate(("cold", "warm"))}, out, extra)
+
+
+def _set_linger(seconds: float) -> float:
+    """On a worker: how long a partition's freed buffers wait for the next one (see
+    ``featcache.distributed.PARTITION_LINGER``); returns the value it replaced."""
+    import featcache.distributed as fd
+
+    old, fd.PARTITION_LINGER = fd.PARTITION_LINGER, seconds
+    return old
+
+
+def partition_cost(folder, warm, tmp, params, per_task, n, repeats):
+    """Cost per partition at the timed image size, on one worker (profiler off), with the
+    freed activation buffers kept for the next partition (featcache's default) and trimmed
+    after each one (linger 0): (partitions of ``per_task`` - one partition) / extra
+    partitions, cold, over ``repeats`` interleaved rounds. Wall-clock ms from the best times;
+    the worker's CPU ms, kernel ms and minor page faults from the median job (they do not move
+    with other jobs' load the way wall-clock time does)."""
+    if per_task >= n:
+        return None, None, None  # one partition: nothing to compare
+    best, used = {}, {}
+    with clusters(warm, tmp, params, (1,), profile=False) as clients:
+        client = clients[1]
+        kept = next(iter(client.run(_set_linger, 0.0).values()))
+        for r in range(repeats):
+            for linger in ((kept, 0.0) if r % 2 == 0 else (0.0, kept)):
+                client.run(_set_linger, linger)
+                for label, size in (("one", n), ("parts", per_task)):
+                    before = workers_usage(client)
+                    seconds, _ = timed(extract, folder, tmp / f"cost-{linger}-{label}-{r}",
+                                       client=client, partition_size=size, **params)
+                    key = (linger > 0, label)
+                    best[key] = min(best.get(key, seconds), seconds)
+                    used.setdefault(key, []).append(workers_usage(client) - before)
+    extra = -(-n // per_task) - 1
+    used = {key: np.median(values, axis=0) for key, values in used.items()}
+    # Per extra partition: wall ms (best times), then CPU ms, kernel ms and page faults (medians)
+    return {held: (1000 * (best[(held, "parts")] - best[(held, "one")]) / extra,
+                   *((used[(held, "parts")] - used[(held, "one")]) * (1000, 1000, 1) / extra))
+            for held in (True, False)}, best, extra
 
 
 def decode_rate(tmp: Path, n: int, size: int) -> float:
@@ -224,6 +289,8 @@ def main():
     parser.add_argument("--small-partition", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2,
                         help="interleaved rounds: best times and the median ratio are reported")
+    parser.add_argument("--no-partition-cost", dest="partition_cost", action="store_false",
+                        help="skip the per-partition overhead at --image-size (4 jobs a round)")
     parser.add_argument("--decode-n", type=int, default=200,
                         help="640x427 JPEG decodes timed on one core (0: skip)")
     args = parser.parse_args()
@@ -243,13 +310,16 @@ def main():
         # of 96 ran a batch of 64 and one of 32 each).
         batches = max(1, args.n // 6 // args.batch_size)
         per_task = min(size, batches * args.batch_size)
-        best, ratios = rounds(folder, warm, tmp, params, per_task, args.repeats)
+        best, ratios, usage = rounds(folder, warm, tmp, params, per_task, args.repeats)
         t_local, t_one, t_two = best["local"], best[1], best[2]
         small_params = dict(params, image_size=args.overhead_image_size)
         ofolder = write_pngs(tmp / "overhead", 0, args.overhead_n) if args.overhead_n != args.n \
             else folder
         per_partition, raw, extra = overhead(ofolder, warm, tmp, small_params,
                                              args.small_partition, args.overhead_n, args.repeats)
+        cost, cost_raw, cost_extra = partition_cost(folder, warm, tmp, params, per_task,
+                                                    args.n, args.repeats) \
+            if args.partition_cost else (None, None, None)
         decode = decode_rate(tmp, args.decode_n, 224) if args.decode_n else None
     n = args.n
     rate_one = n / t_one
@@ -278,14 +348,31 @@ def main():
               f"{'yes' if ratio >= target else 'NO'} |")
         print(f"| {what}, median of the rounds' ratios ({', '.join(f'{x:.2f}' for x in each)}) "
               f"| {median:.2f}x | >= {target}x | {'yes' if median >= target else 'NO'} |")
+    for name, what in (("local", "in process"), (1, "1 worker"),
+                       ("1-quiet", "1 worker, profiler off"), (2, "2 workers"),
+                       ("2-quiet", "2 workers, profiler off")):
+        cpu, kernel, faults = usage[name]
+        print(f"| {what}: CPU / kernel seconds / minor page faults per job (median) | "
+              f"{cpu:.1f} s / {kernel:.2f} s / {faults:,.0f} | | |")
     print(f"| per-partition overhead, cold ({args.overhead_image_size} px, "
           f"{extra} extra partitions) | {per_partition['cold']:.0f} ms | | |")
     print(f"| per-partition overhead, warm (all cached) | {per_partition['warm']:.0f} ms | | |")
+    if cost is not None:
+        for held, what in ((True, "buffers kept for the next partition (default)"),
+                           (False, "buffers trimmed after each partition")):
+            wall, cpu, kernel, faults = cost[held]
+            print(f"| per-partition overhead at {args.image_size} px, {cost_extra} extra "
+                  f"partitions of {per_task}, {what}: wall / worker CPU / kernel / page faults "
+                  f"| {wall:.0f} ms / {cpu:.0f} ms / {kernel:.0f} ms / {faults:,.0f} | | |")
     if decode is not None:
         print(f"| decode + resize of a 640x427 JPEG to 224 px, one core | {decode:.0f} images/s "
               "| | |")
     print(f"\nraw seconds (one partition, {args.small_partition}-image partitions), cold / warm: "
           + ", ".join(f"{k}: {c:.2f} / {w:.2f}" for k, (c, w) in raw.items()))
+    if cost_raw is not None:
+        print(f"raw seconds at {args.image_size} px (one partition / partitions of {per_task}): "
+              + ", ".join(f"{'kept' if held else 'trimmed'}: {cost_raw[(held, 'one')]:.2f} / "
+                          f"{cost_raw[(held, 'parts')]:.2f}" for held in (True, False)))
     # The smallest power of two whose overhead is under 1% of its work at the 1-worker rate.
     target = max(per_partition["cold"], 1.0) / 1000 / 0.01 * rate_one
     power = 1 << max(0, int(np.ceil(np.log2(target))))
