@@ -95,6 +95,13 @@ def workers_usage(client):
     return sum(client.run(_usage).values())
 
 
+def cluster_job(client, folder, cache, **params):
+    """(seconds, :func:`workers_usage` it took) of one extraction on ``client``'s cluster."""
+    before = workers_usage(client)
+    seconds, _ = timed(extract, folder, cache, client=client, **params)
+    return seconds, workers_usage(client) - before
+
+
 def _load(image_size):
     from featcache.backbones import load_backbone
 
@@ -127,27 +134,34 @@ def clusters(warm, tmp, params, sizes, profile=True):
         yield out
 
 
+def local_job(folder, warm, cache, image_size, batch_size):
+    """The in-process job, run in the process :func:`in_process` starts: a warm-up job on
+    other images, then the timed one; (seconds, its :func:`_usage`)."""
+    import torch
+
+    torch.set_num_threads(1)
+    params = dict(image_size=int(image_size), batch_size=int(batch_size), progress=False,
+                  device="cpu")
+    extract(collect_inputs([warm]), f"{cache}-warm", **params)
+    before = _usage()
+    seconds, _ = timed(extract, folder, cache, **params)
+    return seconds, _usage() - before
+
+
 def in_process(folder, warm, cache, image_size, batch_size):
-    """Seconds of the job in a fresh process, the engine on one thread, like each worker, and
-    its :func:`_usage`.
+    """:func:`local_job` in a fresh process, the engine on one thread, like each worker.
 
     A process of its own: the clusters' schedulers live in this one, and their threads would
-    take the interpreter lock from the in-process engine now and then.
+    take the interpreter lock from the in-process engine now and then. It loads this file by
+    its path (its folder stays off ``sys.path``, see the top).
     """
-    code = ("import sys, time, torch; torch.set_num_threads(1); "
-            "from featcache.extract import extract; "
-            "from featcache.sources import collect_inputs as c; "
-            "folder, warm, cache, size, batch = sys.argv[1:]; "
-            "p = dict(image_size=int(size), batch_size=int(batch), progress=False, device='cpu'); "
-            "extract(c([warm]), cache + '-warm', **p); inputs = c([folder]); "
-            "import resource; u = lambda r: (r.ru_utime + r.ru_stime, r.ru_stime, r.ru_minflt); "
-            "a = u(resource.getrusage(resource.RUSAGE_SELF)); "
-            "t = time.perf_counter(); extract(inputs, cache, **p); t = time.perf_counter() - t; "
-            "b = u(resource.getrusage(resource.RUSAGE_SELF)); "
-            "print(t, *(y - x for x, y in zip(a, b)))")
-    done = subprocess.run([sys.executable, "-c", code, str(folder), str(warm), str(cache),
-                           str(image_size), str(batch_size)], capture_output=True, text=True,
-                          check=True, env=START_ENVIRONMENT)
+    code = ("import importlib.util, sys; "
+            "spec = importlib.util.spec_from_file_location('dask_benchmark', sys.argv[1]); "
+            "bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench); "
+            "seconds, used = bench.local_job(*sys.argv[2:]); print(seconds, *used)")
+    done = subprocess.run([sys.executable, "-c", code, __file__, str(folder), str(warm),
+                           str(cache), str(image_size), str(batch_size)], capture_output=True,
+                          text=True, check=True, env=START_ENVIRONMENT)
     values = [float(v) for v in done.stdout.split()[-4:]]
     return values[0], np.array(values[1:])
 
@@ -179,11 +193,10 @@ def rounds(folder, warm, tmp, params, per_task, repeats):
                                                                               else -1]:
                 name = n if profile else f"{n}-quiet"
                 with clusters(warm, tmp / f"round-{r}", params, (n,), profile) as clients:
-                    before = workers_usage(clients[n])
-                    seconds[name], _ = timed(extract, folder, tmp / f"cache-{name}-{r}",
-                                             client=clients[n], partition_size=per_task,
-                                             **params)
-                    usage.setdefault(name, []).append(workers_usage(clients[n]) - before)
+                    seconds[name], used = cluster_job(clients[n], folder,
+                                                      tmp / f"cache-{name}-{r}",
+                                                      partition_size=per_task, **params)
+                    usage.setdefault(name, []).append(used)
 
         for job in ((local, dask) if r % 2 == 0 else (dask, local)):
             job()
@@ -240,12 +253,12 @@ def partition_cost(folder, warm, tmp, params, per_task, n, repeats):
             for linger in ((kept, 0.0) if r % 2 == 0 else (0.0, kept)):
                 client.run(_set_linger, linger)
                 for label, size in (("one", n), ("parts", per_task)):
-                    before = workers_usage(client)
-                    seconds, _ = timed(extract, folder, tmp / f"cost-{linger}-{label}-{r}",
-                                       client=client, partition_size=size, **params)
+                    seconds, usage = cluster_job(client, folder,
+                                                 tmp / f"cost-{linger}-{label}-{r}",
+                                                 partition_size=size, **params)
                     key = (linger > 0, label)
                     best[key] = min(best.get(key, seconds), seconds)
-                    used.setdefault(key, []).append(workers_usage(client) - before)
+                    used.setdefault(key, []).append(usage)
     extra = -(-n // per_task) - 1
     used = {key: np.median(values, axis=0) for key, values in used.items()}
     # Per extra partition: wall ms (best times), then CPU ms, kernel ms and page faults (medians)

@@ -75,7 +75,7 @@ def test_distributed_benchmark_runs_small():
                "--decode-n", "4")
     assert "| 1 worker / in process, best times |" in out
     assert "| 2 workers, profiler off: CPU / kernel seconds / minor page faults per job" in out
-    for what in ("kept for the next partition", "trimmed after each partition"):
+    for what in ("kept for the next partition (default)", "trimmed after each partition"):
         assert f"| per-partition overhead at 32 px, 3 extra partitions of 4, buffers {what}:" \
             in out
 
