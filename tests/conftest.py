@@ -22,8 +22,14 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _isolated_cache_home(tmp_path_factory, monkeypatch):
-    """cache="auto" never writes into the user's real cache during tests."""
+    """cache="auto" never writes into the user's real cache during tests.
+
+    Files a test writes are seconds old, so the memos' racily-clean window
+    (:mod:`featcache.cache.identity`) would make every warm path hash them again: tests run
+    with no window, and the tests of the rule set one themselves.
+    """
     monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path_factory.mktemp("featcache_home")))
+    monkeypatch.setenv("FEATCACHE_RACY_WINDOW", "0")
 
 
 @pytest.fixture(scope="session")
