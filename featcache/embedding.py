@@ -359,17 +359,34 @@ def embed(items, sources, namespaces, *, load, options, read=None, on_keys=None,
         failures = fill_cache(load(), items, keys, sources, todo, namespaces, options=options,
                               on_batch=on_batch, augment=augment,
                               progress_desc=f"featcache ({len(items) - len(todo)} cached)")
-    every = {**key_failures, **known, **failures}
     for pos, reason in {**key_failures, **failures}.items():
         _log.warning("skipped (on_error='skip'): %s", reason)
+    computed = len(todo) - len(failures)
+    # plan() computes (or finds recorded) one position per distinct key: its duplicates (the
+    # same input twice, byte-identical copies) failed with it.
+    every = {**key_failures, **_same_content(keys, {**known, **failures}, sources)}
     features = None
     if read is not None:
         ns = namespaces[read]
         features = ns.read([k if k is not None else NO_KEY for k in keys], missing="nan")
         every.update(_recorded_failures(ns, keys, features, every))
-    computed = len(todo) - len(failures)
     return EmbedResult(keys, every, computed, len(items) - computed - len(every),
                        time.perf_counter() - start, features)
+
+
+def _same_content(keys, failures, sources) -> dict:
+    """``failures`` plus every other position holding the content of a failed one."""
+    first = {}
+    for pos in sorted(failures):
+        if keys[pos] is not None:
+            first.setdefault(keys[pos], pos)
+    out = dict(failures)
+    for pos, key in enumerate(keys):
+        if pos not in out and key in first:
+            was = first[key]
+            out[pos] = (f"input {pos} ({sources[pos]!r}): the same content as input {was}, "
+                        f"which failed: {failures[was]}")
+    return out
 
 
 def _recorded_failures(ns, keys, rows, known) -> dict:
