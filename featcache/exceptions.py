@@ -18,6 +18,7 @@ __all__ = [
     "ProbeError",
     "CorruptShardWarning",
     "MixedDatasetsWarning",
+    "ContentLeakWarning",
 ]
 
 
@@ -90,4 +91,15 @@ class MixedDatasetsWarning(UserWarning):
     ``featcache probe`` and ``featcache export`` (and :func:`~featcache.probe_cache.probe_cache`,
     :meth:`~featcache.cache.FeatureCache.export`) then use every row; pass ``dataset=`` /
     ``--dataset NAME`` (the tag given to ``featcache extract --dataset``) to use one dataset's.
+    """
+
+
+class ContentLeakWarning(UserWarning):
+    """Byte-identical inputs (one content key) recorded in more than one split or group.
+
+    Two records sharing a row are two inputs with one content: a probe that trains on one
+    and validates on the other (or puts them in two patients' folds) measures memory, not
+    generalisation. :func:`~featcache.probe_cache.probe_cache` and
+    :meth:`~featcache.cache.FeatureCache.export` warn with the count and examples, and the
+    probe records them in ``report.json`` (``"leaks"``).
     """

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from featcache.cache import FeatureCache, annotations
-from featcache.exceptions import CacheCorruptError, CacheValueError, MixedDatasetsWarning
+from featcache.exceptions import (CacheCorruptError, CacheValueError, ContentLeakWarning,
+                                  MixedDatasetsWarning)
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from cache_helpers import _bomb_file  # noqa: E402
@@ -130,3 +131,94 @@ def test_a_damaged_annotations_file_is_named(tmp_path, damage):
     assert not report.ok and len(report.problems) == 1 and str(bad) in report.problems[0]
     bad.unlink()
     assert cache.annotations()[k1]["label"] == "cat" and cache.verify().ok
+
+
+# ----------------------------------------------------------------------------- records
+def _by_source(records):
+    return {r["source"]: r for r in records}
+
+
+def test_byte_identical_inputs_stay_two_records_sharing_one_key(tmp_path):
+    cache = FeatureCache(tmp_path / "c")
+    k, other = bytes([5]) * 16, bytes([6]) * 16
+    cache.annotate([k, k, other], label=["0", "1", "0"], split=["train", "val", "train"],
+                   group=["p1", "p2", "p3"], source=["train/a.png", "val/b.png", "train/c.png"])
+    records = cache.records()
+    assert len(records) == 3 and [r["key"] for r in records] == [k, k, other]
+    got = _by_source(records)
+    assert {f: got["train/a.png"][f] for f in ("label", "split", "group")} == \
+        {"label": "0", "split": "train", "group": "p1"}
+    assert {f: got["val/b.png"][f] for f in ("label", "split", "group")} == \
+        {"label": "1", "split": "val", "group": "p2"}
+    # rewriting one record (same source, e.g. a rerun with a new label) replaces that one only
+    cache.annotate([k], label=["7"], split=["val"], source=["val/b.png"])
+    got = _by_source(cache.records([k]))
+    assert set(got) == {"train/a.png", "val/b.png"} and got["val/b.png"]["label"] == "7"
+    assert got["train/a.png"]["label"] == "0"
+    # the by-key view is the newest record of each key
+    assert cache.annotations([k])[k]["source"] == "val/b.png"
+
+
+def test_records_are_per_dataset_and_an_edited_file_moves_to_its_new_key(tmp_path):
+    cache = FeatureCache(tmp_path / "c")
+    k1, k2 = bytes([1]) * 16, bytes([2]) * 16
+    cache.annotate([k1], label=["0"], source=["a.png"], dataset="s1")
+    cache.annotate([k1], label=["1"], source=["a.png"], dataset="s2")
+    assert len(cache.records()) == 2 and len(cache.records(dataset="s1")) == 1
+    cache.annotate([k2], label=["0"], source=["a.png"], dataset="s1")   # a.png was edited
+    assert [(r["key"], r["dataset"]) for r in cache.records(dataset="s1")] == [(k2, "s1")]
+    assert cache.records([k1], dataset="s1") == []
+
+
+def test_annotating_content_without_a_source_relabels_its_records(tmp_path):
+    cache = FeatureCache(tmp_path / "c")
+    k = bytes([3]) * 16
+    cache.annotate([k], label=["x"])                       # by content: one record
+    cache.annotate([k, k], label=["0", "1"], source=["a.png", "b.png"])
+    got = _by_source(cache.records())                      # inputs replace the content record
+    assert set(got) == {"a.png", "b.png"} and got["b.png"]["label"] == "1"
+    cache.annotate([k], label=["2"], split=["test"])         # relabels every input of k
+    got = _by_source(cache.records())
+    assert set(got) == {"a.png", "b.png"}
+    assert {(r["label"], r["split"]) for r in got.values()} == {("2", "test")}
+
+
+def test_files_written_by_content_key_read_as_records(tmp_path):
+    cache = FeatureCache(tmp_path / "c")
+    old = cache.path / "annotations" / f"{1:020d}-{'a' * 32}.h5"
+    old.parent.mkdir()
+    text = h5py.string_dtype("utf-8")
+    with h5py.File(old, "w") as f:            # an older file: two inputs with one content
+        f.create_dataset("keys", data=np.full((2, 16), 7, np.uint8))
+        for name, values in (("label", ["0", "1"]), ("group", ["", ""]),
+                             ("split", ["train", "val"]), ("source", ["a.png", "b.png"]),
+                             ("dataset", ["", ""])):
+            f.create_dataset(name, data=np.array(values, dtype=object), dtype=text)
+    records = cache.records()
+    assert [(r["source"], r["label"], r["split"]) for r in records] == \
+        [("a.png", "0", "train"), ("b.png", "1", "val")]
+    assert cache.annotations()[bytes([7]) * 16]["label"] == "1"     # by key: the newest
+
+
+def test_identical_content_across_splits_or_groups_is_a_named_leak(tmp_path):
+    cache = FeatureCache(tmp_path / "c")
+    k1, k2, k3 = (bytes([i]) * 16 for i in (1, 2, 3))
+    cache.annotate([k1, k1, k2, k2, k3, k3], label=["0"] * 6,
+                   split=["train", "val", "train", "train", "train", "train"],
+                   group=["p1", "p1", "p2", "p3", "p4", "p4"],
+                   source=["t/a.png", "v/a.png", "t/b.png", "t/b2.png", "t/c.png", "t/c2.png"])
+    leaks = annotations.find_leaks(cache.records())
+    assert leaks["splits"]["count"] == 1 and leaks["groups"]["count"] == 1
+    assert leaks["splits"]["examples"] == [{"key": k1.hex(), "sources": ["t/a.png", "v/a.png"],
+                                            "values": ["train", "val"]}]
+    assert leaks["groups"]["examples"] == [{"key": k2.hex(), "sources": ["t/b.png", "t/b2.png"],
+                                            "values": ["p2", "p3"]}]
+    with pytest.warns(ContentLeakWarning, match=r"1 image \(content key\) is in more than one "
+                                                r"split.*'t/a.png' \(train\) and 'v/a.png' "
+                                                r"\(val\).*1 image.*more than one group.*"
+                                                r"'t/b.png' \(p2\) and 't/b2.png' \(p3\)"):
+        annotations.warn_leaks(leaks, what="the probe")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clean = annotations.find_leaks([r for r in cache.records() if r["key"] == k3])
+        assert clean == {} and annotations.warn_leaks(clean, what="x") is None

@@ -247,7 +247,7 @@ class FeatureCache:
     # -- annotations -----------------------------------------------------------------
     def annotate(self, keys, *, label=None, group=None, split=None, source=None,
                  dataset=None) -> pathlib.Path:
-        """Record labels, groups (patients), splits and sources of inputs, by content key.
+        """Record labels, groups (patients), splits and sources of inputs: one record each.
 
         Stored once per cache directory (see :mod:`featcache.cache.annotations`), so every
         namespace and ``featcache probe`` can use them without the original manifest. Text
@@ -263,9 +263,19 @@ class FeatureCache:
     def annotations(self, keys=None, *, dataset=None) -> dict:
         """``key -> {"label", "group", "split", "source", "dataset"}`` recorded by :meth:`annotate`.
 
-        With ``dataset``, only that dataset's records: exactly the keys tagged with it.
+        The newest record of each key (:meth:`records` has one per input). With ``dataset``,
+        only that dataset's records: exactly the keys tagged with it.
         """
         return _annotations.read_annotations(self.path, keys, dataset=dataset)
+
+    def records(self, keys=None, *, dataset=None) -> list:
+        """Every input record, ``{"key", "label", "group", "split", "source", "dataset"}``.
+
+        One per input, not per content: byte-identical inputs are several records sharing
+        one key (one row). With ``keys`` / ``dataset``, only those keys' / that dataset's
+        records (see :func:`featcache.cache.annotations.read_records`).
+        """
+        return _annotations.read_records(self.path, keys, dataset=dataset)
 
     # -- maintenance (implemented in featcache.cache.maintenance) ----------------------------
     def verify(self) -> maintenance.VerifyReport:
