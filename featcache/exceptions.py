@@ -16,6 +16,9 @@ __all__ = [
     "CacheMissError",
     "CacheValueError",
     "ProbeError",
+    "NonFiniteError",
+    "InvalidModelError",
+    "SchedulerLostError",
     "CorruptShardWarning",
     "MixedDatasetsWarning",
     "ContentLeakWarning",
@@ -79,6 +82,31 @@ class CacheValueError(CacheError, ValueError):
 
 class ProbeError(FeatcacheError, ValueError):
     """Inputs of a probe that cannot be used (shapes, labels, splits, a CSV, a namespace)."""
+
+
+class NonFiniteError(FeatcacheError, ValueError):
+    """NaN or infinite values where training needs finite ones (cached activations).
+
+    A float16 cache overflows (beyond 65504) to inf; a damaged or hand-written cache can hold
+    anything. Names the input; the fix is ``cache_dtype="float32"`` or a fresh cache.
+    """
+
+
+class InvalidModelError(FeatcacheError, ValueError):
+    """A fitted estimator whose fitted state does not fit its architecture.
+
+    Raised when a loaded model (``skops``, pickle) is used: a shape, key or size in its
+    fitted attributes that its own parameters could not have produced. Load only files you
+    trust, or refit.
+    """
+
+
+class SchedulerLostError(FeatcacheError):
+    """The Dask scheduler of a distributed job went away (killed, restarted, unreachable).
+
+    Names the scheduler and how many rows were committed: committed shards are kept, and
+    running the job again computes only what is missing.
+    """
 
 
 class CorruptShardWarning(UserWarning):

@@ -295,3 +295,68 @@ def test_mixed_precision_on_a_gpu(tmp_path, toy, precision):
     proba = mixed.predict_proba(X)
     assert np.isfinite(proba).all()
     np.testing.assert_allclose(proba, reference.predict_proba(X), atol=0.15)
+
+
+@pytest.mark.parametrize("cache", ["dir", False])
+def test_a_broken_input_given_twice_is_failed_twice_and_never_trains(tmp_path, toy, cache):
+    """The same truncated file twice and a byte-identical copy: every one of its positions is
+    left out of training and gets NaN probabilities (it used to train on a NaN row)."""
+    from PIL import Image
+
+    X, y = toy
+    paths = []
+    for i in range(8):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(X[i]).save(p)
+        paths.append(str(p))
+    broken = (tmp_path / "0.png").read_bytes()[:60]
+    (tmp_path / "broken.png").write_bytes(broken)
+    (tmp_path / "broken copy.png").write_bytes(broken)
+    paths += [str(tmp_path / "broken.png"), str(tmp_path / "broken.png"),
+              str(tmp_path / "broken copy.png")]
+    labels = np.r_[y[:8], y[:3]]
+    clf = _clf(tmp_path, trainable_blocks=0, on_error="skip",
+               cache=tmp_path / "cache" if cache else False)
+    with pytest.warns(UserWarning, match="3 of 11 training inputs could not be read"):
+        clf.fit(paths, labels)
+    assert np.isfinite(clf.loss_curve_).all()
+    assert clf.fit_stats_["failed"] == 3
+    proba = clf.predict_proba(paths)
+    assert np.isnan(proba[8:]).all() and np.isfinite(proba[:8]).all()
+    assert sorted(clf.failures_) == [8, 9, 10]
+
+
+def _poison_cache(tmp_path, X, value):
+    """A cache whose row of X[0] (at the cut of trainable_blocks=1) holds ``value``."""
+    from featcache.inputs import as_items, content_key
+
+    fitted = _clf(tmp_path, trainable_blocks=1, cache_dtype="float32").fit(X[1:8], np.arange(7) % 2)
+    cache = FeatureCache(tmp_path / "cache")
+    ns = cache.namespace(fitted.prefix_fingerprint_)
+    row = np.full((1, int(np.prod(fitted.row_shape_))), value, dtype=np.float32)
+    with ns.writer() as writer:
+        writer.add([content_key(as_items(X[:1])[0], 0)], row, ["poisoned"])
+
+
+@pytest.mark.parametrize("max_memory", ["auto", 1024])
+def test_non_finite_training_rows_are_refused(tmp_path, toy, max_memory):
+    """A cached activation holding inf (a float16 overflow, a damaged cache) never trains: the
+    fit stops with NonFiniteError naming the input, held in memory or streamed."""
+    from featcache.exceptions import NonFiniteError
+
+    X, y = toy
+    _poison_cache(tmp_path, X, np.inf)
+    clf = _clf(tmp_path, trainable_blocks=1, cache_dtype="float32", max_memory=max_memory)
+    with pytest.raises(NonFiniteError, match=r"training input 0 .*non-finite.*cache"):
+        clf.fit(X[:8], np.arange(8) % 2)
+    assert not hasattr(clf, "tail_state_")
+
+
+def test_a_diverging_fit_is_an_error_not_a_nan_model(tmp_path, toy):
+    from featcache.exceptions import NonFiniteError
+
+    X, y = toy
+    clf = _clf(tmp_path, trainable_blocks=1, learning_rate=1e30, head_learning_rate=1e30)
+    with pytest.raises(NonFiniteError, match=r"in epoch \d.*diverged.*learning_rate"):
+        clf.fit(X[:16], y[:16])
+    assert not hasattr(clf, "tail_state_")

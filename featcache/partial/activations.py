@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..exceptions import FeatcacheError
+from ..exceptions import FeatcacheError, NonFiniteError
 
 __all__ = ["ActivationSet", "prefix_activations", "memory_budget"]
 
@@ -61,6 +61,8 @@ class ActivationSet:
     arrays: list = field(default_factory=list)
     computed: int = 0
     cached: int = 0
+    sources: object = None
+    checking: str | None = None  # streamed rows are checked as read (see check_finite)
 
     @property
     def in_memory(self) -> bool:
@@ -124,7 +126,46 @@ class ActivationSet:
         if self.arrays:
             return self.arrays[view][positions].astype(np.float32)
         rows = self.namespaces[view].read([self.keys[p] for p in positions])
+        if self.checking is not None:
+            self._refuse_non_finite(positions, rows.reshape(len(positions), -1), view)
         return rows
+
+    def check_finite(self, positions, what: str = "training") -> None:
+        """Refuse rows of ``positions`` (any view) that hold NaN or infinite values.
+
+        Rows in memory are checked now; streamed rows as each batch is read from the shards
+        (an extra pass over the shards would cost an epoch of reading).
+
+        Raises
+        ------
+        NonFiniteError
+            Naming the first such input (``what`` says what it is for).
+        """
+        self.checking = what
+        if not self.arrays:
+            return
+        positions = np.asarray(positions, dtype=np.int64)
+        width = int(np.prod(self.row_shape))
+        chunk = max(1, _READ_CHUNK_BYTES // max(1, width * np.dtype(self.storage).itemsize))
+        for view, array in enumerate(self.arrays):
+            for lo in range(0, len(positions), chunk):
+                sel = positions[lo:lo + chunk]
+                self._refuse_non_finite(sel, array[sel], view)
+
+    def _refuse_non_finite(self, positions, rows, view: int) -> None:
+        bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+        if not len(bad):
+            return
+        pos = int(positions[bad[0]])
+        source = "" if self.sources is None else str(self.sources[pos])
+        name = f"input {pos} ({source!r})" if source and not source.startswith("input ") \
+            else source or f"input {pos}"
+        raise NonFiniteError(
+            f"{self.checking} {name} has non-finite (NaN or infinite) cached activations of "
+            f"the frozen prefix (view {view}, namespace {self.fingerprints[view]}; "
+            f"{len(bad)} such rows in its batch): a float16 cache overflows beyond 65504 "
+            "(use cache_dtype='float32'), or the cache is damaged (run featcache verify on it, "
+            "or use a fresh cache). Nothing was trained on it.")
 
     def load(self, max_memory: int) -> bool:
         """Read every view's rows into memory when they fit in ``max_memory`` bytes."""
@@ -201,7 +242,7 @@ def prefix_activations(items, *, model, weights, layer, pooling, image_size, opt
                      augment=None if view == 0 else AugmentView(policy, view))
         if result is None:
             result = ActivationSet(done.keys, dict(done.failures), shape, [], [], storage,
-                                   computed=done.computed, cached=done.cached)
+                                   computed=done.computed, cached=done.cached, sources=sources)
         else:
             result.failures.update(done.failures)
             result.computed += done.computed

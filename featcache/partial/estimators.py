@@ -119,6 +119,7 @@ class _PartiallyFrozen(BaseEstimator):
         self.cut_layer_, self.pool_ = layout.cut_layer(self.trainable_blocks), layout.pool
         acts = self._activations(items, options, views=self.augment_views)
         positions = self._usable(acts, len(items))
+        acts.check_finite(positions, "training")
         self.prefix_fingerprint_ = acts.fingerprints[0]
         self.row_shape_ = tuple(acts.row_shape)
         tail = build_tail(network, layout.tail_modules(self.trainable_blocks), layout.pool,

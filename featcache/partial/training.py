@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..exceptions import NonFiniteError
+
 __all__ = ["TrainingConfig", "TrainingResult", "train_tail", "predict_outputs", "to_device"]
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -109,6 +111,11 @@ def train_tail(tail, inputs, targets, train_idx, val_idx=None, *, loss_fn, score
     config : TrainingConfig
     n_views : int
         Views per position; each epoch draws one per position.
+
+    Raises
+    ------
+    NonFiniteError
+        When an epoch's mean loss is NaN or infinite (training diverged).
     """
     from ..progress import progress_bar
 
@@ -152,6 +159,11 @@ def train_tail(tail, inputs, targets, train_idx, val_idx=None, *, loss_fn, score
                     schedule.step()
                     total += loss.detach().double() * len(pos)
                 result.loss_curve.append(float(total) / max(1, len(order)))
+                if not np.isfinite(result.loss_curve[-1]):
+                    raise NonFiniteError(
+                        f"the training loss became {result.loss_curve[-1]} in epoch {epoch + 1} "
+                        "on finite rows: training diverged. Lower learning_rate (and "
+                        "head_learning_rate), or train with precision='fp32'.")
                 result.epoch_seconds.append(time.perf_counter() - start)
                 result.n_iter = epoch + 1
                 bar.update(1)
