@@ -592,3 +592,149 @@ def test_reading_a_cache_never_imports_torch(tmp_path):
 # ---------------------------------------------------------------- 10. CLI
 
 
+
+
+# ---------------------------------------------------------------- 11. compact during reads
+# A concurrent compact writes the merged shard, then removes the old ones. These tests run a
+# real compaction (another process, waited for) at one exact point of a read: between the
+# listing of the shards and the load of one, between a stat and the open, between the index
+# build and the row read. A shard that vanished is never damage: the reader lists the shards
+# again and reads the rows from the merged shard.
+_COMPACT = ("import sys; sys.path.insert(0, sys.argv[1]); from cache_writer_proc import "
+            "import_cache; import_cache().FeatureCache(sys.argv[2]).compact(min_shards=1)")
+
+
+def _compact_now(cache_dir) -> None:
+    """Compact ``cache_dir`` in another process and wait for it (every shard is replaced)."""
+    out = subprocess.run([sys.executable, "-c", _COMPACT, str(pathlib.Path(__file__).parent),
+                          str(cache_dir)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def _compact_after_listing(monkeypatch, ns, names):
+    """Compact right after the first listing of ``ns`` that holds one of ``names``."""
+    real, fired = files.list_shards, []
+
+    def listing(shards_dir):
+        out = real(shards_dir)
+        if not fired and pathlib.Path(shards_dir) == ns.shards_dir and set(out) & set(names):
+            fired.append(out)
+            _compact_now(ns.cache.path)
+        return out
+
+    monkeypatch.setattr(files, "list_shards", listing)
+    return fired
+
+
+def _compact_before_open(monkeypatch, ns, module=shards):
+    """Compact right before the first open of a shard of ``ns`` (the open then fails)."""
+    real, fired = module.open_read, []
+
+    def opener(path):
+        if not fired and pathlib.Path(path).parent == ns.shards_dir:
+            fired.append(pathlib.Path(path).name)
+            _compact_now(ns.cache.path)
+        return real(path)
+
+    monkeypatch.setattr(module, "open_read", opener)
+    return fired
+
+
+def _two_shards_one_new(tmp_path):
+    """A namespace whose index holds shard 1 (items 1-20), then a new shard 2 (21-40)."""
+    ns = _ns(tmp_path)
+    _fill(ns, range(1, 21), fail_every=0)
+    assert ns.lookup([key_of(i) for i in range(1, 21)]).all()  # shard 1 is indexed
+    _fill(ns, range(21, 41), fail_every=7)  # shard 2: new to the index, with failures
+    new = [p.name for p in _shard_paths(ns)][1:]
+    return ns, new
+
+
+def test_a_new_shard_compacted_between_listing_and_load_is_read_from_the_merged_one(
+        tmp_path, monkeypatch, recwarn):
+    ns, new = _two_shards_one_new(tmp_path)
+    keys = [key_of(i) for i in range(1, 41) if i < 21 or i % 7]
+    fired = _compact_after_listing(monkeypatch, ns, new)
+    np.testing.assert_array_equal(ns.read(keys), features(keys))
+    assert fired and len(_shard_paths(ns)) == 1  # the race really happened
+    assert not [w for w in recwarn if issubclass(w.category, CorruptShardWarning)]
+
+
+def test_failures_of_a_shard_compacted_while_indexed_are_still_reported(tmp_path, monkeypatch):
+    ns, new = _two_shards_one_new(tmp_path)
+    fired = _compact_after_listing(monkeypatch, ns, new)
+    fails = ns.failures([key_of(i) for i in range(1, 41)])
+    assert fired and sorted(fails) == sorted(key_of(i) for i in (21, 28, 35))
+    assert fails[key_of(28)] == ("item-28", "synthetic failure 28")
+
+
+def test_a_shard_compacted_between_stat_and_open_is_not_damage(tmp_path, monkeypatch, recwarn):
+    from featcache.cache import memo
+
+    ns = _ns(tmp_path)
+    _fill(ns, range(1, 61), commit_rows=20, fail_every=0)
+    clear_memo()  # as a fresh process: the index build opens every shard
+    keys = [key_of(i) for i in range(1, 61)]
+    fired = _compact_before_open(monkeypatch, ns)
+    assert ns.lookup(keys).all() and ns.rows() == 60
+    np.testing.assert_array_equal(ns.read(keys), features(keys))
+    assert fired and len(_shard_paths(ns)) == 1
+    assert not memo.BAD and not ns.key_index().bad
+    assert not [w for w in recwarn if issubclass(w.category, CorruptShardWarning)]
+
+
+def test_a_shard_compacted_between_index_and_row_read_is_read_again(tmp_path, monkeypatch,
+                                                                    recwarn):
+    ns = _ns(tmp_path)
+    _fill(ns, range(1, 61), commit_rows=20, fail_every=0)
+    keys = [key_of(i) for i in range(1, 61)]
+    assert ns.lookup(keys).all()  # indexed: the next read opens a shard for its rows only
+    fired = _compact_before_open(monkeypatch, ns)
+    np.testing.assert_array_equal(ns.read(keys[::-1]), features(keys[::-1]))
+    assert fired and len(_shard_paths(ns)) == 1
+    assert not [w for w in recwarn if issubclass(w.category, CorruptShardWarning)]
+
+
+def test_a_shard_that_vanished_while_being_read_is_not_marked_bad(tmp_path, monkeypatch,
+                                                                   recwarn):
+    # On file systems that do not keep a removed file readable (NFS, SMB) the read of a shard
+    # compacted away under it fails with an I/O error: the file is gone, not damaged.
+    from featcache.cache import memo
+
+    ns = _ns(tmp_path)
+    _fill(ns, range(1, 61), commit_rows=20, fail_every=0)
+    clear_memo()
+    real, fired = shards._parse, []
+
+    def parse(f, path, key):
+        if not fired:
+            fired.append(path)
+            _compact_now(ns.cache.path)
+            raise OSError(116, "Can't read data (file read failed: Stale file handle)")
+        return real(f, path, key)
+
+    monkeypatch.setattr(shards, "_parse", parse)
+    keys = [key_of(i) for i in range(1, 61)]
+    np.testing.assert_array_equal(ns.read(keys), features(keys))
+    assert fired and str(fired[0]) not in memo.BAD and not ns.key_index().bad
+    assert ns.cache.info()[0]["bad_shards"] == 0
+    assert not [w for w in recwarn if issubclass(w.category, CorruptShardWarning)]
+
+
+def test_rows_that_keep_moving_raise_a_miss_that_names_the_compaction(tmp_path, monkeypatch):
+    ns = _ns(tmp_path)
+    _fill(ns, range(1, 11), fail_every=0)
+    keys = [key_of(i) for i in range(1, 11)]
+    assert ns.lookup(keys).all()
+    real = shards.open_read
+
+    def opener(path):  # every open meets a shard whose rows just moved to a new shard
+        path = pathlib.Path(path)
+        if path.parent == ns.shards_dir:
+            os.rename(path, path.with_name(files.new_shard_name()))
+        return real(path)
+
+    monkeypatch.setattr(shards, "open_read", opener)
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    with pytest.raises(CacheMissError, match="concurrent .*compact"):
+        ns.read(keys)

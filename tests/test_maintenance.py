@@ -129,3 +129,30 @@ def test_a_damaged_cache_marker_is_a_named_error(tmp_path):
             FeatureCache(cache.path)
         report = cache.verify()
         assert not report.ok and str(marker) in report.problems[0], report.problems
+
+
+def test_a_shard_compacted_during_verify_is_not_corrupt(tmp_path, monkeypatch):
+    import subprocess
+
+    from featcache.cache import files, shards
+
+    cache = FeatureCache(tmp_path / "c")
+    ns = cache.namespace(FINGERPRINT, CONFIG)
+    _fill(ns, range(1, 61), commit_rows=20, fail_every=0)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from cache_writer_proc import "
+            "import_cache; import_cache().FeatureCache(sys.argv[2]).compact()")
+    real, fired = shards.open_read, []
+
+    def opener(path):  # a compaction replaces every shard just before verify opens one
+        if not fired:
+            fired.append(path)
+            subprocess.run([sys.executable, "-c", code, str(pathlib.Path(__file__).parent),
+                            str(cache.path)], check=True, timeout=60)
+        return real(path)
+
+    monkeypatch.setattr(shards, "open_read", opener)
+    report = cache.verify()
+    assert fired and report.ok, report.problems
+    [merged] = files.list_shards(ns.shards_dir)
+    assert report.shards_checked == 1  # the merged shard, listed again and checked
+    assert len(_shard_paths(ns)) == 1 and pathlib.Path(fired[0]).name != merged

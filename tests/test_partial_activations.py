@@ -49,3 +49,48 @@ def test_rows_on_a_gpu_equal_the_rows_and_stay_there(tmp_path):
 def test_rows_too_large_for_the_gpu_stay_on_the_host(tmp_path):
     acts = _activations(tmp_path)
     assert acts.rows_on("cuda", fraction=0.0) == acts.rows
+
+
+def test_a_streamed_fit_reads_through_a_concurrent_compaction(tmp_path, monkeypatch):
+    # The fit commits the rows it computed as a new shard; a compaction (another process)
+    # merges it away right after the first streamed read lists it, before that read loads it.
+    # The read lists the shards again and streams the rows from the merged shard.
+    import pathlib
+    import subprocess
+    import sys
+
+    from featcache import FeatureCache, PartiallyFrozenClassifier
+    from featcache.cache import files
+
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 200, size=(24, SIZE, SIZE, 3), dtype=np.uint8)
+    y = np.array([0, 1] * 12)
+
+    def clf(**params):
+        return PartiallyFrozenClassifier(trainable_blocks=1, image_size=SIZE, max_epochs=2,
+                                         batch_size=8, cache=tmp_path / "c", random_state=0,
+                                         progress=False, **params)
+
+    clf(max_memory=0).fit(X[:12], y[:12])  # the first shard: the first 12 inputs
+    [fp] = FeatureCache(tmp_path / "c").namespaces()
+    shards_dir = tmp_path / "c" / fp / "shards"
+    before, real, fired = set(files.list_shards(shards_dir)), files.list_shards, []
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from cache_writer_proc import "
+            "import_cache; import_cache().FeatureCache(sys.argv[2]).compact()")
+
+    def listing(directory):
+        out = real(directory)
+        if not fired and pathlib.Path(directory) == shards_dir and set(out) - before:
+            fired.append(out)
+            subprocess.run([sys.executable, "-c", code, str(pathlib.Path(__file__).parent),
+                            str(tmp_path / "c")], check=True, timeout=120)
+        return out
+
+    monkeypatch.setattr(files, "list_shards", listing)
+    streamed = clf(max_memory=0).fit(X, y)
+    monkeypatch.undo()
+    assert fired and len(fired[0]) == 2 and len(real(shards_dir)) == 1  # the race happened
+    assert streamed.fit_stats_["computed"] == 12 and not streamed.fit_stats_["in_memory"]
+    held = clf().fit(X, y)  # every row cached now, held in memory
+    assert held.fit_stats_["computed"] == 0 and held.fit_stats_["in_memory"]
+    np.testing.assert_array_equal(streamed.predict_proba(X), held.predict_proba(X))

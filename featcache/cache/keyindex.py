@@ -16,6 +16,7 @@ class KeyIndex:
         self.listing: tuple = ()          # shard names accounted for (good and bad)
         self.shards: list = []            # good ShardInfo; position = shard id
         self.bad: dict = {}               # name -> message
+        self.vanished: tuple = ()         # listed shards that vanished before they were loaded
         self.keys = np.empty(0, dtype="V16")
         self.sid = np.empty(0, dtype=np.int32)
         self.row = np.empty(0, dtype=np.int64)

@@ -62,7 +62,7 @@ def verify_cache(cache) -> VerifyReport:
 
 def build_index(ns: Namespace) -> pathlib.Path:
     """(Re)build ``<fingerprint>/index.h5``: virtual ``features``/``keys`` over all shards."""
-    infos = sorted(ns.key_index().shards, key=lambda s: s.name)
+    infos = sorted(ns.settled_index().shards, key=lambda s: s.name)
     try:
         return shards.write_index(ns.path, infos)
     except OSError as exc:
@@ -71,12 +71,13 @@ def build_index(ns: Namespace) -> pathlib.Path:
 
 def _verify_shards(ns: Namespace) -> tuple:
     """(shards checked, problems) for one namespace; results refresh the process memo."""
-    problems, dims, checked = [], {}, 0
-    for name in files.list_shards(ns.shards_dir):
+    problems, dims, checked, vanished = [], {}, 0, []
+    for name in _relisted(ns.shards_dir, vanished):
         path = ns.shards_dir / name
         try:
             info = shards.load_shard(path, ns.fingerprint, check_checksum=True)
-        except FileNotFoundError:
+        except FileNotFoundError:  # a concurrent compact merged it: no problem
+            vanished.append(name)
             continue
         except CacheCorruptError as exc:
             checked += 1
@@ -92,6 +93,24 @@ def _verify_shards(ns: Namespace) -> tuple:
         problems += [f"shard {p}: features have dim {d}, the namespace's other shards {main}"
                      for d, paths in dims.items() if d != main for p in paths]
     return checked, problems
+
+
+def _relisted(shards_dir, vanished: list, times: int = 5):
+    """Each shard name of ``shards_dir`` once, listed again while the caller finds some vanished.
+
+    The caller appends the names it found gone to ``vanished``; after a pass that met one, the
+    directory is listed again (up to ``times`` passes), so the shard a concurrent compact
+    merged them into is visited too.
+    """
+    seen = set()
+    for _ in range(times):
+        before = len(vanished)
+        for name in files.list_shards(shards_dir):
+            if name not in seen:
+                seen.add(name)
+                yield name
+        if len(vanished) == before:
+            return
 
 
 def compact_namespace(ns: Namespace, min_shards: int, stale_tmp_seconds: float) -> dict:

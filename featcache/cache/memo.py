@@ -44,8 +44,20 @@ def clear_memo() -> None:
 
 
 def load(path: pathlib.Path, fingerprint: str, checksum: bool):
-    """Memoised :func:`shards.load_shard`: a ShardInfo, or the error message of a bad shard."""
-    key, p = shards.stat_key(path), str(path)
+    """Memoised :func:`shards.load_shard`: a ShardInfo, or the error message of a bad shard.
+
+    Raises
+    ------
+    FileNotFoundError
+        The shard vanished (a concurrent ``compact`` merged it, or it was removed): it is
+        forgotten, never remembered as bad; list the shards again to find its rows.
+    """
+    p = str(path)
+    try:
+        key = shards.stat_key(path)
+    except FileNotFoundError:
+        forget([p])
+        raise
     with LOCK:
         info, bad = SHARD_INFO.get(p), BAD.get(p)
     if info is not None and info.stat_key == key and (info.checksum_ok or not checksum):
@@ -54,12 +66,24 @@ def load(path: pathlib.Path, fingerprint: str, checksum: bool):
         return bad[1]
     try:
         info = shards.load_shard(path, fingerprint, check_checksum=checksum)
+    except FileNotFoundError:
+        forget([p])
+        raise
     except CacheCorruptError as exc:
         with LOCK:
             BAD[p] = (key, str(exc))
         return str(exc)
     remember(info)
     return info
+
+
+def forget(paths) -> None:
+    """Forget what the memo holds about shards that are gone (metadata, damage, warnings)."""
+    with LOCK:
+        for p in map(str, paths):
+            SHARD_INFO.pop(p, None)
+            BAD.pop(p, None)
+            WARNED.discard(p)
 
 
 def remember(info) -> None:

@@ -13,11 +13,12 @@ from ..exceptions import CacheCorruptError, CacheError, CacheMissError, CacheVal
 from ..log import get_logger
 from . import files, shards
 from .keyindex import KeyIndex, v16
-from .memo import INDEXES, LOCK, SHARD_INFO, WARNED, as_keys, load, ns_lock
+from .memo import INDEXES, LOCK, SHARD_INFO, WARNED, as_keys, forget, load, ns_lock
 from .writer import ShardWriter
 
 
 _RETRIES = 10  # attempts of a read that keeps meeting shards removed by a concurrent compact
+_RELISTS = 3   # listings of one index refresh whose shards keep vanishing before they load
 _log = get_logger(__name__)
 
 
@@ -68,32 +69,42 @@ class Namespace:
 
     # -- key index -------------------------------------------------------------------
     def key_index(self, force: bool = False) -> KeyIndex:
-        """The namespace's key index, refreshed when its shard listing changed (or ``force``)."""
+        """The namespace's key index, refreshed when its shard listing changed (or ``force``).
+
+        A listed shard that vanishes before it is loaded (a concurrent ``compact`` merged it
+        into a new shard, written before the old ones are removed) is no damage: the shards
+        are listed again, which shows the merged shard, up to :data:`_RELISTS` times. If they
+        keep vanishing, the index's ``vanished`` names them (:meth:`retry` then tries again).
+        """
         key = (str(self.path), self.cache.verify_on_load)
         with ns_lock(key):
-            names = tuple(files.list_shards(self.shards_dir))
-            idx = INDEXES.get(key)
-            if idx is not None and not force and idx.listing == names:
-                return idx
-            gone = set(idx.listing) - set(names) if idx is not None else ()
-            if idx is None or force or gone:
-                with LOCK:  # forget removed shards (e.g. merged by compact)
-                    for name in gone:
-                        SHARD_INFO.pop(str(self.shards_dir / name), None)
-                idx = KeyIndex()
-            else:
-                idx = idx.copy()
-            known, listing, good = set(idx.listing), [], []
-            for name in names:
-                if name not in known:
-                    info = self._load_one(name, idx, good)
-                    if info is None:
-                        continue
-                listing.append(name)
-            idx.add(good)
-            idx.listing = tuple(listing)
-            INDEXES[key] = idx
+            for _ in range(_RELISTS):
+                names = tuple(files.list_shards(self.shards_dir))
+                idx = INDEXES.get(key)
+                if idx is not None and not force and idx.listing == names and not idx.vanished:
+                    return idx
+                idx = INDEXES[key] = self._refresh(idx, names, force)
+                if not idx.vanished:
+                    return idx
+                _log.debug("shards of %s vanished while they were indexed (a concurrent "
+                           "compact?); listing them again: %s", self.path, idx.vanished)
+                force = False  # the shards loaded so far are kept; the new listing extends them
             return idx
+
+    def _refresh(self, idx, names: tuple, force: bool) -> KeyIndex:
+        """The index of the shards ``names``: ``idx`` extended, or rebuilt when shards left it."""
+        gone = set(idx.listing) - set(names) if idx is not None else ()
+        forget(self.shards_dir / name for name in gone)  # e.g. merged by compact
+        idx = KeyIndex() if idx is None or force or gone else idx.copy()
+        known, listing, good, vanished = set(idx.listing), [], [], []
+        for name in names:
+            if name not in known and self._load_one(name, idx, good) is None:
+                vanished.append(name)
+                continue
+            listing.append(name)
+        idx.add(good)
+        idx.listing, idx.vanished = tuple(listing), tuple(vanished)
+        return idx
 
     def _load_one(self, name, idx, good):
         """Load one new shard into ``good`` (or idx.bad, with a warning); None if it vanished."""
@@ -114,42 +125,68 @@ class Namespace:
                 _log.warning("skipped damaged shard (its rows are recomputed): %s", info)
                 warnings.warn(f"{info}. The shard is skipped (its rows count as missing and are "
                               f"recomputed); run `featcache verify {self.cache.path}` and delete "
-                              "the damaged file.", CorruptShardWarning, stacklevel=4)
+                              "the damaged file.", CorruptShardWarning,
+                              stacklevel=7)  # lookup's caller: via retry, key_index, _refresh
         else:
             good.append(info)
         return info
 
     def retry(self, fn):
-        """Run fn(index), refreshing when a shard vanished (a concurrent compact) or failed.
+        """Run fn(index) on a settled index, again when a shard vanished (a concurrent compact).
 
+        ``fn`` gets an index in which every listed shard was loaded. A shard that vanished
+        (:class:`~featcache.cache.shards.ShardGone` with ``vanished``) means the rows moved: the
+        shards are listed again and ``fn`` runs again; the shard is never marked damaged. A
+        shard that failed otherwise is re-verified first (it is skipped if it is damaged).
         Retries back off (about 1 s in all), so that a compaction removing many shards on a
         busy machine finishes between two attempts instead of outlasting all of them.
+
+        Raises
+        ------
+        CacheMissError
+            When shards vanished on every attempt: a concurrent compact or removal kept moving
+            the rows. Retry once it has finished.
+        CacheError
+            When a shard kept failing to read for another reason (I/O errors).
         """
         for attempt in range(_RETRIES):
             if attempt > 1:
                 time.sleep(min(0.002 * 2 ** attempt, 0.25))
             idx = self.key_index(force=attempt > 0)
             try:
+                if idx.vanished:
+                    raise shards.ShardGone(self.shards_dir / idx.vanished[0],
+                                           FileNotFoundError("vanished while it was indexed"))
                 return fn(idx)
             except shards.ShardGone as gone:
                 _log.debug("read of %s met a changed shard (attempt %d of %d): %s", self.path,
                            attempt + 1, _RETRIES, gone)
-                if not isinstance(gone.cause, FileNotFoundError):
+                if not gone.vanished:
                     with LOCK:  # re-verify that shard: it is skipped if it is damaged
                         SHARD_INFO.pop(str(gone.path), None)
                 last = gone
+        if last.vanished:
+            raise CacheMissError(
+                f"could not read namespace {self.path}: the shards holding the rows vanished "
+                f"on each of {_RETRIES} attempts (last {last.path.name}); a concurrent compact "
+                "or removal of shards kept moving the rows. Retry once it has finished (rows "
+                "that were really removed are recomputed by the next transform or extract).")
         raise CacheError(f"could not read namespace {self.path}: {last}; shards kept changing "
                          "(is a compact running?); retry")
+
+    def settled_index(self) -> KeyIndex:
+        """The key index with every listed shard loaded (see :meth:`retry`)."""
+        return self.retry(lambda idx: idx)
 
     # -- queries ---------------------------------------------------------------------
     def lookup(self, keys) -> np.ndarray:
         """Boolean mask: True where a key has a successful row."""
         q = v16(as_keys(keys))
-        return self.key_index().locate(q)[0]
+        return self.settled_index().locate(q)[0]
 
     def failures(self, keys=None) -> dict:
         """``key -> (source, reason)`` of recorded failures, except keys that have a row."""
-        fails = self.key_index().failures()
+        fails = self.settled_index().failures()
         if keys is None:
             return dict(fails)
         wanted = (k.tobytes() for k in as_keys(keys))
@@ -157,12 +194,12 @@ class Namespace:
 
     def rows(self) -> int:
         """Number of distinct keys with a successful row."""
-        return len(self.key_index().keys)
+        return len(self.settled_index().keys)
 
     @property
     def dim(self) -> int | None:
         """Feature dimension (None while the namespace holds no rows and no config dim)."""
-        dim = self.key_index().dim
+        dim = self.settled_index().dim
         if dim is None:
             cfg = self.config.get("dim") if (self.path / "config.json").exists() else None
             dim = cfg if isinstance(cfg, int) else None

@@ -18,6 +18,7 @@ declares (see :mod:`featcache.cache.checks`).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import os
 import pathlib
@@ -43,11 +44,30 @@ _WINDOW_BYTES = 64 * 2**20  # features are streamed in windows of about this siz
 
 
 class ShardGone(Exception):
-    """A committed shard could not be read any more (removed by a concurrent compact, I/O error)."""
+    """A committed shard could not be read any more (removed by a concurrent compact, I/O error).
+
+    ``vanished`` is True when the file no longer exists (a concurrent ``compact`` merged it
+    into a new shard, or it was removed): the reader lists the shards again and reads the rows
+    from where they are now. It is never damage, so the shard is not re-verified.
+    """
 
     def __init__(self, path, cause: BaseException):
         super().__init__(f"shard {path} could not be read: {cause}")
         self.path, self.cause = pathlib.Path(path), cause
+        self.vanished = isinstance(cause, FileNotFoundError) or not os.path.lexists(path)
+
+
+def raise_if_vanished(path, exc: BaseException) -> None:
+    """Raise FileNotFoundError (from ``exc``) when ``path`` no longer exists.
+
+    A read that failed because its file was removed meanwhile (a concurrent ``compact``, on a
+    file system that does not keep a removed file readable, or between a stat and the open)
+    must read as "vanished", never as damage.
+    """
+    if not os.path.lexists(path):
+        raise FileNotFoundError(errno.ENOENT, f"the shard vanished while it was read "
+                                f"({type(exc).__name__}: {exc}); a concurrent compact or "
+                                "removal took it", str(path)) from exc
 
 
 @dataclasses.dataclass
@@ -169,9 +189,10 @@ def load_shard(path: pathlib.Path, fingerprint: str | None, *, check_checksum: b
     Raises
     ------
     FileNotFoundError
-        The shard vanished (e.g. removed by a concurrent ``compact``).
+        The shard vanished (e.g. removed by a concurrent ``compact``): before the stat, between
+        the stat and the open, or while it was read (whatever error the read then met).
     CacheCorruptError
-        The file cannot be opened or read, or its shapes or checksum do not match.
+        The file, still there, cannot be opened or read, or its shapes or checksum do not match.
     """
     path = pathlib.Path(path)
     key = stat_key(path)
@@ -183,9 +204,13 @@ def load_shard(path: pathlib.Path, fingerprint: str | None, *, check_checksum: b
                                         f"does not match its namespace {fingerprint!r}")
             if check_checksum:
                 _check_checksum(f, info)
-    except (FileNotFoundError, CacheCorruptError):
+    except FileNotFoundError:
+        raise
+    except CacheCorruptError as exc:
+        raise_if_vanished(path, exc)
         raise
     except Exception as exc:  # h5py raises OSError/KeyError/ValueError/TypeError on damage
+        raise_if_vanished(path, exc)
         raise CacheCorruptError(f"shard {path}: cannot be read ({type(exc).__name__}: {exc}); "
                                 "it is truncated, damaged or not a featcache shard") from exc
     return info

@@ -220,7 +220,7 @@ class FeatureCache:
         out = []
         for fp in self.namespaces():
             ns = self.namespace(fp)
-            idx = ns.key_index()
+            idx = ns.settled_index()
             created = min((s.created for s in idx.shards), default=None)
             if created is None and (ns.path / "config.json").exists():
                 mtime = (ns.path / "config.json").stat().st_mtime
