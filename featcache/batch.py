@@ -32,10 +32,12 @@ class ExtractSummary:
 
 
 def annotate_inputs(store, inputs, keys):
-    """Record labels, groups, splits and sources of the inputs whose record would change.
+    """Record the label, group, split and source of each input whose record would change.
 
-    A rerun over the same inputs records nothing (no new annotations file per run). With a
-    dataset tag (``inputs.dataset``) the records of that dataset are compared and written.
+    One record per input (its source), not per content: byte-identical inputs keep their own
+    labels, splits and groups. A rerun over the same inputs records nothing (no new
+    annotations file per run). With a dataset tag (``inputs.dataset``) the records of that
+    dataset are compared and written. Inputs without a key (``None``: unreadable) are skipped.
     """
     from .cache.files import safe_text
 
@@ -43,13 +45,20 @@ def annotate_inputs(store, inputs, keys):
     if not present:
         return
     tag = getattr(inputs, "dataset", None)
-    known = store.annotations([keys[i] for i in present], dataset=tag)
-    fresh = {"label": inputs.labels, "group": inputs.groups, "split": inputs.splits,
-             "source": inputs.sources}
-    changed = [i for i in present if {f: v for f, v in known.get(keys[i], {}).items()
-                                      if f in fresh} != {
-        field: None if values[i] is None or values[i] == "" else safe_text(values[i])
-        for field, values in fresh.items()}]
+    fields = ("label", "group", "split")
+    known = {r["source"]: r for r in store.records(dataset=tag) if r["source"] is not None}
+    fresh = {"label": inputs.labels, "group": inputs.groups, "split": inputs.splits}
+
+    def text(value):
+        return None if value is None or value == "" else safe_text(value)
+
+    changed = []
+    for i in present:
+        record = known.get(text(inputs.sources[i]))
+        wanted = {"key": bytes(keys[i]), **{f: text(fresh[f][i]) for f in fields}}
+        if record is None or {f: record[f] for f in wanted} != wanted:
+            changed.append(i)
     if changed:
         store.annotate([keys[i] for i in changed], dataset=tag,
-                       **{field: [values[i] for i in changed] for field, values in fresh.items()})
+                       source=[inputs.sources[i] for i in changed],
+                       **{f: [fresh[f][i] for i in changed] for f in fields})

@@ -77,13 +77,18 @@ def probe_cache(cache_dir, namespace=None, *, dataset=None, manifest=None, label
     """
     from .cache import FeatureCache
 
+    from .cache.annotations import find_leaks, warn_leaks
+
     cache = FeatureCache(cache_dir, create=False)
     fingerprint = _pick_namespace(cache, namespace)
     rows = _load_rows(cache, fingerprint, dataset, manifest, labels, groups)
-    keep = rows["selected"] & ~rows["failed"] & ~rows["unlabelled"] & ~rows["test"]
+    used = rows["selected"] & ~rows["failed"] & ~rows["unlabelled"]
+    leaks = find_leaks([rows["records"][i] for i in np.flatnonzero(used)])
+    warn_leaks(leaks, what="the probe")
+    keep = used & ~rows["test"]
     if not keep.any():
         raise ProbeError(
-            f"no usable rows in namespace {fingerprint}: {int(rows['selected'].sum())} rows "
+            f"no usable rows in namespace {fingerprint}: {int(rows['selected'].sum())} records "
             f"selected, {int((rows['unlabelled'] & rows['selected']).sum())} without a label, "
             f"{int((rows['failed'] & rows['selected']).sum())} failed; record labels when "
             "extracting (class folders, a manifest's label column) or pass labels='labels.csv'")
@@ -97,29 +102,52 @@ def probe_cache(cache_dir, namespace=None, *, dataset=None, manifest=None, label
                       "source": rows["source"][keep][evaluated]}
     report.info.update(_info(cache, fingerprint, rows, dataset, manifest))
     report.info["notes"] = notes
+    report.leaks = leaks
     if out_dir is not None:
         report.save(out_dir)
     return report
 
 
 def _load_rows(cache, fingerprint, dataset, manifest, labels, groups) -> dict:
-    """Every row of the namespace: features, keys, sources, labels, masks of what to use."""
-    from .cache.annotations import select_dataset
+    """One entry per input record (rows shared by key): features, keys, sources, labels, masks.
+
+    A record is one input (:func:`featcache.cache.annotations.read_records`): byte-identical
+    inputs are several records sharing one row, each with its own label, group and split. A
+    row that no record names (nobody annotated it) is one record without a label.
+    """
+    from .cache.annotations import select_records
     from .cache.export import namespace_rows
 
     keys, X, sources = namespace_rows(cache.namespace(fingerprint))
     key_bytes = [bytes(k) for k in keys]
     chosen = manifest is not None or not _from_cache(labels)
-    in_dataset, ann = select_dataset(cache.path, key_bytes, dataset, what="the probe",
-                                     namespace=fingerprint, warn=not chosen)
-    rows = _row_labels(ann, key_bytes, labels, groups)
-    rows["selected"] = in_dataset
+    in_dataset, records = select_records(cache.path, key_bytes, dataset, what="the probe",
+                                         namespace=fingerprint, warn=not chosen)
+    row_of = {k: i for i, k in enumerate(key_bytes)}
+    records = [r for r in records if r["key"] in row_of]
+    rows = _record_labels(records, key_bytes, labels, groups)
+    records = rows.pop("records")
+    named = {r["key"] for r in records}
+    records += [{"key": k, "label": None, "group": None, "split": None, "source": sources[i],
+                 "dataset": None} for i, k in enumerate(key_bytes) if in_dataset[i] and k not in named]
+    for field in ("label", "group", "split", "group_annotation"):
+        if rows.get(field) is not None:
+            rows[field] = list(rows[field]) + [None] * (len(records) - len(rows[field]))
+    order = sorted(range(len(records)), key=lambda j: row_of[records[j]["key"]])  # stable
+    records = [records[j] for j in order]
+    for field in ("label", "group", "split", "group_annotation"):
+        if rows.get(field) is not None:
+            rows[field] = np.array([rows[field][j] for j in order] or [], dtype=object)
+    at = np.array([row_of[r["key"]] for r in records], dtype=np.int64)
+    rows["selected"] = in_dataset[at] if len(at) else np.zeros(0, dtype=bool)
     if manifest is not None:
-        in_manifest, rows["manifest_unmatched"] = _manifest_rows(cache, manifest, key_bytes, ann)
-        rows["selected"] = in_dataset & in_manifest
-    rows.update(X=X, key_hex=np.array([k.hex() for k in key_bytes], dtype=object),
-                source=np.array([ann.get(k, {}).get("source") or s
-                                 for k, s in zip(key_bytes, sources)], dtype=object),
+        in_manifest, rows["manifest_unmatched"] = _manifest_rows(cache, manifest, records)
+        rows["selected"] = rows["selected"] & in_manifest
+    X = X[at] if len(at) else np.zeros((0, X.shape[1]), X.dtype)
+    rows.update(X=X, records=records, n_rows=len(key_bytes),
+                key_hex=np.array([r["key"].hex() for r in records], dtype=object),
+                source=np.array([r["source"] or sources[row_of[r["key"]]] for r in records],
+                                dtype=object),
                 failed=~np.isfinite(X).all(axis=1),
                 unlabelled=np.array([v is None for v in rows["label"]], dtype=bool),
                 test=np.array([s == "test" for s in rows["split"]], dtype=bool))
@@ -143,9 +171,9 @@ def _info(cache, fingerprint, rows, dataset, manifest) -> dict:
         "cache": str(cache.path), "namespace": fingerprint, "model": config.get("model"),
         "layer": config.get("layer"),
         "image_size": config.get("preprocessing", {}).get("image_size"),
-        "rows": len(rows["key_hex"]),
+        "rows": rows["n_rows"],
         "selection": {"dataset": dataset, "manifest": _manifest_names(manifest),
-                      "rows": int(sel.sum())},
+                      "rows": len(set(rows["key_hex"][sel])), "records": int(sel.sum())},
         "skipped": {"without a label": int((unlabelled & sel).sum()),
                     "failed": int((failed & sel).sum()) + len(fails),
                     "test split": int((rows["test"] & ~failed & ~rows["unlabelled"] & sel).sum())}}
@@ -260,36 +288,38 @@ def _from_cache(labels) -> bool:
     return isinstance(labels, str) and labels == "from-cache"
 
 
-def _row_labels(ann, key_bytes, labels, groups) -> dict:
-    """Per cached row: label, group (or None when not asked for) and split, as object arrays."""
-    from_ann = {f: np.array([ann.get(k, {}).get(f) for k in key_bytes], dtype=object)
-                for f in ("label", "group", "split")}
+def _record_labels(records, key_bytes, labels, groups) -> dict:
+    """Per record: label, group (or None when not asked for) and split, as lists.
+
+    From the cache, the records are the cache's; from a labels CSV, each matched CSV row is a
+    record (returned under ``"records"``), its split the CSV's or else the annotation's.
+    """
     group_column = groups if isinstance(groups, str) and groups != "from-cache" else None
     if _from_cache(labels):
         if group_column is not None:
             raise ProbeError(f"groups={groups!r} names a CSV column, but labels come from the "
                              "cache; pass labels='labels.csv', or groups='from-cache'")
-        rows = {"label": from_ann["label"], "split": from_ann["split"], "unmatched": 0}
+        rows = {"records": records, "label": [r["label"] for r in records],
+                "split": [r["split"] for r in records], "unmatched": 0,
+                "group_annotation": [r["group"] for r in records]}
     elif isinstance(labels, (str, os.PathLike)):
-        rows = _labels_from_csv(pathlib.Path(labels), key_bytes, ann, group_column)
-        if rows["split"] is None:
-            rows["split"] = from_ann["split"]
+        rows = _labels_from_csv(pathlib.Path(labels), key_bytes, records, group_column)
     else:
         raise ProbeError(f"labels must be 'from-cache' or the path of a CSV, got {labels!r}")
-    rows["group_annotation"] = from_ann["group"]
     if groups is True or groups == "from-cache":
-        rows["group"] = from_ann["group"]
+        rows["group"] = rows["group_annotation"]
     elif group_column is None:
         rows["group"] = None
     if rows["group"] is not None:
         lacking = sum(g is None for g, lab in zip(rows["group"], rows["label"]) if lab is not None)
         if lacking:
-            raise ProbeError(f"{lacking} labelled rows have no group; record a group (patient) "
-                             "for every row, or pass groups=None")
+            raise ProbeError(f"{lacking} labelled records have no group; record a group "
+                             "(patient) for every input, or pass groups=None")
     return rows
 
 
-def _labels_from_csv(path, key_bytes, ann, group_column) -> dict:
+def _labels_from_csv(path, key_bytes, records, group_column) -> dict:
+    """One record per CSV row that matches a cached row (by content key or recorded source)."""
     import pandas as pd
 
     try:
@@ -302,38 +332,45 @@ def _labels_from_csv(path, key_bytes, ann, group_column) -> dict:
     if missing:
         raise ProbeError(f"labels CSV '{path}' lacks column(s) {missing} (it has "
                          f"{list(frame.columns)}); expected path,label[,group][,split]")
-    row_of = {k: i for i, k in enumerate(key_bytes)}
-    by_source = {a["source"]: k for k, a in ann.items() if a.get("source")}
-    n = len(key_bytes)
-    out = {"label": np.full(n, None, object), "group": np.full(n, None, object),
-           "split": np.full(n, None, object) if "split" in frame.columns else None,
+    present = set(key_bytes)
+    by_source = {r["source"]: r for r in records if r["source"]}
+    by_key = {r["key"]: r for r in records}
+    out = {"records": [], "label": [], "group": [], "split": [], "group_annotation": [],
            "unmatched": 0}
     for i, rec in enumerate(frame.to_dict("records")):
-        pos = row_of.get(_csv_key(rec["path"], path.parent, i, by_source))
-        if pos is None:
+        key, source = _csv_key(rec["path"], path.parent, i, by_source)
+        if key is None or key not in present:
             out["unmatched"] += 1
             continue
-        out["label"][pos] = rec["label"] or None
-        if group_column:
-            out["group"][pos] = rec[group_column] or None
-        if out["split"] is not None:
-            out["split"][pos] = rec["split"] or None
+        known = by_source.get(source) or by_key.get(key) or {}
+        out["records"].append({"key": key, "label": rec["label"] or None,
+                               "group": (rec[group_column] or None) if group_column else None,
+                               "split": None, "source": source, "dataset": known.get("dataset")})
+        out["label"].append(rec["label"] or None)
+        out["group"].append(out["records"][-1]["group"])
+        out["split"].append((rec["split"] or None) if "split" in frame.columns
+                            else known.get("split"))
+        out["group_annotation"].append(known.get("group"))
+    if not group_column:
+        out["group"] = None
     return out
 
 
-def _csv_key(value, base, index, by_source):
-    """The content key of a manifest row's file, or the key whose recorded source it names."""
+def _csv_key(value, base, index, by_source) -> tuple:
+    """``(content key, source)`` of a CSV row's file, or of the record whose source it names."""
     from .inputs import content_key
 
     if not value:
-        return None
+        return None, None
     for candidate in (pathlib.Path(value), base / value):
         if candidate.is_file():
-            return content_key(candidate, index)
+            names = (str(candidate), os.path.abspath(candidate))
+            source = next((n for n in names if n in by_source), str(candidate))
+            return content_key(candidate, index), source
     for name in (value, os.path.abspath(value), str(base / value), os.path.abspath(base / value)):
         if name in by_source:
-            return by_source[name]
-    return None
+            return by_source[name]["key"], name
+    return None, None
 
 
 def _manifest_names(manifest):
@@ -343,22 +380,33 @@ def _manifest_names(manifest):
     return [str(m) for m in manifest] if many else str(manifest)
 
 
-def _manifest_rows(cache, manifest, key_bytes, ann) -> tuple:
-    """``(mask over key_bytes, inputs that matched no row)`` of the inputs of ``manifest``."""
+def _manifest_rows(cache, manifest, records) -> tuple:
+    """``(mask over records, inputs that matched no row)`` of the inputs of ``manifest``.
+
+    An input selects the records of its content key that carry its source; when none does
+    (the files moved since), every record of that key.
+    """
     from .inputs import content_key
     from .sources import collect_inputs
 
     inputs = collect_inputs(list(manifest) if isinstance(manifest, (list, tuple)) else [manifest])
-    by_source = {a["source"]: k for k, a in ann.items() if a.get("source")}
-    memo, found = cache.key_memo(), []
+    by_source = {r["source"]: r["key"] for r in records if r["source"]}
+    of_key: dict = {}
+    for j, r in enumerate(records):
+        of_key.setdefault(r["key"], []).append(j)
+    memo, chosen, unmatched = cache.key_memo(), set(), 0
     for i, (item, source) in enumerate(zip(inputs.items, inputs.sources)):
+        names = {source, os.path.abspath(source)}
         if isinstance(item, os.PathLike) and not os.path.isfile(item):
-            found.append(by_source.get(source) or by_source.get(os.path.abspath(source)))
+            key = by_source.get(source) or by_source.get(os.path.abspath(source))
         else:
-            found.append(content_key(item, i, memo))
-    present, wanted = set(key_bytes), set(found)
-    unmatched = sum(1 for k in found if k not in present)
-    return np.array([k in wanted for k in key_bytes], dtype=bool), unmatched
+            key = content_key(item, i, memo)
+        mine = of_key.get(key, [])
+        if not mine:
+            unmatched += 1
+        same = [j for j in mine if records[j]["source"] in names]
+        chosen.update(same or mine)
+    return np.array([j in chosen for j in range(len(records))], dtype=bool), unmatched
 
 
 # ----------------------------------------------------------------------------- moved names

@@ -65,6 +65,12 @@ class ProbeReport:
     info : dict
         Extra facts (rows skipped by :func:`~featcache.probe_cache.probe_cache`, the namespace,
         the dataset, notes ...).
+    leaks : dict
+        Byte-identical inputs (one content key) recorded in more than one split or group,
+        found by :func:`~featcache.probe_cache.probe_cache` (which also warns,
+        :class:`~featcache.exceptions.ContentLeakWarning`): ``{"splits": {"count", "examples"},
+        "groups": {...}}`` (see :func:`featcache.cache.annotations.find_leaks`); ``{}`` when
+        none. Written to ``report.json`` as ``"leaks"``.
     samples : dict of str -> array
         Columns that identify each evaluated sample, aligned with ``y_true``: ``row`` (its
         position in ``X_val``, or in ``X`` with cross-validation) from :func:`linear_probe`;
@@ -90,6 +96,7 @@ class ProbeReport:
     n_bootstrap: int = 1000
     random_state: int | None = 0
     info: dict = dataclasses.field(default_factory=dict)
+    leaks: dict = dataclasses.field(default_factory=dict)
     samples: dict = dataclasses.field(default_factory=dict, repr=False)
     estimator_: object = dataclasses.field(default=None, repr=False)
 
@@ -115,6 +122,7 @@ class ProbeReport:
             "confidence": 0.95, "n_bootstrap": self.n_bootstrap,
             "random_state": self.random_state, "n_train": self.n_train, "n_val": self.n_val,
             "classes": list(self.classes), "sweep": self.sweep, "info": self.info,
+            "leaks": self.leaks,
         })
 
     def to_markdown(self) -> str:
@@ -132,6 +140,11 @@ class ProbeReport:
         if skipped and any(skipped.values()):
             lines += ["", "skipped rows: " + ", ".join(f"{v} {k}" for k, v in skipped.items())]
         lines += [f"note: {note}" for note in self.info.get("notes", [])]
+        for kind, word in (("splits", "split"), ("groups", "group")):
+            if self.leaks.get(kind):
+                n = self.leaks[kind]["count"]
+                lines.append(f"leak: {n} byte-identical image{'s' * (n != 1)} (one content key "
+                             f"each) recorded in more than one {word}; see report.json 'leaks'")
         return "\n".join(lines)
 
     def __str__(self) -> str:

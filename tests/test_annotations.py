@@ -222,3 +222,26 @@ def test_identical_content_across_splits_or_groups_is_a_named_leak(tmp_path):
         warnings.simplefilter("error")
         clean = annotations.find_leaks([r for r in cache.records() if r["key"] == k3])
         assert clean == {} and annotations.warn_leaks(clean, what="x") is None
+
+
+def test_a_batch_job_records_each_input_once_and_a_rerun_nothing(tmp_path):
+    from featcache.batch import annotate_inputs
+    from featcache.sources import InputSet
+
+    cache = FeatureCache(tmp_path / "c")
+    k, other = bytes([5]) * 16, bytes([6]) * 16
+    inputs = InputSet()
+    inputs.extend(["x", "y", "z"], ["train/a.png", "val/b.png", "train/c.png"],
+                  ["0", "1", "0"], ["p1", "p2", "p3"], ["train", "val", "train"])
+    annotate_inputs(cache, inputs, [k, k, other])
+    folder = cache.path / "annotations"
+    before = sorted(folder.iterdir())
+    assert {(r["source"], r["label"], r["split"]) for r in cache.records()} == \
+        {("train/a.png", "0", "train"), ("val/b.png", "1", "val"), ("train/c.png", "0", "train")}
+    annotate_inputs(cache, inputs, [k, k, other])              # a rerun records nothing
+    assert sorted(folder.iterdir()) == before
+    inputs.labels[1] = "2"                                      # one input relabelled
+    annotate_inputs(cache, inputs, [k, k, None])                # (z failed to read: no key)
+    assert len(list(folder.iterdir())) == len(before) + 1
+    assert {r["source"]: r["label"] for r in cache.records()} == \
+        {"train/a.png": "0", "val/b.png": "2", "train/c.png": "0"}

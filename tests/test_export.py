@@ -14,7 +14,7 @@ import pytest
 from featcache.cache import CacheValueError, FeatureCache, shards
 from featcache.cache.export import export_facts
 from featcache.cli import main as cli_main
-from featcache.exceptions import MixedDatasetsWarning
+from featcache.exceptions import ContentLeakWarning, MixedDatasetsWarning
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from cache_writer_proc import CONFIG, FINGERPRINT, features, key_of  # noqa: E402
@@ -73,15 +73,21 @@ def test_a_dataset_exports_exactly_its_rows_with_its_annotations(studies, tmp_pa
 def test_every_row_without_a_dataset_warns_when_mixed(studies, tmp_path):
     with pytest.warns(MixedDatasetsWarning, match=r"holds rows of dataset 'a' \(58 rows\) and "
                                                   r"dataset 'b' \(59 rows\); the export uses "
-                                                  r"all 97 of them\. Pass dataset='a'"):
+                                                  r"all 97 of them\. Pass dataset='a'"), \
+            pytest.warns(ContentLeakWarning, match="20 images .* in more than one split"):
         out = studies.export(tmp_path / "all.h5")
     got = _h5(out)
     index = {key_of(i): i for i in range(100)}
     items = [index[k] for k in got["keys"]]
-    assert len(items) == 97 and got["attrs"]["dataset"] == ""
-    # the newest record of each key wins: study b's for items 40..99
-    assert got["labels"] == [f"b{i % 3}" if i >= 40 else f"a{i % 2}" for i in items]
-    assert got["groups"] == [f"p{i // 5}" if i >= 40 else "" for i in items]
+    assert len(set(items)) == 97 and got["attrs"]["dataset"] == ""
+    # one entry per record: items 40..59 are inputs of both studies, each with its labels
+    with h5py.File(out, "r") as f:
+        datasets = f["datasets"].asstr()[()].tolist()
+        assert json.loads(f.attrs["leaks"])["splits"]["count"] == 20   # val in a, none in b
+    entries = sorted(zip(items, datasets, got["labels"], got["groups"]))
+    assert entries == sorted(
+        [(i, "a", f"a{i % 2}", "") for i in range(60) if i not in FAILED]
+        + [(i, "b", f"b{i % 3}", f"p{i // 5}") for i in range(40, 100) if i not in FAILED])
     assert len(got["failures"]) == 3
     with pytest.raises(CacheValueError, match="dataset='z' tags no row"):
         studies.export(tmp_path / "z.h5", dataset="z")
@@ -122,7 +128,7 @@ def test_export_command_selects_a_dataset_and_prints_json(studies, tmp_path, cap
     assert captured.err == ""
     assert cli_main(["export", d, str(tmp_path / "all.h5")]) == 0
     captured = capsys.readouterr()
-    assert f"exported 97 rows of namespace {FINGERPRINT} to" in captured.out
+    assert f"exported 117 rows of namespace {FINGERPRINT} to" in captured.out  # 97 + 20
     assert "featcache: warning: namespace" in captured.err
     assert "Pass --dataset a to use one dataset's rows only" in captured.err
     assert cli_main(["export", d, str(tmp_path / "x.h5"), "--dataset", "x"]) == 1

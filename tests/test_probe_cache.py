@@ -1,14 +1,18 @@
 """Tests for featcache.probe_cache: probing a cache directory (rows, labels, splits, datasets)."""
 
+import json
+import shutil
 import warnings
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
 from featcache import FeatureCache
-from featcache.exceptions import CacheValueError, MixedDatasetsWarning, ProbeError
+from featcache.exceptions import (CacheValueError, ContentLeakWarning, MixedDatasetsWarning,
+                                  ProbeError)
 from featcache.inputs import content_key
 from featcache.probe_cache import probe_cache
 
@@ -50,7 +54,8 @@ def test_probe_cache_uses_annotated_labels_and_splits(toy_cache, tmp_path):
     assert report.info["skipped"] == {"without a label": 5, "failed": 1, "test split": 5}
     assert report.info["namespace"] == "fp_a" and report.info["image_size"] == 8
     assert report.info["validation"] == "split 'val'"
-    assert report.info["selection"] == {"dataset": None, "manifest": None, "rows": 100}
+    assert report.info["selection"] == {"dataset": None, "manifest": None, "rows": 100,
+                                        "records": 100}
     assert "5 without a label" in str(report)
     assert (tmp_path / "o" / "report.json").is_file()
 
@@ -162,7 +167,7 @@ def test_a_dataset_selects_exactly_its_rows_with_its_own_labels(two_studies, tmp
         warnings.simplefilter("error")          # a chosen dataset warns about nothing
         a = probe_cache(two_studies, dataset="a", out_dir=tmp_path / "a", **FAST)
     assert (a.n_train, a.n_val) == (40, 20) and a.classes == ["a0", "a1"]
-    assert a.info["selection"] == {"dataset": "a", "manifest": None, "rows": 60}
+    assert a.info["selection"] == {"dataset": "a", "manifest": None, "rows": 60, "records": 60}
     assert a.info["skipped"]["failed"] == 0     # the failure is not tagged with study 'a'
     keys = pd.read_csv(tmp_path / "a" / "predictions.csv", dtype={"key": str})["key"]
     assert set(keys) == {(bytes([i]) * 16).hex() for i in range(40, 60)}
@@ -174,9 +179,12 @@ def test_a_dataset_selects_exactly_its_rows_with_its_own_labels(two_studies, tmp
 def test_a_mixed_namespace_warns_and_names_the_datasets(two_studies):
     with pytest.warns(MixedDatasetsWarning, match=r"holds rows of dataset 'a' \(60 rows\) and "
                                                   r"dataset 'b' \(60 rows\); the probe uses all "
-                                                  r"100 of them\. Pass dataset='a'"):
+                                                  r"100 of them\. Pass dataset='a'"), \
+            pytest.warns(ContentLeakWarning, match="20 images"):
         mixed = probe_cache(two_studies, val=None, cv=3, **FAST)
-    assert mixed.info["selection"]["rows"] == 100 and mixed.n_train == 100
+    # rows 40..59 are inputs of both studies: two records each (one per study)
+    assert mixed.info["selection"]["rows"] == 100 and mixed.n_train == 120
+    assert mixed.leaks["splits"]["count"] == 20     # val in study a, train in study b
     with pytest.raises(CacheValueError, match=r"dataset='c' tags no row of namespace fp_a; its "
                                               r"rows are dataset 'a' \(60 rows\) and dataset "
                                               r"'b' \(60 rows\)"):
@@ -228,3 +236,65 @@ def test_a_manifest_selects_the_rows_of_its_inputs(tmp_path):
     assert report.info["selection"]["rows"] == 31 and report.n_train == 31
     assert set(report.samples["key"]) == {keys[i].hex() for i in chosen}
     assert "1 manifest input(s) matched no row of this namespace" in str(report)
+
+
+# ----------------------------------------------------------------------------- records
+def test_byte_identical_pngs_stay_two_records_through_extract_probe_and_export(tmp_path):
+    """PneumoniaMNIST has byte-identical train/val images: each input keeps its own record."""
+    from featcache.extract import extract
+    from featcache.sources import collect_inputs
+
+    rng = np.random.default_rng(4)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    lines = []
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(folder / f"{i}.png")
+        lines.append(f"{i}.png,{i % 2},{'train' if i < 30 else 'val'},p{i}")
+    # two copies of train image 0 in the validation split, of other patients and labels
+    shutil.copy(folder / "0.png", folder / "copy-a.png")
+    shutil.copy(folder / "0.png", folder / "copy-b.png")
+    lines += ["copy-a.png,1,val,p100", "copy-b.png,0,val,p101"]
+    manifest = folder / "study.csv"
+    manifest.write_text("path,label,split,group\n" + "\n".join(lines) + "\n")
+    extract(collect_inputs([manifest]), tmp_path / "c", image_size=32, progress=False)
+    cache = FeatureCache(tmp_path / "c")
+    records = cache.records()
+    assert len(records) == 42 and len({r["key"] for r in records}) == 40
+    assert {r["source"].rsplit("/", 1)[-1]: (r["label"], r["split"], r["group"])
+            for r in records if r["key"] == records[0]["key"]} == \
+        {"0.png": ("0", "train", "p0"), "copy-a.png": ("1", "val", "p100"),
+         "copy-b.png": ("0", "val", "p101")}
+    leak = r"1 image \(content key\) is in more than one split, e\.g\. '[^']*/0\.png' \(train\)"
+    with pytest.warns(ContentLeakWarning, match=leak):
+        report = probe_cache(tmp_path / "c", val="val", groups=True, out_dir=tmp_path / "r",
+                             **FAST)
+    assert (report.n_train, report.n_val) == (30, 12)
+    assert report.info["selection"] == {"dataset": None, "manifest": None, "rows": 40,
+                                        "records": 42}
+    saved = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert saved["leaks"]["splits"]["count"] == saved["leaks"]["groups"]["count"] == 1
+    assert [s.rsplit("/", 1)[-1] for s in saved["leaks"]["splits"]["examples"][0]["sources"]] \
+        == ["0.png", "copy-a.png", "copy-b.png"]
+    assert "byte-identical" in str(report)
+    frame = pd.read_csv(tmp_path / "r" / "predictions.csv", dtype={"key": str})
+    copies = frame[frame["source"].str.contains("copy")]
+    assert sorted(zip(copies["source"].str.rsplit("/", n=1).str[-1], copies["y_true"])) == \
+        [("copy-a.png", 1), ("copy-b.png", 0)]
+    # the export writes one entry per record; the copies share their row's features
+    with pytest.warns(ContentLeakWarning, match="more than one split"):
+        out = cache.export(tmp_path / "all.h5")
+    with h5py.File(out, "r") as f:
+        sources = [s.rsplit("/", 1)[-1] for s in f["sources"].asstr()[()]]
+        labels, splits = f["labels"].asstr()[()].tolist(), f["splits"].asstr()[()].tolist()
+        features, keys = f["features"][()], f["keys"][()]
+        assert f.attrs["rows"] == 42
+    at = {name: i for i, name in enumerate(sources)}
+    assert len(sources) == 42 and (labels[at["copy-a.png"]], splits[at["copy-a.png"]]) == ("1", "val")
+    assert (labels[at["0.png"]], splits[at["0.png"]]) == ("0", "train")
+    np.testing.assert_array_equal(features[at["copy-b.png"]], features[at["0.png"]])
+    assert bytes(keys[at["copy-b.png"]]) == bytes(keys[at["0.png"]])
+    # a rerun records nothing new
+    before = sorted((tmp_path / "c" / "annotations").iterdir())
+    extract(collect_inputs([manifest]), tmp_path / "c", image_size=32, progress=False)
+    assert sorted((tmp_path / "c" / "annotations").iterdir()) == before

@@ -1,17 +1,23 @@
-"""Export one namespace to a plain ``.h5`` or ``.npz`` file, with the rows' annotations.
+"""Export one namespace to a plain ``.h5`` or ``.npz`` file, with its input records.
 
 The operation behind :meth:`featcache.cache.FeatureCache.export` and ``featcache export``. The
-file holds, per row (each key once, in shard order): ``keys`` (n, 16) uint8, ``features``
-(n, d), ``sources``, and the annotations ``labels``, ``groups``, ``splits`` (UTF-8 strings,
-``""`` where none is recorded); the failures (``failures/keys``, ``sources``, ``reasons`` in
-HDF5; ``failure_keys``, ``failure_sources``, ``failure_reasons`` in ``.npz``); and the
-``config`` (JSON), ``fingerprint`` and ``dataset`` (``""`` for all rows). The ``.h5`` is itself
-a valid shard (same attributes and checksum rule), streamed shard by shard; both are written
-atomically. h5py + numpy only.
+file holds one entry per input **record** (see :mod:`featcache.cache.annotations`), in shard
+order of their rows: ``keys`` (n, 16) uint8, ``features`` (n, d), ``sources``, and the
+annotations ``labels``, ``groups``, ``splits``, ``datasets`` (UTF-8 strings, ``""`` where none
+is recorded). Byte-identical inputs are several entries with one key and the same features,
+each with its own source, label, split and group; a row no record names is one entry without
+annotations. Then the failures (``failures/keys``, ``sources``, ``reasons`` in HDF5;
+``failure_keys``, ``failure_sources``, ``failure_reasons`` in ``.npz``); and the ``config``
+(JSON), ``fingerprint``, ``dataset`` (``""`` for all rows) and ``leaks`` (JSON, see
+:func:`~featcache.cache.annotations.find_leaks`). The ``.h5`` is itself a valid shard (same
+attributes and checksum rule), streamed shard by shard; both are written atomically. h5py +
+numpy only.
 
-With ``dataset=NAME`` only the rows tagged with that dataset (``featcache extract --dataset``)
-are written, with that dataset's annotations; without, every row, and a
-:class:`~featcache.exceptions.MixedDatasetsWarning` when they belong to several datasets.
+With ``dataset=NAME`` only the records tagged with that dataset (``featcache extract
+--dataset``) are written; without, every record of every dataset, and a
+:class:`~featcache.exceptions.MixedDatasetsWarning` when they belong to several. Content
+recorded in more than one split or group raises a
+:class:`~featcache.exceptions.ContentLeakWarning`.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import numpy as np
 from ..exceptions import CacheValueError
 from ..formats import FORMAT_VERSION
 from . import files, shards
-from .annotations import select_dataset
+from .annotations import find_leaks, select_dataset, select_records, warn_leaks
 from .files import MARKER
 
 __all__ = ["export_namespace", "namespace_rows", "export_facts", "EXPORT_SUFFIXES",
@@ -34,7 +40,8 @@ __all__ = ["export_namespace", "namespace_rows", "export_facts", "EXPORT_SUFFIXE
 #: Output extensions :func:`export_namespace` writes (compared case-insensitively).
 EXPORT_SUFFIXES = (".h5", ".hdf5", ".npz")
 #: Exported per-row annotation arrays -> the annotation field each holds.
-ANNOTATION_COLUMNS = {"labels": "label", "groups": "group", "splits": "split"}
+ANNOTATION_COLUMNS = {"labels": "label", "groups": "group", "splits": "split",
+                      "datasets": "dataset"}
 
 
 def export_namespace(ns, out_path, *, dataset=None) -> pathlib.Path:
@@ -52,11 +59,11 @@ def export_namespace(ns, out_path, *, dataset=None) -> pathlib.Path:
     try:
         if out.suffix.lower() == ".npz":
             keys, feats, sources = namespace_rows(ns)
-            keep, ann = select_dataset(ns.cache.path, keys, dataset, what="the export",
-                                       namespace=ns.fingerprint)
+            at, records = _entries(ns, keys, dataset, meta)
             fails = _failures(ns, dataset)
-            _write_npz(out, keys[keep], feats[keep], [s for s, k in zip(sources, keep) if k],
-                       _columns(keys[keep], ann), fails, meta)
+            _write_npz(out, keys[at], feats[at],
+                       [r["source"] or sources[i] for i, r in zip(at, records)],
+                       _columns(records), fails, meta)
         else:
             ns.retry(lambda idx: _write_h5(out, ns, idx, dataset, meta))
     except OSError as exc:
@@ -108,9 +115,34 @@ def _check_export_path(out: pathlib.Path, ns) -> pathlib.Path:
     return out
 
 
-def _columns(keys, ann) -> dict:
-    """The exported annotation arrays of ``keys``: name -> list of str ("" where none)."""
-    records = [ann.get(bytes(k), {}) for k in keys]
+def _entries(ns, keys, dataset, meta) -> tuple:
+    """``(row positions, records)``: one entry per input record of the rows ``keys``.
+
+    In row order (records of one key together, in the order they were written); a row of
+    the selection that no record names is one entry with an empty record. Warns about leaks
+    and stores them in ``meta["leaks"]``.
+    """
+    keys = [bytes(k) for k in keys]
+    keep, records = select_records(ns.cache.path, keys, dataset, what="the export",
+                                   namespace=ns.fingerprint)
+    of_key: dict = {}
+    for record in records:
+        of_key.setdefault(record["key"], []).append(record)
+    at, entries = [], []
+    for i, key in enumerate(keys):
+        if keep[i]:
+            mine = of_key.get(key) or [{"key": key, "source": None,
+                                        **dict.fromkeys(ANNOTATION_COLUMNS.values())}]
+            at += [i] * len(mine)
+            entries += mine
+    leaks = find_leaks(entries)
+    warn_leaks(leaks, what="the export", stacklevel=4)
+    meta["leaks"] = json.dumps(leaks, sort_keys=True)
+    return np.asarray(at, dtype=np.int64), entries
+
+
+def _columns(records) -> dict:
+    """The exported annotation arrays of ``records``: name -> list of str ("" where none)."""
     return {name: [r.get(field) or "" for r in records]
             for name, field in ANNOTATION_COLUMNS.items()}
 
@@ -127,18 +159,19 @@ def _failures(ns, dataset) -> tuple:
 
 
 def _write_h5(out, ns, idx, dataset, meta) -> None:
-    """Stream the rows ``idx`` serves (those of ``dataset`` when given) into one .h5 shard."""
+    """Stream the records of the rows ``idx`` serves (of ``dataset`` when given) into one .h5."""
     parts = idx.owned()
     all_keys = np.concatenate([i.keys[r] for i, r in parts] or [np.zeros((0, 16), np.uint8)])
-    keep, ann = select_dataset(ns.cache.path, all_keys, dataset, what="the export",
-                               namespace=ns.fingerprint)
+    at, records = _entries(ns, all_keys, dataset, meta)
     bounds = np.cumsum([0] + [len(r) for _, r in parts])
-    parts = [(info, rows[keep[a:b]]) for (info, rows), a, b in zip(parts, bounds[:-1], bounds[1:])]
-    parts = [(info, rows) for info, rows in parts if len(rows)]
-    keys = all_keys[keep]
-    dtype = "float16" if parts and all(i.dtype == "float16" for i, _ in parts) else "float32"
+    cuts = np.searchsorted(at, bounds)
+    parts = [(info, rows[at[a:b] - lo], records[a:b])
+             for (info, rows), lo, a, b in zip(parts, bounds[:-1], cuts[:-1], cuts[1:])]
+    parts = [part for part in parts if len(part[1])]
+    keys = all_keys[at]
+    dtype = "float16" if parts and all(i.dtype == "float16" for i, _, _ in parts) else "float32"
     dim = parts[0][0].dim if parts else (idx.dim or 0)
-    shapes = {getattr(info, "row_shape", None) for info, _ in parts}
+    shapes = {getattr(info, "row_shape", None) for info, _, _ in parts}
     fail_keys, fail_sources, fail_reasons = _failures(ns, dataset)
     digest = hashlib.blake2b(np.ascontiguousarray(keys).tobytes(), digest_size=32)
     with files.atomic_h5(out) as f:
@@ -146,7 +179,7 @@ def _write_h5(out, ns, idx, dataset, meta) -> None:
         feats = f.create_dataset("features", shape=(len(keys), dim), dtype=shards.DTYPES[dtype])
         sources = f.create_dataset("sources", shape=(len(keys),), dtype=files.STR_DTYPE)
         _copy_rows(parts, feats, sources, digest)
-        for name, values in _columns(keys, ann).items():
+        for name, values in _columns(records).items():
             f.create_dataset(name, data=files.text_array(values), dtype=files.STR_DTYPE)
         digest.update(fail_keys.tobytes())
         group = f.create_group("failures")
@@ -162,14 +195,20 @@ def _write_h5(out, ns, idx, dataset, meta) -> None:
 
 
 def _copy_rows(parts, feats, sources, digest) -> None:
-    """Copy ``(shard, rows)`` parts into the ``features`` and ``sources`` datasets, in windows."""
+    """Copy ``(shard, rows, records)`` parts into ``features`` and ``sources``, in windows.
+
+    ``rows`` are sorted and may repeat (byte-identical inputs share a row): each window reads
+    its distinct rows once.
+    """
     at = 0
-    for info, rows in parts:
+    for info, rows, records in parts:
         names = shards.read_sources(info.path)
-        sources[at:at + len(rows)] = files.text_array([names[r] for r in rows])
+        sources[at:at + len(rows)] = files.text_array(
+            [r.get("source") or names[row] for row, r in zip(rows, records)])
         step = max(1, (64 << 20) // max(1, info.dim * 4))
         for lo in range(0, len(rows), step):
-            block = shards.read_rows(info.path, rows[lo:lo + step]).astype(feats.dtype)
+            distinct, inverse = np.unique(rows[lo:lo + step], return_inverse=True)
+            block = shards.read_rows(info.path, distinct)[inverse].astype(feats.dtype)
             feats[at:at + len(block)] = block
             digest.update(np.ascontiguousarray(block).tobytes())
             at += len(block)
