@@ -17,6 +17,7 @@ __all__ = [
     "CacheValueError",
     "ProbeError",
     "NonFiniteError",
+    "TargetError",
     "InvalidModelError",
     "SchedulerLostError",
     "CorruptShardWarning",
@@ -90,6 +91,11 @@ class NonFiniteError(FeatcacheError, ValueError):
     A float16 cache overflows (beyond 65504) to inf; a damaged or hand-written cache can hold
     anything. Names the input; the fix is ``cache_dtype="float32"`` or a fresh cache.
     """
+
+
+class TargetError(FeatcacheError, ValueError):
+    """Targets (``y``) an estimator cannot train on: a missing label (None, NaN), a count
+    that does not match the images. Names the first bad position."""
 
 
 class InvalidModelError(FeatcacheError, ValueError):

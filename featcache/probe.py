@@ -76,6 +76,11 @@ def _check_xy(X, y, names=("X", "y")):
     if y.ndim != 1 or len(y) != len(X):
         raise ProbeError(f"{names[1]} must be one label per row of {names[0]} ({len(X)}), got "
                          f"shape {y.shape}")
+    missing = [i for i, v in enumerate(y.tolist()) if v is None or v != v]  # None, NaN
+    if missing:
+        raise ProbeError(f"{names[1]}[{missing[0]}] is missing ({y[missing[0]]!r}); "
+                         f"{len(missing)} of the {len(y)} labels are missing (None or NaN): "
+                         f"drop those rows of {names[0]} with their labels")
     return X, y
 
 

@@ -237,8 +237,10 @@ def test_regressor(tmp_path, toy):
     two = PartiallyFrozenRegressor(trainable_blocks=0, image_size=SIZE, max_epochs=2,
                                    cache=tmp_path / "cache", random_state=0, progress=False)
     assert two.fit(X, np.c_[target, -target]).predict(X).shape == (48, 2)
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(ValueError, match=r"y\[0\] is missing \(nan\)"):
         two.fit(X, np.full(48, np.nan))
+    with pytest.raises(ValueError, match=r"y\[3\] is not finite \(inf\)"):
+        two.fit(X, np.where(np.arange(48) == 3, np.inf, target))
 
 
 def test_a_weights_file_changed_since_fit_is_refused(tmp_path, toy):
@@ -360,3 +362,55 @@ def test_a_diverging_fit_is_an_error_not_a_nan_model(tmp_path, toy):
     with pytest.raises(NonFiniteError, match=r"in epoch \d.*diverged.*learning_rate"):
         clf.fit(X[:16], y[:16])
     assert not hasattr(clf, "tail_state_")
+
+
+def _no_prefix(monkeypatch):
+    import featcache.engine as engine
+
+    monkeypatch.setattr(engine, "run_batches", lambda *a, **k: pytest.fail("the prefix ran"))
+
+
+@pytest.mark.parametrize("n, fraction", [(4, 0.9), (2, 0.6), (3, 0.7)])
+def test_an_impossible_validation_split_is_refused_before_extraction(tmp_path, toy, monkeypatch,
+                                                                     n, fraction):
+    X, y = toy
+    _no_prefix(monkeypatch)
+    clf = _clf(tmp_path, trainable_blocks=0, early_stopping=True, validation_fraction=fraction)
+    with pytest.raises(InvalidParameterError,
+                       match=rf"validation_fraction={fraction} .*{n} training image"):
+        clf.fit(X[:n], y[:n])
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_validation_split_emptied_by_failed_inputs_is_named(tmp_path, toy):
+    from PIL import Image
+
+    X, y = toy
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(X[i]).save(p)
+        paths.append(str(p))
+    (tmp_path / "1.png").write_bytes(b"broken")
+    clf = _clf(tmp_path, trainable_blocks=0, early_stopping=True, validation_fraction=0.5,
+               on_error="skip")
+    with pytest.warns(UserWarning, match="1 of 4"), \
+            pytest.raises(InvalidParameterError,
+                          match=r"validation_fraction=0.7 .*3 readable training"):
+        _clf(tmp_path, trainable_blocks=0, early_stopping=True, validation_fraction=0.7,
+             on_error="skip").fit(paths, y[:4])
+    clf.fit(paths, y[:4])  # 3 readable images: 1 to train, 2 to validate
+    assert clf.n_iter_ >= 1
+
+
+@pytest.mark.parametrize("label", [None, float("nan")])
+def test_a_missing_label_is_named_before_extraction(tmp_path, toy, monkeypatch, label):
+    from featcache.exceptions import TargetError
+
+    X, y = toy
+    _no_prefix(monkeypatch)
+    labels = y[:8].astype(object)
+    labels[5] = label
+    with pytest.raises(TargetError, match=r"y\[5\] is missing \((None|nan)\)"):
+        _clf(tmp_path).fit(X[:8], labels)
+    assert not (tmp_path / "cache").exists()

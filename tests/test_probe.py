@@ -134,6 +134,9 @@ def test_a_non_linear_head_with_its_own_grid(data):
     (dict(X=np.zeros((4, 2)), y=[0, 1, 0, 1], param_grid={"gamma": [1]}), "does not have"),
     (dict(X=np.zeros((4, 2)), y=[0, 1, 0, 1], Cs=[-1]), "positive numbers"),
     (dict(X=np.zeros((4, 2)), y=[0, 1, 0, 1], cv=5), "smallest class has 2 samples"),
+    (dict(X=np.zeros((4, 2)), y=["a", None, "b", "a"]), r"y\[1\] is missing \(None\)"),
+    (dict(X=np.zeros((4, 2)), y=["a", "b", "b", "a"], X_val=np.zeros((2, 2)),
+          y_val=np.array(["a", np.nan], dtype=object)), r"y_val\[1\] is missing \(nan\)"),
 ])
 def test_bad_inputs_raise_clear_errors(kwargs, match):
     X, y = kwargs.pop("X"), kwargs.pop("y")

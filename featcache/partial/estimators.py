@@ -22,7 +22,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, InvalidParameterError, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ..exceptions import InputError, InvalidOptionError, LayerError
+from ..exceptions import InputError, InvalidOptionError, LayerError, TargetError
 from ..options import run_constraints
 
 __all__ = ["PartiallyFrozenClassifier", "PartiallyFrozenRegressor"]
@@ -108,6 +108,7 @@ class _PartiallyFrozen(BaseEstimator):
         start = time.perf_counter()
         options = self._run_options()
         items = as_items(X)
+        self._check_split(len(items))
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         spec, network, layout = self._network()
         try:
@@ -120,6 +121,7 @@ class _PartiallyFrozen(BaseEstimator):
         acts = self._activations(items, options, views=self.augment_views)
         positions = self._usable(acts, len(items))
         acts.check_finite(positions, "training")
+        self._check_split(len(positions), "readable ")
         self.prefix_fingerprint_ = acts.fingerprints[0]
         self.row_shape_ = tuple(acts.row_shape)
         tail = build_tail(network, layout.tail_modules(self.trainable_blocks), layout.pool,
@@ -153,6 +155,20 @@ class _PartiallyFrozen(BaseEstimator):
                           f"left out of training; first: {next(iter(acts.failures.values()))}",
                           UserWarning, stacklevel=3)
         return acts.valid
+
+    def _check_split(self, n: int, readable: str = "") -> None:
+        """Refuse an early-stopping split of ``n`` images that leaves nothing to train on
+        (before the prefix runs, and again once unreadable images are left out)."""
+        if not self.early_stopping:
+            return
+        n_val = int(np.ceil(self.validation_fraction * n))  # as train_test_split rounds
+        if n - n_val < 1:
+            most = f"at most {(n - 1) / n:.3g} here, " if n > 1 else ""
+            raise InvalidParameterError(
+                f"early_stopping=True holds out validation_fraction={self.validation_fraction} "
+                f"of the {n} {readable}training images: {n_val} to validate leaves {n - n_val} "
+                f"to train on. Lower validation_fraction ({most}the validation set takes at "
+                "least one image), pass more images, or set early_stopping=False.")
 
     def _split(self, positions, stratify, seed):
         if not self.early_stopping:
@@ -461,8 +477,10 @@ class PartiallyFrozenRegressor(RegressorMixin, _PartiallyFrozen):
 
         y = np.asarray(_check_targets(X, y, as_items, multi_output=True), dtype=np.float64)
         if not np.isfinite(y).all():
-            raise ValueError("y holds NaN or infinite values; PartiallyFrozenRegressor needs "
-                             "finite targets")
+            bad = int(np.flatnonzero(~np.isfinite(y.reshape(len(y), -1)).all(axis=1))[0])
+            raise TargetError(f"y[{bad}] is not finite ({y[bad].tolist()!r}); Partially"
+                              "FrozenRegressor needs finite targets: drop those images with "
+                              "their targets")
         self._y_1d = y.ndim == 1
         y2 = y.reshape(len(y), -1)
         self.n_outputs_ = y2.shape[1]
@@ -496,6 +514,24 @@ def _check_targets(X, y, as_items, multi_output=False):
     n = len(as_items(X))
     y = np.asarray(y) if multi_output else column_or_1d(y, warn=True)
     if y.ndim not in (1, 2) or len(y) != n:
-        raise ValueError(f"X holds {n} images but y has shape {np.shape(y)}; expected "
-                         f"{n} targets, one per image")
+        raise TargetError(f"X holds {n} images but y has shape {np.shape(y)}; expected "
+                          f"{n} targets, one per image")
+    missing = _missing(y)
+    if len(missing):
+        value = np.asarray(y[missing[0]]).tolist()
+        raise TargetError(f"y[{missing[0]}] is missing ({value!r}); {len(missing)} of the "
+                          f"{len(y)} targets are missing (None or NaN). Drop those images "
+                          "with their targets, or give them a value.")
     return y
+
+
+def _missing(y) -> np.ndarray:
+    """Positions (rows) of ``y`` with a missing value: None, NaN or pandas' NA."""
+    if y.dtype.kind == "f":
+        bad = np.isnan(y)
+    elif y.dtype == object:
+        bad = np.frompyfunc(lambda v: v is None or type(v).__name__ in ("NAType", "NaTType")
+                            or (isinstance(v, float) and v != v), 1, 1)(y).astype(bool)
+    else:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(bad.reshape(len(y), -1).any(axis=1))
