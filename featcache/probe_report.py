@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import re
 from numbers import Integral, Real
 
 import numpy as np
@@ -18,11 +19,14 @@ import numpy as np
 from .exceptions import ProbeError
 
 __all__ = ["Metric", "ProbeReport", "METRIC_NAMES", "PLOTS", "json_float", "jsonable",
-           "fmt_param"]
+           "fmt_param", "csv_safe", "FORMULA_STARTS"]
 
 #: Display names of the reported metrics, in report order.
 METRIC_NAMES = {"roc_auc": "ROC AUC", "accuracy": "accuracy",
                 "balanced_accuracy": "balanced accuracy", "f1_macro": "macro F1"}
+#: First characters that make a spreadsheet read a CSV cell as a formula (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 #: The figures :meth:`ProbeReport.save` writes: ROC curve(s), confusion matrix, selection sweep.
 PLOTS = ("roc.png", "confusion_matrix.png", "c_sweep.png")
 
@@ -155,7 +159,11 @@ class ProbeReport:
 
         ``predictions.csv`` has one row per evaluated sample: the :attr:`samples` columns
         (``key`` and ``source`` for a cache probe, else ``row``), ``y_true``, ``y_pred`` and
-        ``score_<class>`` per class.
+        ``score_<class>`` per class. Text cells (and header cells) that a spreadsheet would
+        run as a formula, those beginning with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
+        return (a label ``=1+1``, a file named ``@SUM(A1).png``), are written with a leading
+        ``'`` (OWASP's CSV-injection rule; see :func:`csv_safe`); numbers are written as they
+        are. Lines end in CRLF (RFC 4180), so a cell holding a line break is quoted.
         """
         from . import plots
 
@@ -163,7 +171,8 @@ class ProbeReport:
         try:
             out.mkdir(parents=True, exist_ok=True)
             (out / "report.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n", "utf-8")
-            self.predictions().to_csv(out / "predictions.csv", index=False)
+            csv_safe(self.predictions()).to_csv(out / "predictions.csv", index=False,
+                                                lineterminator="\r\n")
             roc_png, confusion_png, sweep_png = (out / name for name in PLOTS)
             plots.save_figure(plots.plot_roc(self.y_true, self.y_score, self.classes,
                                              title=f"ROC ({self.head})"), roc_png)
@@ -187,6 +196,28 @@ class ProbeReport:
         for k, c in enumerate(self.classes):
             frame[f"score_{c}"] = self.y_score[:, k]
         return frame
+
+
+def csv_safe(frame):
+    """A copy of ``frame`` whose text cells and column names cannot run in a spreadsheet.
+
+    A string beginning with one of :data:`FORMULA_STARTS` (``=``, ``+``, ``-``, ``@``, tab,
+    carriage return) gets a leading single quote, as OWASP's CSV-injection guidance says: a
+    spreadsheet then shows it as text. Numbers, and strings that are plain numbers
+    (``-0.5``), are data and stay as they are.
+    """
+    def escape(value):
+        if isinstance(value, str) and value.startswith(FORMULA_STARTS) \
+                and not _NUMBER.fullmatch(value):
+            return "'" + value
+        return value
+
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object or str(out[column].dtype) in ("string", "str"):
+            out[column] = out[column].map(escape)
+    out.columns = [escape(str(c)) for c in out.columns]
+    return out
 
 
 def fmt_param(value) -> str:

@@ -63,3 +63,26 @@ def test_json_helpers_drop_nan_and_numpy_types():
     assert json_float(float("nan")) is None and json_float(None) is None
     assert jsonable({1: np.float32(0.5), "a": [np.int64(2), np.bool_(True), np.inf]}) == \
         {"1": 0.5, "a": [2, True, None]}
+
+
+def test_predictions_csv_escapes_cells_a_spreadsheet_would_run(data, tmp_path):
+    """OWASP CSV injection: text starting with = + - @ tab or CR gets a leading quote."""
+    import csv
+
+    X, y, X_val, y_val = data
+    names = np.array(["@SUM(A1)", "=1+1"])
+    report = linear_probe(X, names[y], X_val=X_val, y_val=names[y_val], refit=False, **FAST)
+    evil = ["=HYPERLINK(\"http://x\")", "+cmd", "-2+3", "@A1", "\tx", "\ry", "ok.png", "-0.5"]
+    report.samples = {"source": np.array((evil * 10)[:80], dtype=object),
+                      "margin": np.linspace(-1, 1, 80)}
+    with open(report.save(tmp_path / "o") / "predictions.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    # a header cell is escaped by the same rule: "score_=1+1" starts with a letter, no formula
+    assert rows[0] == ["source", "margin", "y_true", "y_pred", "score_=1+1", "score_@SUM(A1)"]
+    assert [r[0] for r in rows[1:9]] == ["'=HYPERLINK(\"http://x\")", "'+cmd", "'-2+3", "'@A1",
+                                          "'\tx", "'\ry", "ok.png", "-0.5"]
+    assert float(rows[1][1]) == -1.0                       # numbers are data, not formulas
+    assert {r[2] for r in rows[1:]} == {"'=1+1", "'@SUM(A1)"}
+    assert all(float(v) >= 0 for r in rows[1:] for v in r[4:])
+    # the DataFrame itself keeps the values as they are
+    assert set(report.predictions()["y_true"]) == {"=1+1", "@SUM(A1)"}
