@@ -62,9 +62,11 @@ def annotate(cache_dir, X_train, y_train, X_val, y_val) -> int:
     sources = [f"pneumoniamnist:train[{i}]" for i in range(len(X_train))] + \
               [f"pneumoniamnist:val[{i}]" for i in range(len(X_val))]
     cache = FeatureCache(cache_dir)
-    known = cache.annotations(keys)
-    todo = [i for i, k in enumerate(keys) if known.get(k, {}).get("label") != labels[i]
-            or known[k].get("split") != splits[i]]
+    # one record per image (its source): byte-identical train/val images keep their own
+    known = {r["source"]: r for r in cache.records(keys)}
+    todo = [i for i, k in enumerate(keys)
+            if (known.get(sources[i]) or {}).get("key") != k
+            or known[sources[i]]["label"] != labels[i] or known[sources[i]]["split"] != splits[i]]
     if todo:
         cache.annotate([keys[i] for i in todo], label=[labels[i] for i in todo],
                        split=[splits[i] for i in todo], source=[sources[i] for i in todo])

@@ -245,3 +245,18 @@ def test_a_batch_job_records_each_input_once_and_a_rerun_nothing(tmp_path):
     assert len(list(folder.iterdir())) == len(before) + 1
     assert {r["source"]: r["label"] for r in cache.records()} == \
         {"train/a.png": "0", "val/b.png": "2", "train/c.png": "0"}
+
+
+def test_the_demo_records_identical_train_and_val_images_once_each(tmp_path):
+    """PneumoniaMNIST holds byte-identical train/val images: both records, then no rewrite."""
+    from featcache.demo import annotate
+
+    rng = np.random.default_rng(0)
+    X_train = rng.integers(0, 255, (4, 8, 8), dtype=np.uint8)
+    X_val = np.concatenate([X_train[:1], rng.integers(0, 255, (1, 8, 8), dtype=np.uint8)])
+    y_train, y_val = np.array([0, 1, 0, 1]), np.array([1, 0])
+    assert annotate(tmp_path / "c", X_train, y_train, X_val, y_val) == 6
+    records = FeatureCache(tmp_path / "c").records()
+    assert len(records) == 6 and len({r["key"] for r in records}) == 5
+    assert annotate(tmp_path / "c", X_train, y_train, X_val, y_val) == 0   # a rerun: nothing
+    assert len(list((tmp_path / "c" / "annotations").iterdir())) == 1
