@@ -91,7 +91,8 @@ def _run_verify(args) -> int:
 def _add_compact(sub) -> None:
     p = add_command(sub, "compact", help="merge shards, drop duplicates and stale temp files",
                     description="Merge each namespace's shards into one (atomically), "
-                                "remove the merged ones and rebuild index.h5.")
+                                "remove the merged ones and rebuild index.h5; merge the key "
+                                "memo and drop its entries whose file changed or vanished.")
     p.add_argument("dir", metavar="DIR", help="cache directory")
     p.add_argument("--namespace", metavar="FINGERPRINT", help="only this namespace (default: all)")
     p.add_argument("--min-shards", type=int, default=2, metavar="K",
@@ -114,6 +115,8 @@ def _run_compact(args) -> int:
               + (f", {s['corrupt_skipped']} damaged shard(s) left" if s["corrupt_skipped"] else ""))
     if stats["tmp_removed"]:
         print(f"removed {stats['tmp_removed']} stale temporary file(s)")
+    print(f"key memo: {stats['key_entries_before']} -> {stats['key_entries_after']} entries, "
+          f"{stats['key_entries_pruned']} whose file changed or vanished removed")
     return 0
 
 
@@ -184,6 +187,10 @@ def _add_extract(sub) -> None:
                    help="raise: stop at the first bad input; skip: record it and go on")
     p.add_argument("--retry-failed", action="store_true",
                    help="decode inputs whose failure an earlier run recorded")
+    p.add_argument("--rehash", action="store_true",
+                   help="read and hash every input file, even those the key memo remembers "
+                        "(for files rewritten through a memory map, whose timestamps may "
+                        "not move)")
     p.add_argument("--commit-seconds", type=float, default=30.0, metavar="S",
                    help="commit a shard at least this often")
     p.add_argument("--dataset", default=None, metavar="NAME",
@@ -274,7 +281,8 @@ def _extract_with(args, raise_if_interrupted, client):
         device=args.device, precision=args.precision, num_workers=args.workers, shard=shard,
         on_error=args.on_error, retry_failed=args.retry_failed,
         progress=False if args.quiet else True, commit_seconds=args.commit_seconds,
-        window=window, dataset=args.dataset, client=client, partition_size=args.partition_size)
+        window=window, dataset=args.dataset, client=client, partition_size=args.partition_size,
+        verify_inputs="hash" if args.rehash else "stat")
 
 
 def _print_extract_summary(summary, as_json=False) -> int:

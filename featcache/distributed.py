@@ -396,7 +396,8 @@ def extract_on_cluster(client, inputs, cache, *, model="efficientnet_lite0", wei
         Runs on the workers (so it must be picklable), after each computed batch.
     **run
         The run options (``batch_size``, ``device``, ``precision``, ``num_workers``,
-        ``on_error``, ``retry_failed``, ``commit_rows``, ``commit_seconds``, ``window``).
+        ``on_error``, ``retry_failed``, ``commit_rows``, ``commit_seconds``, ``window``,
+        ``verify_inputs``).
 
     Returns
     -------

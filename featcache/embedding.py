@@ -26,11 +26,13 @@ __all__ = ["content_keys", "plan", "fill_cache", "embed", "EmbedResult", "namesp
            "resolve_configs", "resolution_key", "source_of", "SourcesOf", "NO_KEY"]
 
 
-def content_keys(items, on_error="raise", memo=None):
+def content_keys(items, on_error="raise", memo=None, verify="stat"):
     """Content key of each item; with ``on_error="skip"`` an unreadable one gives None.
 
     ``memo`` is a persistent memo of file keys (:meth:`featcache.cache.FeatureCache.key_memo`):
     unchanged files are not read again, and new keys are saved to it at the end.
+    ``verify="hash"`` (the ``verify_inputs`` run option) reads and hashes every file whatever
+    the memos remember (see :func:`featcache.keys.content_key`).
     Returns ``(keys, failures)`` where failures maps position -> reason.
     """
     from .inputs import content_key
@@ -39,7 +41,7 @@ def content_keys(items, on_error="raise", memo=None):
     for pos, item in enumerate(items):
         raise_if_interrupted()  # Ctrl-C/SIGTERM while hashing a long input list
         try:
-            keys.append(content_key(item, pos, memo))
+            keys.append(content_key(item, pos, memo, verify))
         except InputError as exc:
             if on_error == "raise":
                 raise
@@ -339,7 +341,8 @@ def embed(items, sources, namespaces, *, load, options, read=None, on_keys=None,
         whose failure an earlier run recorded (unless ``retry_failed``).
     """
     start = time.perf_counter() if start is None else start
-    keys, key_failures = content_keys(items, options.on_error, key_memo) if keys is None \
+    keys, key_failures = content_keys(items, options.on_error, key_memo,
+                                      options.verify_inputs) if keys is None \
         else keys
     if len(keys) != len(items):
         raise FeatcacheError(f"{len(keys)} content keys for {len(items)} inputs: pass the keys "

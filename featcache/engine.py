@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from ._allocator import reuse_freed_memory
 from .exceptions import InputChangedError, InputError
 from .inputs import DecodePolicy, decode, describe
+from .keys import forget
 from .log import get_logger
 from .options import resolve_device, resolve_precision
 from .progress import progress_bar
@@ -320,6 +321,9 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
     try:
         with allocator:
             for batch_positions, images, errors in _full_batches(loader, batch_size, device):
+                for pos, error in errors:
+                    if isinstance(error, InputChangedError):  # a memoised key proved wrong:
+                        forget(items[pos])  # the file is hashed again next time, not refused
                 if errors and on_error == "raise":
                     raise errors[0][1]
                 failures = [(pos, str(error)) for pos, error in errors]

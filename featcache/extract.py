@@ -25,7 +25,8 @@ def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", lay
             pooling="avg", image_size=None, batch_size=64, device="auto", precision="auto",
             num_workers=None, shard=(0, 1), on_error="raise", retry_failed=False, progress=None,
             commit_rows=4096, commit_seconds=30.0, on_batch=None, window=None,
-            client=None, dataset=None, partition_size=None) -> ExtractSummary:
+            client=None, dataset=None, partition_size=None,
+            verify_inputs="stat") -> ExtractSummary:
     """Embed every input into the cache (the library behind ``featcache extract``).
 
     Parameters
@@ -49,6 +50,10 @@ def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", lay
         A dataset tag recorded with the annotations of every input (``--dataset``), so that
         ``featcache probe/export --dataset NAME`` use exactly these rows when the cache holds
         several studies.
+    verify_inputs : {"stat", "hash"}, default="stat"
+        ``"hash"`` reads and hashes every input file whatever the key memo remembers
+        (``--rehash``; for files rewritten through a memory map, see
+        :class:`featcache.FrozenBackbone`).
     Other parameters are those of :class:`featcache.FrozenBackbone`.
     """
     from .options import resolve_run_options, validate_run_options
@@ -67,14 +72,14 @@ def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", lay
             on_batch=on_batch, batch_size=batch_size, device=device, precision=precision,
             num_workers=num_workers, on_error=on_error, retry_failed=retry_failed,
             commit_rows=commit_rows, commit_seconds=commit_seconds, window=window,
-            partition_size=partition_size)
+            partition_size=partition_size, verify_inputs=verify_inputs)
 
     start = time.perf_counter()
     options = resolve_run_options(
         "extract", model=model, weights=weights, pooling=pooling, image_size=image_size,
         batch_size=batch_size, device=device, precision=precision, num_workers=num_workers,
         on_error=on_error, retry_failed=retry_failed, progress=progress, commit_rows=commit_rows,
-        commit_seconds=commit_seconds, window=window)
+        commit_seconds=commit_seconds, window=window, verify_inputs=verify_inputs)
     for layer in layers:
         validate_run_options({"layer": layer}, caller="extract")
     from .cache import resolve_cache

@@ -2,7 +2,11 @@
 
 Moved or renamed files keep their key, edited files lose it. File keys are memoised per process
 by file identity (:data:`FILE_KEY_MEMO`), and optionally in a persistent memo kept in the cache
-directory, so unchanged files are not read again.
+directory, so unchanged files are not read again. Both memos follow git's racily-clean rule
+(:mod:`featcache.cache.identity`): a key is remembered only for a *settled* identity, one whose
+mtime and ctime lie a safety window before the moment the file was keyed; a younger file is
+hashed again next time. ``verify="hash"`` re-hashes every file whatever the memos say, for
+writers that change a file without moving its timestamps (through a memory map).
 """
 
 from __future__ import annotations
@@ -10,23 +14,29 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
+import weakref
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .cache.identity import identity_of, settled
 from .input_errors import as_input_error, input_error, pil_errors
 
-__all__ = ["content_key", "array_key", "pil_key", "bytes_key", "stat_file", "FILE_KEY_MEMO"]
+__all__ = ["content_key", "array_key", "pil_key", "bytes_key", "stat_file", "forget",
+           "FILE_KEY_MEMO"]
 
 _CHUNK = 1 << 20
 _MEMO_MAX = 2_000_000
 #: This process's memo of file keys: (resolved path, size, mtime_ns, inode, device, ctime_ns)
-#: -> key. Cleared when it reaches two million entries.
+#: -> key, for settled identities only. Cleared when it reaches two million entries.
 FILE_KEY_MEMO: dict[tuple, bytes] = {}
+#: The persistent memos this process consulted: :func:`forget` drops a path from each.
+_PERSISTENT = weakref.WeakSet()
 
 
-def content_key(item, index: int, memo=None) -> bytes:
+def content_key(item, index: int, memo=None, verify: str = "stat") -> bytes:
     """Return the 16-byte blake2b content key of one item.
 
     Parameters
@@ -37,14 +47,21 @@ def content_key(item, index: int, memo=None) -> bytes:
     memo : mapping, optional
         A persistent memo of file keys (e.g. :meth:`featcache.cache.FeatureCache.key_memo`),
         keyed like the process memo: consulted before a file is read, and given every key
-        computed from a file that did not change while it was read.
+        computed from a file that did not change while it was read and whose identity is
+        settled (:func:`featcache.cache.identity.settled`).
+    verify : {"stat", "hash"}, default="stat"
+        ``"stat"``: a file whose settled identity a memo remembers is not read. ``"hash"``:
+        every file is read and hashed (the memos are refreshed), for files written through a
+        memory map, whose timestamps may not move.
 
     Returns
     -------
     bytes
         ``blake2b(digest_size=16)`` of: a file's bytes (equal to ``b2sum -l 128 FILE``),
         memoised per (resolved path, size, mtime_ns, inode, device, ctime_ns) so unchanged
-        files are not re-read while any edit (new size, mtime_ns or ctime_ns) re-reads; an
+        files are not re-read while any edit (new size, mtime_ns or ctime_ns) re-reads, and
+        remembered only once that identity is settled (an edit within the timestamps' clock
+        tick keeps it: a young file is always read); an
         array's dtype string, shape and C-contiguous bytes; a PIL image's mode, size, pixel
         bytes, palette, transparency and EXIF orientation (all that decoding uses).
 
@@ -55,7 +72,7 @@ def content_key(item, index: int, memo=None) -> bytes:
     """
     with as_input_error(item, index, "cannot be read"):
         if isinstance(item, (str, os.PathLike)):
-            return _file_key(Path(item), index, memo)
+            return _file_key(Path(item), index, memo, verify == "hash")
         if isinstance(item, np.ndarray):
             return array_key(item)
         if isinstance(item, Image.Image):
@@ -105,17 +122,41 @@ def stat_file(path, item, index: int) -> os.stat_result:
 
 
 def _identity(path, st) -> tuple:
-    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns)
+    return identity_of(path.resolve(), st)
 
 
-def _file_key(path, index, persistent=None):
+def forget(item) -> None:
+    """Drop a file's content key from every memo of this process and the persistent ones.
+
+    Called when a file's memoised key proved wrong (:class:`InputChangedError`): the next
+    call, in this process or another, hashes the file again. Items that are not files, and
+    files that vanished, are ignored.
+    """
+    if not isinstance(item, (str, os.PathLike)):
+        return
+    path = Path(item)
+    try:
+        resolved = path.resolve()
+        FILE_KEY_MEMO.pop(identity_of(resolved, os.stat(path)), None)
+    except OSError:
+        return
+    for memo in list(_PERSISTENT):
+        memo.forget(resolved)
+        memo.save()
+
+
+def _file_key(path, index, persistent=None, rehash=False):
+    now = time.time_ns()  # taken before the stat: an identity is settled when older than it
     st = stat_file(path, path, index)
     memo = _identity(path, st)
-    key = FILE_KEY_MEMO.get(memo)
-    if key is None and persistent is not None:
-        key = persistent.get(memo)
-    if key is not None:
-        return key
+    if persistent is not None:
+        _PERSISTENT.add(persistent)
+    if not rehash:
+        key = FILE_KEY_MEMO.get(memo)
+        if key is None and persistent is not None:
+            key = persistent.get(memo)
+        if key is not None:
+            return key
     h = hashlib.blake2b(digest_size=16)
     try:
         with open(path, "rb") as f:
@@ -124,10 +165,14 @@ def _file_key(path, index, persistent=None):
     except OSError as exc:
         raise input_error(path, index, f"cannot be read ({exc.strerror or exc}).") from None
     key = h.digest()
-    if _identity(path, os.stat(path)) == memo:  # unchanged meanwhile
+    # Remembered only when unchanged meanwhile and settled: a file changed within its
+    # timestamps' clock tick of being keyed would keep this identity (git's racily clean).
+    if _identity(path, os.stat(path)) == memo and settled(memo, now):
         if len(FILE_KEY_MEMO) >= _MEMO_MAX:
             FILE_KEY_MEMO.clear()
         FILE_KEY_MEMO[memo] = key
         if persistent is not None:
             persistent[memo] = key
+    elif rehash:
+        FILE_KEY_MEMO.pop(memo, None)
     return key

@@ -19,7 +19,8 @@ import re
 import sys
 from numbers import Integral, Real
 
-__all__ = ["POOLINGS", "PRECISIONS", "ON_ERROR", "MIN_IMAGE_SIZE", "OPTIONS", "Option",
+__all__ = ["POOLINGS", "PRECISIONS", "ON_ERROR", "VERIFY_INPUTS", "MIN_IMAGE_SIZE", "OPTIONS",
+           "Option",
            "RunOptions", "run_constraints",
            "validate_run_options", "validate_window", "resolve_run_options", "resolve_device",
            "resolve_precision", "cuda_possible",
@@ -31,6 +32,10 @@ POOLINGS = ("avg", "max", "gem", "cls", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: What happens to an input that cannot be decoded.
 ON_ERROR = ("raise", "skip")
+#: How an input file's content key is obtained: ``"stat"`` trusts the key memos for a file
+#: whose identity (size, mtime, ctime, inode) is unchanged and settled; ``"hash"`` re-reads
+#: and hashes every file (for writers through a memory map, whose timestamps may not move).
+VERIFY_INPUTS = ("stat", "hash")
 #: Smallest network input side (smaller maps vanish in the networks' downsampling).
 MIN_IMAGE_SIZE = 8
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|mps|xpu)(:\d+)?$")
@@ -62,6 +67,7 @@ OPTIONS = {
     "on_error": Option("choice", choices=ON_ERROR),
     "progress": Option("bool", none=True),
     "retry_failed": Option("bool"),
+    "verify_inputs": Option("choice", choices=VERIFY_INPUTS),
     "window": Option("window", none=True),
     "commit_rows": Option("int", low=1),
     "commit_seconds": Option("real", low=0, open_low=True),
@@ -207,6 +213,7 @@ class RunOptions:
     window: tuple | None = None
     commit_rows: int = 4096
     commit_seconds: float = 30.0
+    verify_inputs: str = "stat"
 
     def engine_kwargs(self) -> dict:
         """Keyword arguments of :func:`featcache.engine.run_batches` (all but ``policy``)."""

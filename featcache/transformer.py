@@ -81,6 +81,12 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     retry_failed : bool, default=False
         Inputs whose failure is recorded in the cache (``on_error="skip"``) are not decoded
         again unless this is True; with ``on_error="raise"`` a recorded failure raises.
+    verify_inputs : {"stat", "hash"}, default="stat"
+        How an input file's content key is obtained. ``"stat"``: a file whose identity (size,
+        mtime, ctime, inode) is unchanged since the cache remembered its key is not read (a
+        file younger than a few seconds is always read; see :mod:`featcache.cache.identity`).
+        ``"hash"``: every file is read and hashed, for files rewritten through a memory map,
+        whose timestamps may not move.
 
     Attributes
     ----------
@@ -120,7 +126,7 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     def __init__(self, model="efficientnet_lite0", *, weights="DEFAULT", layer=None, pooling="avg",
                  image_size=None, batch_size=64, device="auto", precision="auto", cache="auto",
                  num_workers=None, on_error="raise", progress=None, retry_failed=False,
-                 window=None):
+                 window=None, verify_inputs="stat"):
         self.model = model
         self.weights = weights
         self.layer = layer
@@ -135,6 +141,7 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         self.progress = progress
         self.retry_failed = retry_failed
         self.window = window
+        self.verify_inputs = verify_inputs
 
     # ------------------------------------------------------------------ fitting
 
@@ -176,7 +183,8 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         return resolve_run_options(
             "FrozenBackbone", batch_size=self.batch_size, device=self.device,
             precision=self.precision, num_workers=self.num_workers, on_error=self.on_error,
-            retry_failed=self.retry_failed, progress=self.progress, window=self.window)
+            retry_failed=self.retry_failed, progress=self.progress, window=self.window,
+            verify_inputs=self.verify_inputs)
 
     def _resolve(self):
         """((config, fingerprint), load) of the configuration; no network when the cache knows it.

@@ -81,6 +81,26 @@ def test_cli_extract_exit_codes_and_summary(xray_pngs, tmp_path, capsys):
     assert usage.value.code == 2
 
 
+def test_cli_extract_rehash_reads_every_input(xray_pngs, tmp_path, capsys):
+    """--rehash (verify_inputs="hash") keys files by their bytes, not by what the memo says."""
+    from featcache import keys
+    from featcache.cache.identity import identity_of
+    from featcache.cache.keymemo import KeyMemo
+
+    paths, _ = xray_pngs
+    cache = tmp_path / "c"
+    args = ["extract", *paths[:4], "--cache", str(cache), "--image-size", "32", "--quiet"]
+    assert cli_main(args) == 0
+    capsys.readouterr()
+    identity = identity_of(Path(paths[0]).resolve(), os.stat(paths[0]))
+    real = keys.FILE_KEY_MEMO[identity]
+    for memo in (keys.FILE_KEY_MEMO, FeatureCache(cache).key_memo()):
+        memo[identity] = b"\x05" * 16  # a stale entry: the file's bytes are not that key's
+    assert cli_main(args + ["--rehash"]) == 0
+    assert "4 inputs: 0 computed, 4 from cache, 0 failed" in capsys.readouterr().out
+    assert keys.FILE_KEY_MEMO[identity] == real and KeyMemo(cache).get(identity) == real
+
+
 @pytest.mark.parametrize("args, code, words", [
     (["--batch-size", "0"], 2, "--batch-size must be an int in the range [1, inf)"),
     (["--workers", "-1"], 2, "--workers must be an int in the range [0, inf)"),

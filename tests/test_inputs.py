@@ -342,6 +342,57 @@ def test_memo_avoids_rereading(tmp_path, monkeypatch):
     assert content_key(p, 0) == k
 
 
+def test_a_young_file_is_hashed_each_time_and_remembered_once_settled(tmp_path, monkeypatch):
+    """git's racily-clean rule: an identity whose mtime or ctime is within the window of the
+    moment it was keyed is not remembered (an edit in the same clock tick would keep it)."""
+    p = tmp_path / "x.bin"
+    p.write_bytes(b"123")
+    old = os.stat(p).st_mtime_ns - 7200 * 10**9
+    os.utime(p, ns=(old, old))  # an old mtime; the ctime is still young
+    monkeypatch.setenv("FEATCACHE_RACY_WINDOW", "600")
+    reads = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda *a, **k: reads.append(a[0]) or real_open(*a, **k))
+    k = content_key(p, 0)
+    assert content_key(p, 0) == k and len(reads) == 2 and not inputs._KEY_MEMO
+    monkeypatch.setenv("FEATCACHE_RACY_WINDOW", "0")  # old enough now
+    assert content_key(p, 0) == k and len(reads) == 3 and len(inputs._KEY_MEMO) == 1
+    assert content_key(p, 0) == k and len(reads) == 3
+
+
+def test_verify_hash_reads_a_remembered_file_and_refreshes_the_memo(tmp_path):
+    import hashlib
+
+    from featcache.cache.identity import identity_of
+
+    p = tmp_path / "x.bin"
+    p.write_bytes(b"new bytes")
+    identity = identity_of(p.resolve(), os.stat(p))
+    inputs._KEY_MEMO[identity] = b"\x07" * 16  # left by a writer that moved no timestamp
+    assert content_key(p, 0) == b"\x07" * 16
+    real = hashlib.blake2b(b"new bytes", digest_size=16).digest()
+    assert content_key(p, 0, verify="hash") == real
+    assert inputs._KEY_MEMO[identity] == real and content_key(p, 0) == real
+
+
+def test_forget_drops_a_file_from_the_memos(tmp_path):
+    from featcache.cache.identity import identity_of
+    from featcache.cache.keymemo import KeyMemo
+    from featcache.keys import forget
+
+    p = tmp_path / "x.bin"
+    p.write_bytes(b"abc")
+    memo = KeyMemo(tmp_path / "c")
+    key = content_key(p, 0, memo)
+    memo.save()
+    identity = identity_of(p.resolve(), os.stat(p))
+    assert inputs._KEY_MEMO[identity] == key and KeyMemo(tmp_path / "c").get(identity) == key
+    forget(p)
+    assert identity not in inputs._KEY_MEMO and KeyMemo(tmp_path / "c").get(identity) is None
+    forget(np.zeros(3))  # not a file: nothing to forget
+    forget(tmp_path / "missing.bin")
+
+
 def test_array_keys():
     a = np.arange(12, dtype=np.uint8).reshape(3, 4)
     assert content_key(a, 0) == content_key(a.copy(), 0)

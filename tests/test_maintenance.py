@@ -156,3 +156,37 @@ def test_a_shard_compacted_during_verify_is_not_corrupt(tmp_path, monkeypatch):
     [merged] = files.list_shards(ns.shards_dir)
     assert report.shards_checked == 1  # the merged shard, listed again and checked
     assert len(_shard_paths(ns)) == 1 and pathlib.Path(fired[0]).name != merged
+
+
+def test_compact_prunes_key_memo_entries_whose_file_lost_that_identity(tmp_path, capsys):
+    """50 files regenerated 20 times, then 10 deleted: compact keeps one entry per live file."""
+    from featcache.cache import keymemo
+    from featcache.cache.identity import identity_of
+    from featcache.embedding import content_keys
+
+    cache = FeatureCache(tmp_path / "c")
+    folder = tmp_path / "files"
+    folder.mkdir()
+    paths = [folder / f"{i}.bin" for i in range(50)]
+    for generation in range(20):
+        for i, path in enumerate(paths):
+            path.write_bytes(f"{i} {generation}".encode() * (1 + generation))
+        content_keys(paths, memo=keymemo.KeyMemo(cache.path))  # a new process each time
+    for path in paths[40:]:
+        path.unlink()
+    stale = cache.path / keymemo.KEYS_DIR / "00" / ".tmp-killed.km"
+    stale.parent.mkdir(exist_ok=True)
+    stale.write_bytes(b"left by a killed writer")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    stats = cache.compact()
+    assert stats["key_entries_after"] == 40 and not stale.exists()
+    assert stats["key_entries_pruned"] == stats["key_entries_before"] - 40 >= 10
+    memo = keymemo.KeyMemo(cache.path)
+    for i, path in enumerate(paths[:40]):
+        assert memo.get(identity_of(path.resolve(), os.stat(path))) == \
+            content_keys([path])[0][0]
+    assert cli_main(["compact", str(cache.path)]) == 0
+    assert "key memo: 40 -> 40 entries, 0 whose file changed or vanished removed" in \
+        capsys.readouterr().out
+    paths[0].write_bytes(b"edited")
+    assert cache.compact()["key_entries_after"] == 39

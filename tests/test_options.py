@@ -20,6 +20,8 @@ from featcache.options import (POOLINGS, RunOptions, cuda_possible, resolve_run_
     ({"window": (float("nan"), 400)}, "'window' parameter of f must be None or (center, width)"),
     ({"window": (40, 0)}, "positive width"),
     ({"commit_seconds": float("nan")}, "'commit_seconds'"),
+    ({"verify_inputs": "mtime"}, "'verify_inputs' parameter of f must be a str among ['hash', "
+                                 "'stat']"),
 ])
 def test_bad_options_are_named(params, words):
     with pytest.raises(InvalidOptionError) as info:
@@ -50,3 +52,8 @@ def test_run_options_are_picklable_and_carry_what_the_engine_needs(monkeypatch):
     kwargs = options.engine_kwargs()
     assert (kwargs["device"], kwargs["precision"], kwargs["batch_size"]) == ("cpu", "bf16", 3)
     assert isinstance(options, RunOptions) and options.on_error == "skip"
+
+
+def test_verify_inputs_is_a_run_option_defaulting_to_stat():
+    assert resolve_run_options(device="cpu").verify_inputs == "stat"
+    assert resolve_run_options(device="cpu", verify_inputs="hash").verify_inputs == "hash"

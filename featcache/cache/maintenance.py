@@ -15,11 +15,12 @@ from ..exceptions import CacheCorruptError, CacheError
 from . import files, shards
 from .annotations import verify_annotations
 from .export import EXPORT_SUFFIXES, export_namespace
+from .keymemo import prune as _prune_key_memo
 from .memo import mark_bad, remember
 from .namespace import Namespace
 
-__all__ = ["VerifyReport", "verify_cache", "compact_namespace", "build_index", "export_namespace",
-           "EXPORT_SUFFIXES"]
+__all__ = ["VerifyReport", "verify_cache", "compact_namespace", "compact_key_memo", "build_index",
+           "export_namespace", "EXPORT_SUFFIXES"]
 
 
 @dataclasses.dataclass
@@ -111,6 +112,19 @@ def _relisted(shards_dir, vanished: list, times: int = 5):
                 yield name
         if len(vanished) == before:
             return
+
+
+def compact_key_memo(cache_path, stale_tmp_seconds: float) -> dict:
+    """Merge the key memo's segments and drop entries whose file no longer has that identity.
+
+    Every remembered path is ``stat``-ed (:func:`featcache.cache.keymemo.prune`); returns
+    ``{"key_entries_before", "key_entries_after", "key_entries_pruned"}``.
+    """
+    try:
+        return _prune_key_memo(cache_path, stale_tmp_seconds)
+    except OSError as exc:
+        raise files.write_error(exc, pathlib.Path(cache_path) / "keys", what="the key memo") \
+            from exc
 
 
 def compact_namespace(ns: Namespace, min_shards: int, stale_tmp_seconds: float) -> dict:

@@ -292,7 +292,10 @@ class FeatureCache:
         Keys are deduplicated (first shard wins), failures that later succeeded are dropped,
         damaged shards are left alone (see :meth:`verify`), temporary files older than
         ``stale_tmp_seconds`` are removed and ``index.h5`` is rebuilt. Shards committed by
-        concurrent writers meanwhile are kept. Returns counts per namespace and in total.
+        concurrent writers meanwhile are kept. The key memo (``keys/``) is merged too, and its
+        entries whose file no longer has that identity (edited, replaced, deleted) dropped:
+        ``key_entries_before``, ``key_entries_after``, ``key_entries_pruned``. Returns counts
+        per namespace and in total.
         """
         targets = [self._ns(namespace)] if namespace is not None else \
             [self.namespace(fp) for fp in self.namespaces()]
@@ -300,7 +303,8 @@ class FeatureCache:
         total = {k: sum(p[k] for p in per) for k in
                  ("shards_before", "shards_after", "rows", "duplicates_removed", "tmp_removed",
                   "corrupt_skipped")}
-        return {**total, "namespaces": per}
+        memo = maintenance.compact_key_memo(self.path, stale_tmp_seconds)
+        return {**total, **memo, "namespaces": per}
 
     def build_index(self, namespace=None) -> pathlib.Path:
         """(Re)build ``<fingerprint>/index.h5``: virtual ``features``/``keys`` over all shards."""

@@ -220,7 +220,8 @@ def prefix_activations(items, *, model, weights, layer, pooling, image_size, opt
     store = resolve_cache(cache)
     sources = SourcesOf(items)
     key_memo = None if store is None else store.key_memo()
-    hashed = content_keys(items, options.on_error, key_memo)  # once for every view
+    hashed = content_keys(items, options.on_error, key_memo,  # once for every view
+                          options.verify_inputs)
     policy = policy or DEFAULT_POLICY
     result = None
     namespaces, fingerprints, shape = [], [], None

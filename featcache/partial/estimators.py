@@ -28,7 +28,7 @@ from ..options import run_constraints
 __all__ = ["PartiallyFrozenClassifier", "PartiallyFrozenRegressor"]
 
 _RUN = ("batch_size", "device", "precision", "num_workers", "on_error", "progress", "window",
-        "retry_failed")
+        "retry_failed", "verify_inputs")
 
 
 class _PartiallyFrozen(BaseEstimator):
@@ -297,7 +297,7 @@ class PartiallyFrozenClassifier(ClassifierMixin, _PartiallyFrozen):
     random_state : int, RandomState or None, default=None
         Seeds the head, the shuffling, the augmentation draws and the validation split: the
         same seed on the same machine gives identical predictions.
-    device, precision, cache, num_workers, on_error, progress, window, retry_failed
+    device, precision, cache, num_workers, on_error, progress, window, retry_failed, verify_inputs
         As in :class:`~featcache.FrozenBackbone`; ``precision`` also sets the autocast of
         training (bf16/fp16 on a GPU). With ``on_error="skip"`` unreadable training inputs
         are left out (with a warning), and unreadable inputs get NaN probabilities.
@@ -352,7 +352,7 @@ class PartiallyFrozenClassifier(ClassifierMixin, _PartiallyFrozen):
                  batchnorm="frozen", augment_views=0, augment_policy=None, cache_dtype="float16",
                  max_memory="auto", random_state=None, device="auto", precision="auto",
                  cache="auto", num_workers=None, on_error="raise", progress=None, window=None,
-                 retry_failed=False):
+                 retry_failed=False, verify_inputs="stat"):
         _store_parameters(self, locals())
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -455,7 +455,7 @@ class PartiallyFrozenRegressor(RegressorMixin, _PartiallyFrozen):
                  batchnorm="frozen", augment_views=0, augment_policy=None, cache_dtype="float16",
                  max_memory="auto", random_state=None, device="auto", precision="auto",
                  cache="auto", num_workers=None, on_error="raise", progress=None, window=None,
-                 retry_failed=False):
+                 retry_failed=False, verify_inputs="stat"):
         _store_parameters(self, locals())
 
     @_fit_context(prefer_skip_nested_validation=True)
