@@ -114,12 +114,18 @@ class Job:
     run: dict
     on_batch: object = None
 
-    def memo_key(self) -> str:
-        """Everything a worker's resolved state depends on (a weights file by its identity)."""
-        from .backbones.weights import file_identity, is_weights_path
+    def memo_key(self) -> str | None:
+        """Everything a worker's resolved state depends on (a weights file by its identity).
 
-        weights = list(file_identity(self.weights)) if is_weights_path(self.weights) \
-            else self.weights
+        None when a weights file's identity is not yet settled
+        (:func:`~featcache.backbones.weights.may_remember`): the state is not remembered.
+        """
+        from .backbones.weights import file_identity, is_weights_path, may_remember
+
+        weights = file_identity(self.weights) if is_weights_path(self.weights) else self.weights
+        if not may_remember(weights):
+            return None
+        weights = list(weights) if isinstance(weights, tuple) else weights
         return json.dumps([self.cache, self.model, weights, list(self.layers), self.pooling,
                            self.image_size, sorted(self.run.items())], default=str)
 
@@ -174,6 +180,8 @@ def _worker_state(job: Job) -> _State:
     from .cache.files import MARKER
 
     key = job.memo_key()
+    if key is None:  # a weights file too young to be remembered: resolved for this task only
+        return _resolve(job)
     with _STATES_LOCK:
         state = _STATES.get(key)
         if state is None or not os.path.exists(os.path.join(job.cache, MARKER)):

@@ -25,6 +25,13 @@ def _weights_identity(weights):
     return file_identity(weights) if is_weights_path(weights) else None
 
 
+def _may_remember(identity) -> bool:
+    """Whether ``identity`` is settled (:func:`featcache.backbones.weights.may_remember`)."""
+    from .backbones.weights import may_remember
+
+    return may_remember(identity)
+
+
 class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Embed images with a frozen pretrained network.
 
@@ -100,7 +107,10 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         Identity of the weights file at fit (resolved path, size, mtime, inode, device,
         ctime; see :func:`featcache.backbones.weights.file_identity`), None for named or random
         weights. Every ``transform`` compares the file with it, so a checkpoint rewritten
-        since fit is refused before any cached row is served.
+        since fit is refused before any cached row is served. An identity taken within a few
+        seconds of the file's last change (see :mod:`featcache.cache.identity`) is not
+        trusted: ``transform`` loads the weights and compares their digest, until the file
+        is old enough for its identity to be trusted.
     failures_ : dict
         Position -> reason of the inputs skipped by the last ``transform`` (``on_error="skip"``).
     transform_stats_ : dict
@@ -173,6 +183,7 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         identity = _weights_identity(self.weights)  # before anything reads the file
         (self.config_, self.fingerprint_), _ = self._resolve()
         self.weights_identity_ = identity
+        self._weights_trusted = _may_remember(identity)
         self.n_features_out_ = self.config_["dim"]
         return self
 
@@ -225,10 +236,14 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         current = _weights_identity(self.weights)
         if fitted is _UNRECORDED:  # pickled by an older featcache: verify a file the long way
             changed = current is not None
-        else:
-            changed = current != fitted
+        else:  # an identity taken while the file was young may hide a same-tick rewrite
+            trusted = self.__dict__.get("_weights_trusted", False)
+            changed = current != fitted or (current is not None and not trusted)
         if changed:
-            self._loaded_for_transform()
+            self._loaded_for_transform()  # raises unless the file holds the fitted weights
+            if fitted is not _UNRECORDED and _may_remember(current):
+                # verified after ``current`` was taken, and settled: a later rewrite moves it
+                self.weights_identity_, self._weights_trusted = current, True
 
     def _check_input_columns(self, X, *, reset):
         columns = getattr(X, "columns", None)

@@ -170,3 +170,97 @@ def test_a_checkpoint_rewritten_in_place_with_its_mtime_restored_is_noticed(tmp_
     with pytest.raises(FeatcacheError, match=r"changed since fit.*Call fit again"):
         old.set_params(cache=False).transform(X)  # and with every row to compute
     np.testing.assert_allclose(old.fit(X).transform(X), after, atol=1e-6)  # a refit uses the new file
+
+
+# ------------------------------------------------ racily clean weights files (issue 22 class 1)
+def _coarse_clock(monkeypatch, tick_ns):
+    """Make every weights-file identity carry one frozen timestamp, as on a file system whose
+    clock did not tick between two writes (1 s FAT/NFS clocks): a rewrite keeps the identity."""
+    from featcache.backbones import weights
+
+    real = weights.file_identity
+
+    def coarse(path):
+        ident = real(path)
+        return (*ident[:2], tick_ns, *ident[3:5], tick_ns)
+
+    monkeypatch.setattr(weights, "file_identity", coarse)
+
+
+def test_a_checkpoint_rewritten_within_its_identity_tick_is_not_served_stale(tmp_path, monkeypatch):
+    """A young file's identity is remembered by no memo (digest, network, resolved config,
+    fitted estimator), so a same-tick rewrite that keeps the identity is picked up."""
+    import time
+
+    from featcache import FrozenBackbone
+    from featcache.backbones import loading, weights
+    from featcache.cache import resolved
+    from featcache.exceptions import FeatcacheError
+
+    monkeypatch.setenv("FEATCACHE_RACY_WINDOW", "3600")
+    _coarse_clock(monkeypatch, time.time_ns())
+    path = tmp_path / "resnet18.pt"
+    path.write_bytes(_checkpoint_bytes(_resnet18_state(1.0)))
+    X = np.random.default_rng(0).integers(0, 256, (4, 32, 32), dtype=np.uint8)
+    params = dict(weights=str(path), image_size=32, cache=tmp_path / "cache", progress=False)
+    old = FrozenBackbone("resnet18", **params).fit(X)
+    before = old.transform(X)
+    identity = weights.file_identity(path)
+    assert identity not in weights._digest_memo
+    assert not [k for k in (*loading._NETWORKS, *loading._LOADED) if identity in k]
+    assert not (tmp_path / "cache" / resolved.RESOLVED_DIR).exists()
+
+    path.write_bytes(_checkpoint_bytes(_resnet18_state(1.5)))  # same size, same inode
+    assert weights.file_identity(path) == identity  # the coarse clock kept the identity
+    with pytest.raises(FeatcacheError, match=r"changed since fit.*Call fit again"):
+        old.transform(X)
+    new = FrozenBackbone("resnet18", **params).fit(X)
+    assert new.fingerprint_ != old.fingerprint_, "the old weights' fingerprint was served"
+    after = new.transform(X)
+    assert new.transform_stats_["computed"] == 4 and not np.allclose(after, before)
+
+
+def test_a_settled_checkpoint_is_remembered_and_verified_once_it_settles(tmp_path, monkeypatch):
+    """Fitted on a young file, an estimator verifies the weights (loads them) at transform;
+    once the file's identity is settled it is trusted, and remembered by the memos."""
+    from featcache import FrozenBackbone
+    from featcache.backbones import loading, weights
+
+    path = tmp_path / "resnet18.pt"
+    path.write_bytes(_checkpoint_bytes(_resnet18_state(1.0)))
+    X = np.random.default_rng(0).integers(0, 256, (4, 32, 32), dtype=np.uint8)
+    monkeypatch.setenv("FEATCACHE_RACY_WINDOW", "3600")
+    est = FrozenBackbone("resnet18", weights=str(path), image_size=32, cache=tmp_path / "c",
+                         progress=False).fit(X)
+    first = est.transform(X)
+    monkeypatch.setenv("FEATCACHE_RACY_WINDOW", "0")  # the file is old enough now
+    calls = []
+    real = loading.load_backbone
+    monkeypatch.setattr(loading, "load_backbone", lambda *a, **k: calls.append(a) or real(*a, **k))
+    np.testing.assert_array_equal(est.transform(X), first)  # verified by loading, once
+    assert weights.file_identity(path) in weights._digest_memo
+    verified = len(calls)
+    np.testing.assert_array_equal(est.transform(X), first)
+    assert len(calls) == verified, "a settled, verified identity is trusted without a load"
+
+
+def test_per_process_memos_do_not_remember_a_young_weights_file(tmp_path, monkeypatch):
+    """The partial-freezing network memo and a Dask worker's resolved state are keyed by the
+    weights file's identity too: neither remembers one that is not yet settled."""
+    from featcache.backbones import get_backbone
+    from featcache.distributed import Job
+    from featcache.partial import network
+
+    path = tmp_path / "resnet18.pt"
+    path.write_bytes(_checkpoint_bytes(_resnet18_state(1.0)))
+    job = Job(cache=str(tmp_path / "c"), model="resnet18", weights=str(path), layers=(None,),
+              pooling="avg", image_size=32, run={})
+    monkeypatch.setattr(network, "_MEMO", type(network._MEMO)())
+    monkeypatch.setenv("FEATCACHE_RACY_WINDOW", "3600")
+    assert job.memo_key() is None
+    network.pretrained_network(get_backbone("resnet18"), str(path))
+    assert not network._MEMO
+    monkeypatch.setenv("FEATCACHE_RACY_WINDOW", "0")
+    assert job.memo_key() is not None
+    network.pretrained_network(get_backbone("resnet18"), str(path))
+    assert len(network._MEMO) == 1

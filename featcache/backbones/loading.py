@@ -82,12 +82,16 @@ def _memo_get(memo, key, make):
     ----------
     memo : OrderedDict
         ``_NETWORKS`` or ``_LOADED``.
-    key : tuple
+    key : tuple or None
         The configuration; a weights file enters it as its :func:`~featcache.weights.file_identity`.
+        None: nothing may be remembered (a weights file whose identity is not yet settled,
+        see :func:`~featcache.backbones.weights.may_remember`): built afresh.
     make : callable
         Builds the value. Threads asking for one key wait for a single build; the memo lock
         is not held meanwhile, so other configurations load in parallel.
     """
+    if key is None:
+        return make()
     while True:
         found, building = _memo_lookup(memo, key)
         if building is None:
@@ -142,7 +146,7 @@ def _network(spec, weights, wkey):
         network.to(memory_format=torch.channels_last)
         return network, label, digest, folded
 
-    return _memo_get(_NETWORKS, (spec.name, wkey), make)
+    return _memo_get(_NETWORKS, _memo_key((spec.name, wkey), wkey), make)
 
 
 def load_backbone(model="efficientnet_lite0", *, weights="DEFAULT", layers=(None,),
@@ -166,8 +170,15 @@ def load_backbone(model="efficientnet_lite0", *, weights="DEFAULT", layers=(None
     """
     spec = get_backbone(model)
     wkey = _weights_key(weights)  # taken before any read, so a rewrite during it is noticed
-    key = (spec.name, wkey, tuple(layers), pooling, image_size)
+    key = _memo_key((spec.name, wkey, tuple(layers), pooling, image_size), wkey)
     return _memo_get(_LOADED, key, lambda: _load(spec, weights, wkey, list(layers), pooling, image_size))
+
+
+def _memo_key(key, wkey):
+    """``key``, or None when a weights file's identity is not yet settled (not remembered)."""
+    from .weights import may_remember
+
+    return key if may_remember(wkey) else None
 
 
 def _weights_key(weights):

@@ -26,6 +26,7 @@ __all__ = [
     "map_state_dict_by_order",
     "state_dict_digest",
     "file_identity",
+    "may_remember",
 ]
 
 #: Container keys under which training scripts commonly nest the state dict.
@@ -59,12 +60,34 @@ def file_identity(path) -> tuple:
     WeightsError
         When ``path`` is not an existing file.
     """
+    from ..cache.identity import identity_of
+
     path = _require_file(path).resolve()
     try:
         st = path.stat()
     except OSError as exc:  # removed between the check and the stat
         raise _not_found(path) from exc
-    return (str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns)
+    return identity_of(path, st)
+
+
+def may_remember(key) -> bool:
+    """Whether a memo may remember an answer under ``key``, a weights key.
+
+    A weights file's identity (:func:`file_identity`) only once it is *settled*: taken when
+    the file's mtime and ctime were older than the racily-clean window
+    (:func:`featcache.cache.identity.settled`), so that any later rewrite moves them; a file
+    rewritten within one tick of a coarse clock keeps its identity, and a memo that had
+    remembered it would serve the old weights. A tag (``"DEFAULT"``), a library's own key
+    or None always.
+    """
+    from ..cache.identity import settled
+
+    return not _is_file_identity(key) or settled(key)
+
+
+def _is_file_identity(key) -> bool:
+    return (isinstance(key, tuple) and len(key) == 6 and isinstance(key[0], str)
+            and all(isinstance(v, int) for v in key[1:]))
 
 
 def _require_file(path) -> Path:
@@ -229,10 +252,13 @@ def state_dict_digest(model: torch.nn.Module, memo_key=None) -> str:
 
     ``memo_key`` (:func:`file_identity` of the weights file, taken *before* the file was read,
     so a rewrite during the read can only leave a stale entry under a key no later stat gives)
-    memoises the digest for the process, so the same file is hashed once.
+    memoises the digest for the process, so the same file is hashed once; an identity that is
+    not yet settled (:func:`may_remember`) is neither looked up nor remembered.
     """
     import torch
 
+    if memo_key is not None and not may_remember(memo_key):
+        memo_key = None
     if memo_key is not None and memo_key in _digest_memo:
         return _digest_memo[memo_key]
     h = hashlib.blake2b(digest_size=16)

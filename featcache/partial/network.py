@@ -3,8 +3,8 @@
 The frozen prefix runs from the shared, BatchNorm-folded network of
 :mod:`featcache.backbones.loading`; the trainable stages need the network as published (its
 BatchNorm layers intact, so they can train or keep their statistics). Pretrained networks are
-kept in a small per-process memo keyed like the loader's (a weights file by its identity), so
-grid-search candidates and folds copy their tails from one load. Tails are deep copies: the
+kept in a small per-process memo keyed like the loader's (a weights file by its identity, once
+settled), so grid-search candidates and folds copy their tails from one load. Tails are deep copies: the
 memoised network itself is never trained.
 """
 
@@ -24,9 +24,13 @@ _LOCK = threading.Lock()
 def pretrained_network(spec, weights):
     """``spec``'s network with ``weights`` (BatchNorm not folded), in evaluation mode."""
     from ..backbones.loading import build_network
-    from ..backbones.weights import file_identity, is_weights_path
+    from ..backbones.weights import file_identity, is_weights_path, may_remember
 
-    key = (spec.name, file_identity(weights) if is_weights_path(weights) else weights)
+    wkey = file_identity(weights) if is_weights_path(weights) else weights
+    if not may_remember(wkey):  # a weights file changed within the racily-clean window
+        network, _, _ = build_network(spec, weights)
+        return network.eval()
+    key = (spec.name, wkey)
     with _LOCK:
         if key in _MEMO:
             _MEMO.move_to_end(key)
