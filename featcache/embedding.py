@@ -195,25 +195,45 @@ def namespace_configs(loaded, options, *, storage="float32", augment=None):
 
 
 def resolution_key(*, model, weights, layers, pooling, image_size, options, storage="float32",
-                   augment=None) -> dict:
+                   augment=None) -> dict | None:
     """Everything a configuration's fingerprint depends on, known without loading the network.
 
     A weights file enters as its identity (resolved path, size, mtime_ns, inode, device,
-    ctime_ns), so an edited file is another key; the installed versions of the libraries
-    that define the architecture enter too (see :mod:`featcache.cache.resolved`).
+    ctime_ns), so an edited file is another key; what the backbone declares it loads enters
+    (:func:`featcache.backbones.registry.declared_identity`), and so does what identifies the
+    code of every package that shapes the network (see :mod:`featcache.cache.resolved`).
+
+    Returns
+    -------
+    dict or None
+        The key, or None when nothing may be remembered for this run: the backbone declares
+        no identity, the weights file's identity is not yet settled (it changed within the
+        racily-clean window, :mod:`featcache.cache.identity`), or a package's version does not
+        identify its code (an editable or direct-URL install).
     """
+    from .backbones.registry import declared_identity
     from .backbones.weights import file_identity, is_weights_path
-    from .cache.resolved import library_versions
+    from .cache.identity import settled
+    from .cache.resolved import library_versions, unidentified_packages
     from .formats import FORMAT_VERSION
     from .inputs import DecodePolicy
 
-    return {"model": str(model),
-            "weights": list(file_identity(weights)) if is_weights_path(weights) else weights,
+    if is_weights_path(weights):  # its identity first: taken before anything reads the file
+        weights = list(file_identity(weights))
+        if not settled(weights):
+            return None
+        declared = declared_identity(str(model), None)  # the architecture it is loaded into
+    else:
+        declared = declared_identity(str(model), weights)
+    versions = library_versions()
+    if declared is None or unidentified_packages(versions):
+        return None
+    return {"model": str(model), "weights": weights, "identity": declared,
             "layers": [None if layer is None else str(layer) for layer in layers],
             "pooling": pooling, "image_size": image_size, "precision": options.precision,
             "decode": DecodePolicy(window=options.window).to_dict(),
             "storage": storage, "augment": augment, "row_shapes": True,
-            "format_version": FORMAT_VERSION, "versions": library_versions()}
+            "format_version": FORMAT_VERSION, "versions": versions}
 
 
 def resolve_configs(store, *, model, weights, layers, pooling, image_size, options,
@@ -222,7 +242,8 @@ def resolve_configs(store, *, model, weights, layers, pooling, image_size, optio
 
     The cache directory remembers resolved configurations (:mod:`featcache.cache.resolved`);
     on a hit nothing imports torch. On a miss (or with no cache) the network is loaded, and
-    its configurations remembered.
+    its configurations remembered, unless :func:`resolution_key` says nothing may be
+    remembered for this run (then the network is loaded every time).
 
     Returns
     -------
@@ -243,7 +264,7 @@ def resolve_configs(store, *, model, weights, layers, pooling, image_size, optio
                                image_size=image_size)
         found = namespace_configs(loaded, options, storage=storage, augment=augment)
         if expected is not None and {k: fp for k, (_, fp) in found.items()} != expected:
-            if store is not None:
+            if store is not None and key is not None:
                 _log.info("forgot a stale remembered configuration in %s", store.path)
                 resolved.forget(store.path, key)
             raise FeatcacheError(
@@ -252,13 +273,14 @@ def resolve_configs(store, *, model, weights, layers, pooling, image_size, optio
                 "way its key missed); it is forgotten now: run again")
         return loaded, found
 
-    remembered = resolved.lookup(store.path, key) if store is not None else None
+    memo = store is not None and key is not None
+    remembered = resolved.lookup(store.path, key) if memo else None
     if remembered is not None:
         configs = {layer: (c, fingerprint(c)) for layer, c in remembered.items()}
         expected = {k: fp for k, (_, fp) in configs.items()}
         return configs, lambda: load_checked(expected)[0]
     loaded, configs = load_checked()
-    if store is not None:
+    if memo:
         resolved.remember(store.path, key, {layer: c for layer, (c, _) in configs.items()})
     return configs, lambda: loaded
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from importlib import metadata
 from typing import NamedTuple
 
 from ..exceptions import WeightsError
@@ -78,6 +79,23 @@ def _pretrained(entry: _Offline, weights):
     return model, "IMAGENET1K", identity
 
 
+def _identity(entry: _Offline, weights):
+    """What :func:`_pretrained` loads: the weights package at its installed version.
+
+    Random weights (None) are timm's architecture, seeded: the timm version in the key (see
+    :mod:`featcache.cache.resolved`) identifies it. An unknown tag declares nothing.
+    """
+    if weights is None:
+        return f"timm:{entry.arch}, seed 0"
+    if weights not in ("DEFAULT", "IMAGENET1K"):
+        return None
+    try:
+        version = metadata.version(entry.package)
+    except metadata.PackageNotFoundError:
+        return None  # loading it says which package to install
+    return {"package": entry.package, "version": version}
+
+
 for _entry in _EFFICIENTNET_LITE:
     register_backbone(
         BackboneSpec(
@@ -89,6 +107,7 @@ for _entry in _EFFICIENTNET_LITE:
             architecture=functools.partial(architecture, _entry.arch),
             pretrained=functools.partial(_pretrained, _entry),
             head_prefixes=lambda model: ("classifier.",),
+            identity=functools.partial(_identity, _entry),
         )
     )
 del _entry

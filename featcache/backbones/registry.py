@@ -23,8 +23,8 @@ from typing import Callable
 from ..exceptions import UnknownBackboneError
 
 __all__ = ["Preprocessing", "BackboneSpec", "Resolver", "register_backbone", "register_resolver",
-           "list_backbones", "get_backbone", "seeded", "warn_random", "IMAGENET_MEAN",
-           "IMAGENET_STD", "HEAD_PREFIXES"]
+           "list_backbones", "get_backbone", "declared_identity", "seeded", "warn_random",
+           "IMAGENET_MEAN", "IMAGENET_STD", "HEAD_PREFIXES"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -73,6 +73,16 @@ class BackboneSpec:
     head_prefixes : callable
         ``head_prefixes(model) -> tuple`` of state-dict key prefixes of the classification
         head, which a local checkpoint may lack.
+    identity : callable or None
+        ``identity(weights) -> JSON-able value`` that changes whenever what featcache builds
+        for ``weights`` changes: for a weights tag, what ``pretrained(tag)`` loads (a file's
+        hash, a release name, a package version); for ``None``, the architecture (random
+        weights, and what a local checkpoint is loaded into). Cheap, and without importing
+        torch: a cache directory remembers the resolved configuration under it, so a fully
+        cached rerun never loads the network (:mod:`featcache.cache.resolved`). Return None,
+        or leave ``identity`` unset, when nothing cheap identifies it: the network is then
+        loaded and its weights hashed on every run, so new weights under the same name are
+        always noticed.
     """
 
     name: str
@@ -84,6 +94,7 @@ class BackboneSpec:
     pretrained: Callable | None = field(default=None, repr=False, compare=False)
     head_prefixes: Callable = field(default=lambda model: HEAD_PREFIXES, repr=False,
                                     compare=False)
+    identity: Callable | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -100,12 +111,18 @@ class Resolver:
         ``spec(arch) -> BackboneSpec`` or None when it does not know ``arch``.
     bare_names : bool
         Whether names without a prefix are tried with it (torchvision: ``"resnet50"``).
+    identity : callable or None
+        ``identity(arch, weights) -> JSON-able value or None``: what
+        :attr:`BackboneSpec.identity` of ``spec(arch)`` would declare, without resolving the
+        spec (for a library whose name lookup imports torch). Unset: featcache resolves the
+        spec and asks it.
     """
 
     source: str
     names: Callable
     spec: Callable
     bare_names: bool = False
+    identity: Callable | None = None
 
 
 _REGISTRY: "OrderedDict[str, BackboneSpec]" = OrderedDict()
@@ -175,6 +192,63 @@ def get_backbone(name: str) -> BackboneSpec:
         f"unknown backbone '{name}'.{hint} Use 'torchvision:<name>' or 'timm:<name>' for "
         "models of those libraries; featcache.list_backbones('all') lists every name."
     )
+
+
+def declared_identity(name: str, weights):
+    """The identity backbone ``name`` declares for ``weights`` (a tag, or None), or None.
+
+    What keys a remembered configuration besides the package versions
+    (:mod:`featcache.cache.resolved`): ``{"source": ..., "identity": ...}`` of the spec
+    :func:`get_backbone` gives for ``name`` (:attr:`BackboneSpec.identity`), or of every
+    resolver that could give it, asked without resolving the spec when they declare
+    :attr:`Resolver.identity` (so torchvision and timm names need no torch here). None when any
+    of them declares nothing, or ``name`` is unknown (loading it will say so).
+
+    Raises
+    ------
+    TypeError
+        When a declared identity is not JSON-serialisable.
+    """
+    if not isinstance(name, str) or not name:
+        return None
+    if name in _REGISTRY:
+        return _declared(_REGISTRY[name], weights)
+    source, _, arch = name.partition(":") if ":" in name else ("", "", name)
+    resolvers = [r for r in _RESOLVERS.values()
+                 if source == r.source or (not source and r.bare_names)]
+    if resolvers and all(r.identity is not None for r in resolvers):
+        found = [{"source": r.source, "identity": r.identity(arch, weights)} for r in resolvers]
+        if any(f["identity"] is None for f in found):
+            return None
+        _check_json(name, found)
+        return found if len(found) > 1 else found[0]
+    try:
+        spec = get_backbone(name)
+    except UnknownBackboneError:
+        return None
+    return _declared(spec, weights)
+
+
+def _declared(spec: BackboneSpec, weights):
+    value = spec.identity(weights) if spec.identity is not None else None
+    if value is None:
+        return None
+    found = {"source": spec.source, "identity": value}
+    _check_json(spec.name, found)
+    return found
+
+
+def _check_json(name, value) -> None:
+    import json
+
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"the identity declared by backbone '{name}' must be JSON-serialisable (strings, "
+            f"numbers, lists, dicts), got {value!r} ({exc}); return, e.g., a file's hash or a "
+            "release name as a string, or None to have the network loaded on every run."
+        ) from exc
 
 
 @contextlib.contextmanager

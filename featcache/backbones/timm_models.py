@@ -10,7 +10,7 @@ import functools
 from ..exceptions import WeightsError
 from .registry import HEAD_PREFIXES, BackboneSpec, Preprocessing, Resolver, register_resolver
 
-__all__ = ["names", "spec", "head_prefixes"]
+__all__ = ["names", "spec", "head_prefixes", "identity"]
 
 
 def names() -> list:
@@ -63,4 +63,15 @@ def _pretrained(arch: str, weights: str):
     return model, f"timm:{full}", ("timm", full)
 
 
-register_resolver(Resolver("timm", names, spec))
+def identity(arch: str, weights):
+    """What :func:`_pretrained` loads, declared without importing timm (so torch).
+
+    ``timm:<arch>`` with a tag is the pretrained configuration timm's source defines for it
+    (hub id, URL or file): the timm version in the key (:mod:`featcache.cache.resolved`, which
+    refuses an editable timm) pins it. timm fetches a hub id's latest revision, which a warm
+    rerun does not re-check (documented in docs/concepts.md).
+    """
+    return {"arch": arch, "weights": weights, "by": "timm version"}
+
+
+register_resolver(Resolver("timm", names, spec, identity=identity))

@@ -12,7 +12,7 @@ import functools
 from ..exceptions import WeightsError
 from .registry import BackboneSpec, Preprocessing, Resolver, register_resolver
 
-__all__ = ["names", "spec"]
+__all__ = ["names", "spec", "identity"]
 
 
 def names() -> list:
@@ -65,4 +65,15 @@ def _pretrained(arch: str, weights: str):
     return model, str(member), ("torchvision", str(member))
 
 
-register_resolver(Resolver("torchvision", names, spec, bare_names=True))
+def identity(arch: str, weights):
+    """What :func:`_pretrained` loads, declared without importing torchvision (so torch).
+
+    A weights tag names a member of the model's weights enum, defined in torchvision's source
+    with its URL, whose file name carries a hash prefix checked when torchvision downloads it:
+    the torchvision version in the key (:mod:`featcache.cache.resolved`, which refuses an
+    editable torchvision) pins the weights; None is the seeded architecture of that version.
+    """
+    return {"arch": arch, "weights": weights, "by": "torchvision version"}
+
+
+register_resolver(Resolver("torchvision", names, spec, bare_names=True, identity=identity))

