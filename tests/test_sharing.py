@@ -90,3 +90,72 @@ def test_a_fitted_partially_frozen_classifier_round_trips(tmp_path):
     assert set(sio.get_untrusted_types(file=path)) <= set(sharing.TRUSTED_TYPES)
     loaded = sharing.load(path)
     np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+
+
+@pytest.fixture(scope="module")
+def fitted_clf(tmp_path_factory):
+    """A fitted PartiallyFrozenClassifier (1 trainable stage, 32 px) and its images."""
+    from featcache import PartiallyFrozenClassifier
+
+    tmp = tmp_path_factory.mktemp("fitted")
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 255, size=(8, 32, 32), dtype=np.uint8)
+    clf = PartiallyFrozenClassifier(trainable_blocks=1, image_size=32, max_epochs=1,
+                                    cache=str(tmp / "c"), random_state=0, progress=False)
+    return clf.fit(X, np.arange(8) % 2), X
+
+
+def _drop(state, key):
+    return {k: v for k, v in state.items() if k != key}
+
+
+def _reshape(state, key):
+    return {**state, key: np.zeros((state[key].shape[0], 7), np.float32)}
+
+
+@pytest.mark.parametrize("attribute, forge, match", [
+    # 27.6 GB as float32 for one row (the issue's file); 7.7e14 bytes: far beyond any machine
+    ("row_shape_", lambda v: (192, 6000, 6000), r"row_shape_=\(192, 6000, 6000\).*GB"),
+    ("row_shape_", lambda v: (192, 10**6, 10**6), r"row_shape_=\(192, 1000000, 1000000\)"),
+    ("row_shape_", lambda v: (80, 1, 1), r"row_shape_=\(80, 1, 1\).*expected \(192, 1, 1\)"),
+    ("row_shape_", lambda v: ("192", 1, 1), r"row_shape_=\('192', 1, 1\).*positive integers"),
+    ("tail_state_", lambda v: _drop(v, "stages.0.0.conv_pw.weight"),
+     r"tail_state_.*missing.*stages\.0\.0\.conv_pw\.weight"),
+    ("tail_state_", lambda v: _drop(v, "head.weight"), r"tail_state_.*missing.*head\.weight"),
+    ("tail_state_", lambda v: {**v, "extra": np.zeros(3)}, r"tail_state_.*unexpected.*extra"),
+    ("tail_state_", lambda v: _reshape(v, "head.weight"),
+     r"tail_state_\['head\.weight'\] has shape \(2, 7\).*expected \(2, 1280\)"),
+    ("classes_", lambda v: np.array([0, 1, 2]), r"classes_ holds 3 classes.*2 outputs"),
+    ("cut_layer_", lambda v: "blocks.0", r"cut_layer_='blocks\.0'.*expected 'blocks\.5'"),
+])
+def test_a_forged_fitted_state_is_refused_before_use(fitted_clf, tmp_path, monkeypatch,
+                                                     attribute, forge, match):
+    """A .skops file using only the trusted types can hold any fitted state: predict checks
+    it against the architecture and raises InvalidModelError before building anything (the
+    tail is never built with a forged row shape, so nothing of its claimed size is allocated)."""
+    import pickle
+
+    import featcache.partial.tail as tail
+    from featcache.exceptions import InvalidModelError
+
+    clf, X = fitted_clf
+    forged = pickle.loads(pickle.dumps(clf))  # the trained arrays, no torch module
+    setattr(forged, attribute, forge(getattr(forged, attribute)))
+    sharing.dump(forged, tmp_path / "forged.skops")
+    loaded = sharing.load(tmp_path / "forged.skops")
+    built = []
+    real = tail.build_tail
+    monkeypatch.setattr(tail, "build_tail", lambda *a, **k: built.append(a[3]) or real(*a, **k))
+    for method in (loaded.predict, loaded.predict_proba):
+        with pytest.raises(InvalidModelError, match=match) as info:
+            method(X)
+        assert "trust" in str(info.value) and "refit" in str(info.value)
+    assert all(shape == clf.row_shape_ for shape in built)
+
+
+def test_a_faithful_file_still_predicts_after_the_checks(fitted_clf, tmp_path):
+    clf, X = fitted_clf
+    sharing.dump(clf, tmp_path / "clf.skops")
+    loaded = sharing.load(tmp_path / "clf.skops")
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    assert loaded.score(X, np.arange(8) % 2) == clf.score(X, np.arange(8) % 2)

@@ -184,19 +184,29 @@ class _PartiallyFrozen(BaseEstimator):
                                           random_state=seed))
 
     def _fitted_tail(self):
-        """The trained tail, rebuilt from ``tail_state_`` after unpickling."""
+        """The trained tail, rebuilt from ``tail_state_`` after unpickling.
+
+        The fitted state of a loaded estimator is checked first (:mod:`.fitted`): a row shape,
+        cut or weights its architecture could not have given raise ``InvalidModelError``
+        before the tail is built.
+        """
         tail = self.__dict__.get("_tail")
         if tail is None:
             from ..backbones import get_backbone, stage_layout
+            from .activations import memory_budget
+            from .fitted import check_fitted_state, check_tail_state, head_outputs
             from .network import architecture
             from .tail import build_tail, load_tail_state
 
+            self._validate_params()
             spec = get_backbone(self.model)
             network = architecture(spec)
             layout = stage_layout(network, spec.name)
-            n_out = self.tail_state_["head.weight"].shape[0]
+            n_out = head_outputs(self)
+            row_shape = check_fitted_state(self, spec, network, layout, memory_budget("auto"))
             tail = build_tail(network, layout.tail_modules(self.trainable_blocks), layout.pool,
-                              self.row_shape_, n_out, batchnorm=self.batchnorm)
+                              row_shape, n_out, batchnorm=self.batchnorm)
+            check_tail_state(self.tail_state_, tail)
             self._tail = tail = load_tail_state(tail, self.tail_state_)
         return tail
 
@@ -206,10 +216,10 @@ class _PartiallyFrozen(BaseEstimator):
         from ..inputs import as_items
         from .training import predict_outputs
 
+        tail = self._fitted_tail()  # a loaded estimator's state is checked before any use
         options = self._run_options()
         items = as_items(X)
         acts = self._activations(items, options, expected=self.prefix_fingerprint_)
-        tail = self._fitted_tail()
         out = np.full((len(items), tail.head.out_features), np.nan, dtype=np.float32)
         valid = acts.valid
         if len(valid):
