@@ -50,6 +50,13 @@ def test_gpu_throughput_on_the_gpu():
     assert "decode_jpeg on the device + model" in out
 
 
+def test_key_memo_benchmark_prints_its_table():
+    # A few seconds: 1,000 and 20,000 synthetic entries, 20 one-file calls each (window 0).
+    out = _run("key_memo.py", "--quick")
+    assert "| ratio 20,000 / 1,000 entries, median call |" in out
+    assert "segments opened / records read by a lookup" in out
+
+
 @pytest.mark.slow
 def test_warm_path_benchmark_runs_quick():
     # Slow: --quick still runs two cold extractions, four grid searches with fresh joblib

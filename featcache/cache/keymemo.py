@@ -181,20 +181,29 @@ def _list_segments(folder) -> list:
 
 def _records(entries) -> tuple:
     """(sorted record array, paths) of ``(phash, stat words, key or None, path)`` entries."""
-    records = np.zeros(len(entries), dtype=_RECORD)
-    for i, (phash, words, key, _path) in enumerate(entries):
-        records[i]["hash"] = int.from_bytes(phash[:8], "big")
-        records[i]["hash2"] = int.from_bytes(phash[8:], "big")
-        records[i]["stat"] = words
-        records[i]["key"] = np.void(key if key is not None else bytes(16))
-        records[i]["flag"] = _LIVE if key is not None else _DEAD
-    order = np.argsort(records[["hash", "hash2"]], kind="stable")  # equal paths keep their order
+    n = len(entries)
+    records = np.zeros(n, dtype=_RECORD)
+    hashes = np.frombuffer(b"".join(e[0] for e in entries), dtype=">u8").reshape(n, 2)
+    records["hash"], records["hash2"] = hashes[:, 0], hashes[:, 1]
+    records["stat"] = np.array([e[1] for e in entries], dtype=np.uint64).reshape(n, 5)
+    records["key"] = np.frombuffer(b"".join(e[2] or bytes(16) for e in entries),
+                                   dtype="V16")
+    records["flag"] = [_LIVE if e[2] is not None else _DEAD for e in entries]
+    order = np.lexsort((records["hash2"], records["hash"]))  # stable: a path keeps its order
     records = records[order]
-    raw = records.view(np.uint8).reshape(len(records), _RECORD.itemsize)
-    for row in raw:
-        row[_CHECKED:] = np.frombuffer(
-            hashlib.blake2b(row[:_CHECKED].tobytes(), digest_size=8).digest(), np.uint8)
+    raw = records.view(np.uint8).reshape(n, _RECORD.itemsize)
+    if n:
+        raw[:, _CHECKED:] = _checks(raw)
     return records, [entries[i][3] for i in order]
+
+
+def _checks(raw) -> np.ndarray:
+    """Each record's 8-byte blake2b of its first :data:`_CHECKED` bytes."""
+    data = raw.tobytes()
+    size = _RECORD.itemsize
+    sums = b"".join(hashlib.blake2b(data[i:i + _CHECKED], digest_size=8).digest()
+                    for i in range(0, len(data), size))
+    return np.frombuffer(sums, dtype=np.uint8).reshape(len(raw), 8)
 
 
 def _write_segment(folder, entries, seq=None) -> pathlib.Path:
@@ -229,10 +238,10 @@ def _header(fd, size):
 
 def _valid(records):
     """The records whose own checksum matches (a damaged record is ignored)."""
+    if not len(records):
+        return records
     raw = records.view(np.uint8).reshape(len(records), _RECORD.itemsize)
-    ok = [hashlib.blake2b(r[:_CHECKED].tobytes(), digest_size=8).digest() == r[_CHECKED:].tobytes()
-          for r in raw]
-    return records[np.asarray(ok, dtype=bool)]
+    return records[(_checks(raw) == raw[:, _CHECKED:]).all(axis=1)]
 
 
 def _search_segment(path, phash) -> tuple:
