@@ -118,6 +118,7 @@ def test_clone_and_params(tmp_path):
     ({"batchnorm": "maybe"}, "batchnorm"),
     ({"cache_dtype": "int8"}, "cache_dtype"),
     ({"device": "gpu"}, "device"),
+    ({"verify_inputs": "mtime"}, "verify_inputs"),
 ])
 def test_invalid_parameters_are_named(tmp_path, toy, params, match):
     X, y = toy

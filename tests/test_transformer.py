@@ -135,6 +135,7 @@ def test_dataframe_column_of_paths_sets_feature_names_in(xray_pngs):
     ({"on_error": "ignore"}, "on_error"),
     ({"image_size": 2}, "image_size"),
     ({"num_workers": -1}, "num_workers"),
+    ({"verify_inputs": "mtime"}, "verify_inputs"),
 ])
 def test_bad_parameters_raise_invalid_parameter_error(params, match, xray):
     with pytest.raises(InvalidParameterError, match=match):
