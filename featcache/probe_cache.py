@@ -1,4 +1,4 @@
-"""Probing a cache namespace: features from the cache, labels from its annotations or a CSV.
+"""Probing a cache namespace: features from the cache, labels from its records or a CSV.
 
 The protocol itself is :func:`featcache.probe.linear_probe`; this module finds the rows (one
 namespace of a :class:`~featcache.cache.FeatureCache`, one dataset of it, or the inputs of a
@@ -72,8 +72,24 @@ def probe_cache(cache_dir, namespace=None, *, dataset=None, manifest=None, label
     Returns
     -------
     ProbeReport
-        With ``info["skipped"]``: rows without a label, failed inputs (recorded failures and
-        NaN rows) and test rows; ``info["selection"]``; ``samples`` ``key`` and ``source``.
+        With ``info["skipped"]``: records without a label, failed inputs (recorded failures
+        and NaN rows) and test records; ``info["selection"]`` (``rows`` and ``records``
+        chosen); ``samples`` ``key`` and ``source``; ``leaks``.
+
+    Warns
+    -----
+    ContentLeakWarning
+        When one content (a key) is recorded in more than one split or group among the
+        records used: the count and examples, also in ``report.leaks`` (``report.json``).
+    MixedDatasetsWarning
+        When, without ``dataset``, the rows belong to several datasets.
+
+    Notes
+    -----
+    The samples are input **records**, not rows: byte-identical inputs (one content key, one
+    cached row) with their own labels, splits or groups are separate samples, each with its
+    own source (see :func:`featcache.cache.annotations.read_records`). A row that no record
+    names is one sample without a label.
     """
     from .cache import FeatureCache
 
