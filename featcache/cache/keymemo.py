@@ -85,8 +85,9 @@ class KeyMemo:
     Attributes
     ----------
     reads : dict
-        Counts of ``"segments"`` opened and ``"records"`` read by lookups in this process
-        (structural facts for tests and benchmarks: independent of the memo's size).
+        Counts of ``"segments"`` opened and ``"records"`` read by this object's lookups
+        (structural facts for tests and benchmarks): at most :data:`MERGE_AT` segments of one
+        bucket per lookup, and a binary search's few records in each.
     """
 
     def __init__(self, cache_dir):
