@@ -145,7 +145,8 @@ def _load_rows(cache, fingerprint, dataset, manifest, labels, groups) -> dict:
     records = rows.pop("records")
     named = {r["key"] for r in records}
     records += [{"key": k, "label": None, "group": None, "split": None, "source": sources[i],
-                 "dataset": None} for i, k in enumerate(key_bytes) if in_dataset[i] and k not in named]
+                 "dataset": None}
+                for i, k in enumerate(key_bytes) if in_dataset[i] and k not in named]
     for field in ("label", "group", "split", "group_annotation"):
         if rows.get(field) is not None:
             rows[field] = list(rows[field]) + [None] * (len(records) - len(rows[field]))

@@ -290,7 +290,8 @@ def test_byte_identical_pngs_stay_two_records_through_extract_probe_and_export(t
         features, keys = f["features"][()], f["keys"][()]
         assert f.attrs["rows"] == 42
     at = {name: i for i, name in enumerate(sources)}
-    assert len(sources) == 42 and (labels[at["copy-a.png"]], splits[at["copy-a.png"]]) == ("1", "val")
+    assert len(sources) == 42
+    assert (labels[at["copy-a.png"]], splits[at["copy-a.png"]]) == ("1", "val")
     assert (labels[at["0.png"]], splits[at["0.png"]]) == ("0", "train")
     np.testing.assert_array_equal(features[at["copy-b.png"]], features[at["0.png"]])
     assert bytes(keys[at["copy-b.png"]]) == bytes(keys[at["0.png"]])

@@ -233,9 +233,9 @@ def warn_leaks(leaks, *, what, stacklevel: int = 3) -> None:
         if kind not in leaks:
             continue
         n = leaks[kind]["count"]
-        shown = "; ".join(" and ".join(
-            f"{s!r} ({'no ' + word if v is None else v})" for s, v in zip(e["sources"], e["values"]))
-            for e in leaks[kind]["examples"])
+        shown = "; ".join(" and ".join(f"{s!r} ({'no ' + word if v is None else v})"
+                                       for s, v in zip(e["sources"], e["values"]))
+                          for e in leaks[kind]["examples"])
         parts.append(f"{n} image{'s' * (n != 1)} (content key{'s' * (n != 1)}) "
                      f"{'are' if n != 1 else 'is'} in more than one {word}, e.g. {shown}")
     if parts:
