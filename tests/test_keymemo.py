@@ -15,6 +15,7 @@ from PIL import Image
 from featcache import FrozenBackbone, inputs, keys
 from featcache.cache import FeatureCache, keymemo
 from featcache.cache.identity import identity_of
+from featcache.embedding import content_keys
 
 KEYS_OF = """
 import sys
@@ -68,7 +69,8 @@ def _identity(path):
 
 
 def _entry(i, path="/x/{}.png"):
-    return (path.format(i), i, 1, 2, 3, 4), hashlib.blake2b(str(i).encode(), digest_size=16).digest()
+    key = hashlib.blake2b(str(i).encode(), digest_size=16).digest()
+    return (path.format(i), i, 1, 2, 3, 4), key
 
 
 def _fill(memo, start, stop, path="/x/{}.png"):
@@ -304,6 +306,5 @@ def test_memo_files_of_the_first_format_are_not_trusted(tmp_path):
         f["stats"] = np.array([identity[1:]], dtype=np.int64)
         f["keys"] = np.frombuffer(b"\x03" * 16, np.uint8).reshape(1, 16)
     assert keymemo.KeyMemo(tmp_path / "c").get(identity) is None
-    found, _ = __import__("featcache.embedding", fromlist=["x"]).content_keys(
-        [path], memo=keymemo.KeyMemo(tmp_path / "c"))
+    found, _ = content_keys([path], memo=keymemo.KeyMemo(tmp_path / "c"))
     assert found[0] == hashlib.blake2b(b"new content", digest_size=16).digest()

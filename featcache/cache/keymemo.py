@@ -354,9 +354,10 @@ def prune(cache_dir, stale_tmp_seconds: float = 900.0) -> dict:
     """Merge every bucket of the key memo and drop entries whose path lost that identity.
 
     Each remembered path is ``stat``-ed: an entry is kept only when the path still has the
-    recorded identity, and only the last one recorded per path. Tombstones are applied, memo files of older formats and temporary
-    files older than ``stale_tmp_seconds`` are removed. Returns ``{"key_entries_before",
-    "key_entries_after", "key_entries_pruned"}``.
+    recorded identity, and only the last one recorded per path. Tombstones are applied; memo
+    files of older formats and temporary files older than ``stale_tmp_seconds`` are removed.
+    Returns ``{"key_entries_before", "key_entries_after", "key_entries_pruned"}`` (entries
+    read from every segment, entries kept, the difference).
     """
     root = pathlib.Path(cache_dir) / KEYS_DIR
     before = after = 0
