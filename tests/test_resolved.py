@@ -223,3 +223,28 @@ def test_a_user_resolver_that_declares_its_identity_gets_a_memo(tmp_path):
     _tiny_checkpoint(tmp_path / "t.pt", 1)
     second = _run_tiny(tmp_path, {**env, "TINY_IDENTITY": "v2"})
     assert _loads(tmp_path) == 2 and not np.allclose(first, second)
+
+
+def test_library_backbones_declare_their_identity_without_importing_torch():
+    code = ("import sys\n"
+            "from featcache.backbones.registry import declared_identity as d\n"
+            "for name in ('resnet50', 'torchvision:resnet50', 'timm:convnext_tiny',\n"
+            "             'efficientnet_lite0', 'efficientnet_lite2'):\n"
+            "    assert d(name, 'DEFAULT') is not None and d(name, None) is not None, name\n"
+            "assert d('efficientnet_lite0', 'DEFAULT') != d('efficientnet_lite1', 'DEFAULT')\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_declared_identity_must_be_json(monkeypatch):
+    import dataclasses
+
+    from featcache.backbones import registry
+
+    spec = dataclasses.replace(registry.get_backbone("efficientnet_lite0"),
+                               name="odd", identity=lambda weights: object())
+    monkeypatch.setitem(registry._REGISTRY, "odd", spec)
+    with pytest.raises(TypeError, match="identity declared by backbone 'odd' must be JSON"):
+        registry.declared_identity("odd", "DEFAULT")
+    assert registry.get_backbone("resnet18").identity("DEFAULT") == \
+        registry.declared_identity("torchvision:resnet18", "DEFAULT")["identity"]

@@ -34,7 +34,7 @@ def spec(arch: str) -> BackboneSpec | None:
     return BackboneSpec(f"timm:{arch}", "timm", arch, pre, f"timm {arch}",
                         architecture=functools.partial(architecture, arch),
                         pretrained=functools.partial(_pretrained, arch),
-                        head_prefixes=head_prefixes)
+                        head_prefixes=head_prefixes, identity=functools.partial(identity, arch))
 
 
 def architecture(arch: str):

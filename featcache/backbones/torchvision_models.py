@@ -35,7 +35,8 @@ def spec(arch: str) -> BackboneSpec | None:
         pre = Preprocessing(image_size=int(tf.crop_size[0]), mean=tuple(tf.mean), std=tuple(tf.std))
     return BackboneSpec(f"torchvision:{arch}", "torchvision", arch, pre, f"torchvision {arch}",
                         architecture=functools.partial(_architecture, arch),
-                        pretrained=functools.partial(_pretrained, arch))
+                        pretrained=functools.partial(_pretrained, arch),
+                        identity=functools.partial(identity, arch))
 
 
 def _architecture(arch):
