@@ -250,15 +250,15 @@ def _extract_from_args(args, raise_if_interrupted):
 
     if args.partition_size is not None and not args.dask_scheduler:
         raise FeatcacheError("--partition-size applies to --dask-scheduler jobs only")
-    client = None
-    if args.dask_scheduler:  # first, so an unreachable scheduler fails at once
-        from .distributed import connect
+    if not args.dask_scheduler:
+        return _extract_with(args, raise_if_interrupted, None)
+    from .distributed import connect, quiet_connection_errors
 
-        client = connect(args.dask_scheduler)
-    try:
-        return _extract_with(args, raise_if_interrupted, client)
-    finally:
-        if client is not None:
+    client = connect(args.dask_scheduler)  # first, so an unreachable scheduler fails at once
+    with quiet_connection_errors():  # a lost scheduler is one message, not Dask's tracebacks
+        try:
+            return _extract_with(args, raise_if_interrupted, client)
+        finally:
             client.close()
 
 

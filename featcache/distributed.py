@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import multiprocessing
 import os
 import socket
@@ -33,12 +34,12 @@ import uuid
 import warnings
 from collections import OrderedDict
 
-from .exceptions import CacheValueError, FeatcacheError, InvalidOptionError
+from .exceptions import CacheValueError, FeatcacheError, InvalidOptionError, SchedulerLostError
 
 __all__ = ["DEFAULT_PARTITION_SIZE", "GPU_PARTITION_SIZE", "default_partition_size",
            "CONNECT_TIMEOUT", "PARTITION_LINGER", "ANNOTATE_EVERY", "Job", "PartitionResult",
            "connect", "partitions", "task_resources", "extract_on_cluster", "run_partition",
-           "record_annotations"]
+           "record_annotations", "quiet_connection_errors"]
 
 #: Inputs per Dask task (see benchmarks/README.md, "Extraction on a Dask cluster"): large
 #: enough that the per-task cost (scheduling, one shard and one key-memo file per partition)
@@ -95,6 +96,32 @@ def connect(address, timeout: float | None = None):
         raise FeatcacheError(
             f"cannot reach a Dask scheduler at {address} within {timeout:g} s ({reason}); "
             "start one with `dask scheduler` or check the address") from None
+
+
+class _ConnectionNoise(logging.Filter):
+    """Drops ``distributed.client``'s records of a lost scheduler connection (its reconnect
+    attempts and their tracebacks): :class:`SchedulerLostError` says it in one message."""
+
+    def filter(self, record) -> bool:
+        import asyncio
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (asyncio.CancelledError, OSError)):
+            return False
+        return "reconnect" not in record.getMessage().lower()
+
+
+@contextlib.contextmanager
+def quiet_connection_errors():
+    """While inside, the Dask client logs nothing about losing its scheduler (the command
+    line's stderr holds one message, no traceback); other records pass."""
+    logger = logging.getLogger("distributed.client")
+    noise = _ConnectionNoise()
+    logger.addFilter(noise)
+    try:
+        yield
+    finally:
+        logger.removeFilter(noise)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -417,6 +444,9 @@ def extract_on_cluster(client, inputs, cache, *, model="efficientnet_lite0", wei
         A partition's error (an input with ``on_error="raise"``, a partition whose workers
         died more often than Dask allows), or workers whose environments resolved
         different configurations. Rows already committed stay in the cache.
+    SchedulerLostError
+        The scheduler went away mid-job (killed, restarted, unreachable): names it and the
+        rows the job had committed, which stay.
     KeyboardInterrupt
         Ctrl-C: pending tasks are cancelled; committed rows stay.
     """
@@ -439,6 +469,8 @@ def extract_on_cluster(client, inputs, cache, *, model="efficientnet_lite0", wei
     work = _Run(client, job, inputs, partitions(inputs.sources, size), summary, resources)
     try:
         work.run(progress)
+    except SchedulerLostError:
+        raise  # nothing left to cancel: the scheduler is gone
     except BaseException:
         client.cancel(work.futures())  # running tasks finish their partition and commit it
         raise
@@ -464,6 +496,7 @@ class _Run:
         self.unannotated: list = []  # finished partitions not annotated yet
         self.remaining = len(parts)
         self.seen: dict = {}  # fingerprints -> the worker that resolved them first
+        self.shards_before = set(_shards(job.cache) or ())  # to tell what this job committed
 
     def futures(self) -> list:
         return list(self.submitted)
@@ -496,11 +529,16 @@ class _Run:
         self._finish()
 
     def _fold(self, future, bar, pending) -> None:
+        from concurrent.futures import CancelledError
+
         index = self.submitted[future]
-        if index is None:  # an annotations task: its errors are the job's errors
-            future.result()
-            return
-        result = _result(future, self.parts[index], self.inputs.sources)
+        try:
+            if index is None:  # an annotations task: its errors are the job's errors
+                future.result()
+                return
+            result = _result(future, self.parts[index], self.inputs.sources)
+        except CancelledError as exc:  # this job's futures are cancelled only when...
+            raise self._lost(exc) from None  # ...the client lost its scheduler
         summary = self.summary
         self.seen.setdefault(json.dumps(result.fingerprints, sort_keys=True), result.worker)
         summary.computed += result.computed
@@ -516,6 +554,25 @@ class _Run:
             pending.add(self._annotate())
         bar.update(result.done)
         bar.set_postfix(cached=summary.cached, failed=summary.failed, refresh=False)
+
+    def _lost(self, exc) -> SchedulerLostError:
+        """The error of a job whose scheduler went away: what it had committed stays."""
+        reason = getattr(exc, "reason", None) or "its tasks were cancelled"
+        address = getattr(self.client.scheduler, "address", None) or "(unknown address)"
+        finished = len(self.parts) - self.remaining
+        now = _shards(self.job.cache)
+        if now is None:
+            committed = f"the cache directory {self.job.cache} is not visible from here"
+        else:
+            new = set(now) - self.shards_before
+            rows = sum(_shard_rows(path) for path in new)
+            committed = f"{rows} rows committed in {len(new)} new shards in {self.job.cache}"
+        return SchedulerLostError(
+            f"lost the Dask scheduler at {address} mid-job ({reason}): {finished} of "
+            f"{len(self.parts)} partitions had finished ({self.summary.computed} rows computed, "
+            f"{self.summary.cached} cached); {committed}. Committed rows stay: restart the "
+            "scheduler (and workers) and run the same command again, only what is missing is "
+            "computed")
 
     def _annotate(self):
         import numpy as np
@@ -537,6 +594,30 @@ class _Run:
                 + "; ".join(f"{fps} on {worker}" for fps, worker in self.seen.items())
                 + "), so their rows went to different namespaces: give every worker the same "
                 "library versions and hardware kind, or pass device and precision explicitly")
+
+
+def _shards(cache: str):
+    """Paths of the committed shards under ``cache`` (None: the directory is not visible)."""
+    from pathlib import Path
+
+    from .cache.files import list_shards
+
+    root = Path(cache)
+    if not root.is_dir():
+        return None
+    return [str(ns / "shards" / name) for ns in root.iterdir() if (ns / "shards").is_dir()
+            for name in list_shards(ns / "shards")]
+
+
+def _shard_rows(path: str) -> int:
+    """Rows of one committed shard (0 when it cannot be read)."""
+    from .cache.files import open_read
+
+    try:
+        with open_read(path) as f:
+            return int(f.attrs["rows"])
+    except (OSError, KeyError, ValueError):
+        return 0
 
 
 def _result(future, positions, sources) -> PartitionResult:

@@ -483,3 +483,79 @@ def test_cli_with_a_dask_scheduler_and_two_workers(images, reference, tmp_path):
                 proc.wait()
         for log in logs:
             log.close()
+
+
+#: ``featcache extract`` in a real process whose Dask tasks pause as ``PauseOnce`` says
+#: (argv: MARKER GO EXTRACT_ARGS...).
+_PAUSING_CLI = """\
+import sys
+import featcache.distributed as fd
+from test_distributed import BATCH, PauseOnce
+real = fd.extract_on_cluster
+fd.extract_on_cluster = lambda *a, **k: real(
+    *a, **{**k, "commit_rows": BATCH, "on_batch": PauseOnce(sys.argv[1], sys.argv[2])})
+from featcache.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.slow
+def test_the_scheduler_killed_mid_job_exits_1_naming_it_and_what_was_committed(images, tmp_path):
+    """``featcache extract --dask-scheduler``: the scheduler is killed (SIGKILL) once the job
+    has committed a shard; the command exits 1 with one message naming the scheduler and the
+    rows committed, no traceback. Synchronised on events: a task paused mid-partition after its
+    first commit, and a shard file in the cache."""
+    scheduler_file, cache = tmp_path / "scheduler.json", tmp_path / "cache"
+    marker, go = tmp_path / "paused", tmp_path / "go"
+    logs = [open(tmp_path / f"{name}.log", "w") for name in ("scheduler", "worker")]
+    # the command, the scheduler and the worker unpickle PauseOnce: they import this module
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    procs = [subprocess.Popen([BIN / "dask", "scheduler", "--scheduler-file", scheduler_file,
+                               "--host", "127.0.0.1", "--port", "0", "--no-dashboard"],
+                              stdout=logs[0], stderr=subprocess.STDOUT, cwd=tmp_path, env=env)]
+    try:
+        _wait_for(scheduler_file, "the scheduler starting", limit=120)
+        procs.append(subprocess.Popen(
+            [BIN / "dask", "worker", "--scheduler-file", scheduler_file, "--nthreads", "1",
+             "--no-dashboard"], stdout=logs[1], stderr=subprocess.STDOUT, cwd=tmp_path,
+            env=env))
+        with distributed.Client(scheduler_file=str(scheduler_file), timeout="60s") as c:
+            c.wait_for_workers(1, timeout=300)
+            address = c.scheduler.address
+        command = subprocess.Popen(
+            [sys.executable, "-c", _PAUSING_CLI, str(marker), str(go), "extract", str(images),
+             "--cache", str(cache), "--weights", "none", "--image-size", "32", "--batch-size",
+             str(BATCH), "--quiet", "--dask-scheduler", address, "--partition-size", str(PART)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+        procs.append(command)
+        _wait_for(marker, "a task pausing after its first commit")
+        _wait_for_glob(cache, "*/shards/*.h5", "a committed shard")
+        procs[0].send_signal(signal.SIGKILL)
+        out, err = command.communicate(timeout=300)
+        assert command.returncode == 1, err
+        assert "Traceback" not in err and "CancelledError" not in err, err
+        committed = sum(int(h5py.File(p, "r").attrs["rows"])
+                        for p in glob.glob(str(cache / "*" / "shards" / "*.h5")))
+        assert committed >= BATCH
+        assert err.startswith(f"featcache extract: error: lost the Dask scheduler at {address}")
+        assert f"{committed} rows committed" in err and "run the same command again" in err, err
+    finally:
+        go.touch()
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in reversed(procs):
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for log in logs:
+            log.close()
+
+
+def _wait_for_glob(folder: Path, pattern: str, what: str, limit=300.0) -> None:
+    """Wait for a file matching ``pattern`` under ``folder`` to appear."""
+    deadline = time.monotonic() + limit
+    while not glob.glob(str(folder / pattern)):
+        assert time.monotonic() < deadline, f"{what} never happened ({folder / pattern})"
+        time.sleep(0.01)
