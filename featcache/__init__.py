@@ -25,6 +25,10 @@ _PUBLIC = {
     "CacheError": "exceptions",
     "CacheCorruptError": "exceptions",
     "ProbeError": "exceptions",
+    "NonFiniteError": "exceptions",
+    "TargetError": "exceptions",
+    "InvalidModelError": "exceptions",
+    "SchedulerLostError": "exceptions",
 }
 
 __all__ = [*_PUBLIC, "__version__"]

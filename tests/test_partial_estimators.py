@@ -415,3 +415,13 @@ def test_a_missing_label_is_named_before_extraction(tmp_path, toy, monkeypatch, 
     with pytest.raises(TargetError, match=r"y\[5\] is missing \((None|nan)\)"):
         _clf(tmp_path).fit(X[:8], labels)
     assert not (tmp_path / "cache").exists()
+
+
+def test_the_new_errors_are_public_featcache_errors():
+    import featcache
+    import featcache.exceptions as exceptions
+
+    for name in ("NonFiniteError", "TargetError", "InvalidModelError", "SchedulerLostError"):
+        error = getattr(featcache, name)
+        assert error is getattr(exceptions, name) and name in exceptions.__all__
+        assert issubclass(error, exceptions.FeatcacheError) and name in featcache.__all__
