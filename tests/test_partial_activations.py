@@ -94,3 +94,25 @@ def test_a_streamed_fit_reads_through_a_concurrent_compaction(tmp_path, monkeypa
     held = clf().fit(X, y)  # every row cached now, held in memory
     assert held.fit_stats_["computed"] == 0 and held.fit_stats_["in_memory"]
     np.testing.assert_array_equal(streamed.predict_proba(X), held.predict_proba(X))
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_check_finite_names_the_first_non_finite_row_in_memory_or_streamed(in_memory):
+    from featcache.cache import MemoryNamespace
+    from featcache.exceptions import NonFiniteError
+    from featcache.partial.activations import ActivationSet
+
+    keys = [bytes([i]) * 16 for i in range(4)]
+    ns = MemoryNamespace("fp", 2)
+    rows = np.array([[0, 1], [2, 3], [np.inf, 0], [4, np.nan]], dtype=np.float32)
+    with ns.writer() as writer:
+        writer.add(keys, rows, [f"img{i}.png" for i in range(4)])
+    acts = ActivationSet(keys, {}, (2,), [ns], ["fp"], sources=[f"/d/img{i}.png" for i in range(4)])
+    if in_memory:
+        assert acts.load(10**6)
+    acts.check_finite([0, 1])  # finite rows pass
+    np.testing.assert_array_equal(acts.rows([0, 1]), rows[:2])
+    with pytest.raises(NonFiniteError, match=r"training input 2 \('/d/img2.png'\) has non-finite.*"
+                                             r"namespace fp; 2 such rows"):
+        acts.check_finite([0, 2, 3])
+        acts.rows([0, 2, 3])  # streamed rows are checked as they are read

@@ -162,7 +162,8 @@ class ActivationSet:
             else source or f"input {pos}"
         raise NonFiniteError(
             f"{self.checking} {name} has non-finite (NaN or infinite) cached activations of "
-            f"the frozen prefix (view {view}, namespace {self.fingerprints[view]}; "
+            f"the frozen prefix (view {view}, namespace "
+            f"{self.fingerprints[view] if view < len(self.fingerprints) else '?'}; "
             f"{len(bad)} such rows in its batch): a float16 cache overflows beyond 65504 "
             "(use cache_dtype='float32'), or the cache is damaged (run featcache verify on it, "
             "or use a fresh cache). Nothing was trained on it.")
