@@ -51,9 +51,20 @@ from cache_helpers import (  # noqa: E402
     _shard_paths,
     _spawn,
 )
+from namespace_conformance import NamespaceConformance  # noqa: E402
 
 
-# ---------------------------------------------------------------- helpers
+# ---------------------------------------------------------------- 0. the namespace contract
+class TestDiskNamespace(NamespaceConformance):
+    """The namespace contract's conformance suite, run against the disk backend."""
+
+    def make_namespace(self, tmp_path, dim=3, *, storage="float32", row_shape=None):
+        config = {"model": "synthetic", "storage": storage}
+        if dim is not None:
+            config["dim"] = dim
+        if row_shape is not None:
+            config["row_shape"] = list(row_shape)
+        return FeatureCache(tmp_path / "c").namespace("fp0", config)
 
 
 # ---------------------------------------------------------------- 1. round trip
@@ -92,14 +103,8 @@ def test_float16_storage_and_writer_rules(tmp_path):
     got = ns.read(keys)
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, features(keys).astype(np.float16).astype(np.float32))
-    with pytest.raises(CacheError, match="8 columns but namespace .* holds 16-dim rows"):
-        ns.writer().add([key_of(99)], np.zeros((1, 8)), ["x"])
-    with pytest.raises(CacheError, match="16 bytes"):
-        ns.lookup([b"short"])
     with pytest.raises(CacheError, match="float32' or 'float16"):
         ns.writer(dtype="int8")
-    with pytest.raises(CacheError, match="float16 range"):
-        ns.writer(dtype="float16").add([key_of(99)], np.full((1, 16), 1e6), ["big"])
 
 
 def test_writer_commits_on_time_and_on_interrupt(tmp_path):
@@ -115,8 +120,6 @@ def test_writer_commits_on_time_and_on_interrupt(tmp_path):
             w2.add([key_of(3)], feature(key_of(3))[None], ["c"])
             raise KeyboardInterrupt
     assert ns.lookup([key_of(3)]).all() and len(w2.shards) == 1
-    with pytest.raises(CacheError, match="closed"):
-        w2.add([key_of(4)], feature(key_of(4))[None], ["d"])
 
 
 def test_first_shard_in_name_order_wins(tmp_path):

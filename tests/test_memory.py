@@ -1,52 +1,47 @@
-"""Tests for featcache.cache.memory: the cache=False backend behaves like an on-disk namespace.
+"""Tests for featcache.cache.memory: the cache=False backend keeps the namespace contract.
 
-One conformance test runs against both backends.
+The contract's conformance suite (namespace_conformance.py) runs here against
+MemoryNamespace, as test_cache.py runs it against the disk; below it, what only the memory
+backend does.
 """
 
 import numpy as np
 import pytest
 
-from featcache.cache import CacheMissError, FeatureCache, MemoryNamespace
+from featcache.cache import MemoryNamespace
+from featcache.exceptions import CacheValueError
+
+from namespace_conformance import NamespaceConformance, key, keys, rows_of
 
 
-def _key(i: int) -> bytes:
-    return i.to_bytes(16, "big")
+class TestMemoryNamespace(NamespaceConformance):
+    def make_namespace(self, tmp_path, dim=3, *, storage="float32", row_shape=None):
+        config = {"model": "synthetic", "storage": storage}
+        if dim is not None:
+            config["dim"] = dim
+        if row_shape is not None:
+            config["row_shape"] = list(row_shape)
+        return MemoryNamespace("fp0", config=config)
 
 
-@pytest.fixture(params=["disk", "memory"])
-def namespace(request, tmp_path):
-    if request.param == "disk":
-        return FeatureCache(tmp_path / "c").namespace("fp0", {"dim": 3})
-    return MemoryNamespace("fp0")
+def test_rows_are_visible_as_soon_as_they_are_added():
+    ns = MemoryNamespace("fp0", 3)
+    w = ns.writer(commit_rows=10_000)
+    w.add(keys([0]), rows_of([0]), ["a"])
+    w.add_failure(key(1), "b", "broken")
+    assert ns.lookup(keys([0])).all() and set(ns.failures()) == {key(1)}
+    assert w.commit() is None  # nothing is ever pending
 
 
-def test_a_namespace_backend_conforms(namespace):
-    rows = np.arange(12, dtype=np.float32).reshape(4, 3)
-    with namespace.writer(commit_rows=2) as writer:
-        writer.add([_key(i) for i in range(4)], rows, [f"s{i}" for i in range(4)])
-        writer.add([_key(0)], np.full((1, 3), 99, np.float32), ["again"])  # first row wins
-        writer.add_failure(_key(7), "bad.png", "not an image")
-        writer.add_failure(_key(1), "flaky.png", "failed once")  # has a row: not a failure
-    assert namespace.dim == 3 and namespace.rows() == 4
-    assert namespace.lookup([_key(0), _key(7), _key(9)]).tolist() == [True, False, False]
-    assert namespace.failures([_key(7), _key(1), _key(9)]) == {_key(7): ("bad.png", "not an image")}
-    assert set(namespace.failures()) == {_key(7)}
-    out = namespace.read([_key(3), _key(0), _key(7)])
-    np.testing.assert_array_equal(out[:2], rows[[3, 0]])
-    assert np.isnan(out[2]).all()  # a failed key reads as NaN
-    with pytest.raises(CacheMissError, match="not in"):
-        namespace.read([_key(9)])
-    assert np.isnan(namespace.read([_key(9)], missing="nan")).all()
-    keys, feats = namespace.to_numpy()
-    order = np.argsort([bytes(k) for k in keys])
-    np.testing.assert_array_equal(feats[order], rows)
-
-
-def test_memory_namespace_refuses_what_the_disk_refuses():
-    ns = MemoryNamespace("fp0")
-    with ns.writer() as writer:
-        writer.add([_key(0)], np.zeros((1, 3)), ["a"])
-        with pytest.raises(ValueError, match="holds 3-dim rows"):
-            writer.add([_key(1)], np.zeros((1, 4)), ["b"])
-    with pytest.raises(ValueError, match="missing='maybe'"):
-        ns.read([_key(0)], missing="maybe")
+def test_explicit_arguments_win_over_the_config():
+    config = {"dim": 12, "storage": "float16", "row_shape": [3, 2, 2]}
+    ns = MemoryNamespace("fp0", config=config)
+    assert (ns.dim, ns.storage, ns.row_shape) == (12, "float16", (3, 2, 2))
+    assert ns.config == config and ns.config is not config
+    ns = MemoryNamespace("fp0", 4, storage="float32", row_shape=(2, 2), config=config)
+    assert (ns.dim, ns.storage, ns.row_shape) == (4, "float32", (2, 2))
+    plain = MemoryNamespace("fp0", 3)  # as FrozenBackbone(cache=False) makes it
+    assert plain.config == {} and plain.storage == "float32" and plain.row_shape is None
+    with pytest.raises(CacheValueError, match="storage='int8'"):
+        MemoryNamespace("fp0", storage="int8")
+    assert np.isnan(plain.read(keys([5]), missing="nan")).all()

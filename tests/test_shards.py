@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from featcache import FeatureCache
-from featcache.cache import MemoryNamespace
 from featcache.cache.shards import load_shard
 from featcache.exceptions import CacheCorruptError, CacheValueError
 
@@ -72,12 +71,3 @@ def test_compact_keeps_the_row_shape(tmp_path):
     (path,) = (tmp_path / "c" / "maps" / "shards").glob("*.h5")
     assert load_shard(path, "maps", check_checksum=True).row_shape == (3, 2, 2)
 
-
-def test_the_memory_backend_rounds_like_the_disk():
-    mem = MemoryNamespace("m", 12, storage="float16", row_shape=(3, 2, 2))
-    rows = np.random.default_rng(1).standard_normal((4, 12)).astype(np.float32)
-    with mem.writer() as w:
-        w.add(_keys(4), rows, ["s"] * 4)
-    np.testing.assert_array_equal(mem.read(_keys(4)), rows.astype(np.float16).astype(np.float32))
-    with pytest.raises(CacheValueError, match="float16 range"):
-        mem.writer().add(_keys(1, 9), np.full((1, 12), 1e6), ["s"])

@@ -17,17 +17,27 @@ shard that cannot be opened, lies about its size, or has wrong shapes or a wrong
 **never served**: it is skipped with a :class:`~featcache.exceptions.CorruptShardWarning`
 (its rows count as missing and are recomputed), and ``featcache verify DIR`` names it.
 
-Modules: :mod:`~featcache.cache.store` (:class:`FeatureCache`), :mod:`~featcache.cache.namespace`,
-:mod:`~featcache.cache.writer`, :mod:`~featcache.cache.memory` (the ``cache=False`` backend),
-:mod:`~featcache.cache.shards` (the file format), :mod:`~featcache.cache.checks`,
-:mod:`~featcache.cache.keyindex`, :mod:`~featcache.cache.memo`, :mod:`~featcache.cache.files`,
-:mod:`~featcache.cache.maintenance` (verify, compact, index), :mod:`~featcache.cache.export`
-(one namespace, or one dataset of it, to a plain file) and :mod:`~featcache.cache.annotations`
-(labels, groups, splits, sources and dataset tags).
+Every namespace backend implements one written contract,
+:class:`~featcache.cache.contract.NamespaceContract` (with its
+:class:`~featcache.cache.contract.NamespaceWriter`): rows in the order of the keys asked for,
+the first row of a key wins, failures read as NaN and count as known, ``missing="raise"``
+raises :class:`CacheMissError` only for keys never seen, each commit is atomic. The disk
+backend (:class:`Namespace`) and the memory backend (:class:`MemoryNamespace`, ``cache=False``)
+both run one conformance suite (``tests/namespace_conformance.py``); a new backend subclasses
+it too.
+
+Modules: :mod:`~featcache.cache.contract`, :mod:`~featcache.cache.store` (:class:`FeatureCache`),
+:mod:`~featcache.cache.namespace`, :mod:`~featcache.cache.writer`, :mod:`~featcache.cache.memory`
+(the ``cache=False`` backend), :mod:`~featcache.cache.shards` (the file format),
+:mod:`~featcache.cache.checks`, :mod:`~featcache.cache.keyindex`, :mod:`~featcache.cache.memo`,
+:mod:`~featcache.cache.files`, :mod:`~featcache.cache.maintenance` (verify, compact, index),
+:mod:`~featcache.cache.export` (one namespace, or one dataset of it, to a plain file) and
+:mod:`~featcache.cache.annotations` (labels, groups, splits, sources and dataset tags).
 """
 
 from ..exceptions import (CacheCorruptError, CacheError, CacheMissError, CacheValueError,
                           CorruptShardWarning)
+from .contract import NamespaceContract, NamespaceWriter
 from .maintenance import VerifyReport
 from .memo import clear_memo
 from .memory import MemoryNamespace
@@ -36,6 +46,7 @@ from .shards import FORMAT_VERSION
 from .store import FeatureCache, default_cache_dir, resolve_cache
 from .writer import ShardWriter
 
-__all__ = ["FeatureCache", "Namespace", "ShardWriter", "MemoryNamespace", "VerifyReport",
+__all__ = ["FeatureCache", "Namespace", "ShardWriter", "MemoryNamespace", "NamespaceContract",
+           "NamespaceWriter", "VerifyReport",
            "default_cache_dir", "resolve_cache", "clear_memo", "CacheError", "CacheCorruptError",
            "CacheMissError", "CacheValueError", "CorruptShardWarning", "FORMAT_VERSION"]

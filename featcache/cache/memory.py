@@ -1,10 +1,11 @@
 """MemoryNamespace: the in-memory cache backend behind ``cache=False``.
 
-It keeps rows in a dict for the life of one call and offers the part of
-:class:`~featcache.cache.Namespace`'s interface that the unit of work uses (``lookup``,
-``failures``, ``read``, ``rows``, ``to_numpy``, ``writer``), with the same semantics: the first
-row of a key wins, failed keys read as NaN, and keys never seen raise
-:class:`~featcache.exceptions.CacheMissError` (or give NaN rows with ``missing="nan"``).
+It keeps rows in a dict for the life of one call and implements the namespace contract
+(:class:`~featcache.cache.contract.NamespaceContract`) as :class:`~featcache.cache.Namespace`
+does: the first row of a key wins, failed keys read as NaN, keys never seen raise
+:class:`~featcache.exceptions.CacheMissError` (or give NaN rows with ``missing="nan"``), and
+its writer refuses what a :class:`~featcache.cache.ShardWriter` refuses. Unlike the disk, rows
+are visible as soon as they are added (there is nothing to commit).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..exceptions import CacheError, CacheMissError, CacheValueError
+from .files import safe_text
 from .memo import as_keys
+from .writer import check_rows, check_shape, check_writer_options
 
 __all__ = ["MemoryNamespace"]
 
@@ -25,18 +28,28 @@ class MemoryNamespace:
     fingerprint : str
         The configuration fingerprint the rows belong to.
     dim : int or None
-        Feature dimension; taken from the first rows when None.
-    storage : {"float32", "float16"}, default="float32"
+        Feature dimension; else ``config["dim"]``; else taken from the first rows.
+    storage : {"float32", "float16"}, optional
         Rows are rounded to this type as they are added, so they read back exactly as from a
-        disk namespace of the same storage.
+        disk namespace of the same storage. Default ``config["storage"]``, else float32.
     row_shape : tuple of int, optional
-        The shape of one row before flattening (see ``Namespace.row_shape``).
+        The shape of one row before flattening (see ``Namespace.row_shape``); default
+        ``config["row_shape"]``.
+    config : dict, optional
+        The backbone configuration, as a disk namespace's ``config.json`` holds it
+        (:attr:`config`); a copy is kept.
     """
 
     def __init__(self, fingerprint: str = "memory", dim: int | None = None, *,
-                 storage: str = "float32", row_shape: tuple | None = None):
+                 storage: str | None = None, row_shape: tuple | None = None,
+                 config: dict | None = None):
+        self._config = dict(config or {})
+        if dim is None and isinstance(self._config.get("dim"), int):
+            dim = self._config["dim"]
+        storage = self._config.get("storage", "float32") if storage is None else storage
         if storage not in ("float32", "float16"):
             raise CacheValueError(f"storage={storage!r}: expected 'float32' or 'float16'")
+        row_shape = self._config.get("row_shape") if row_shape is None else row_shape
         self.fingerprint, self._dim = fingerprint, dim
         self.storage = storage
         self.row_shape = None if row_shape is None else tuple(int(n) for n in row_shape)
@@ -45,6 +58,11 @@ class MemoryNamespace:
 
     def __repr__(self) -> str:
         return f"MemoryNamespace({self.fingerprint!r}, rows={len(self._rows)})"
+
+    @property
+    def config(self) -> dict:
+        """The configuration given when it was created ({} when none was)."""
+        return dict(self._config)
 
     @property
     def dim(self) -> int | None:
@@ -96,52 +114,66 @@ class MemoryNamespace:
                  else np.zeros((0, self._dim or 0), np.float32))
         return keys, feats
 
-    def writer(self, **_ignored) -> "_MemoryWriter":
-        """A writer (context manager) adding rows to this namespace; commit options are ignored."""
-        return _MemoryWriter(self)
+    def writer(self, *, commit_rows: int = 4096, commit_seconds: float = 30.0,
+               dtype: str | None = None) -> "_MemoryWriter":
+        """A writer (context manager) adding rows to this namespace.
 
-    def _store(self, keys, features) -> None:
-        f = np.asarray(features, dtype=np.float32)
-        if f.ndim != 2 or len(f) != len(keys):
-            raise CacheValueError(f"add() needs n keys and an (n, d) feature array; got "
-                                  f"{len(keys)} keys and features of shape {f.shape}")
-        if self._dim is None:
-            self._dim = f.shape[1]
-        if f.shape[1] != self._dim:
-            raise CacheValueError(f"features have {f.shape[1]} columns but namespace "
-                                  f"{self.fingerprint} holds {self._dim}-dim rows")
-        if self.storage == "float16":
-            if f.size and np.nanmax(np.abs(f)) > 65504:
-                raise CacheValueError("features exceed the float16 range (|x| > 65504) and would "
-                                      "be stored as inf; use float32 storage for this backbone")
+        The commit options are checked as the disk's are, then ignored (rows are visible at
+        once); ``dtype`` (default :attr:`storage`) is the type rows are rounded to.
+        """
+        dtype = check_writer_options(self.storage if dtype is None else dtype, commit_rows,
+                                     commit_seconds)
+        return _MemoryWriter(self, dtype)
+
+    def _store(self, keys, features, sources, dtype: str) -> None:
+        f = np.asarray(features)
+        check_shape(keys, f, [str(s) for s in sources])
+        dim = self._dim if self._dim is not None else f.shape[1]
+        check_rows(f, dim=dim, row_shape=self.row_shape, dtype=dtype,
+                   fingerprint=self.fingerprint)
+        if not len(keys):
+            return
+        self._dim = dim
+        f = f.astype(np.float32)
+        if dtype == "float16":
             f = f.astype(np.float16).astype(np.float32)
         for key, row in zip(keys, f):
             self._rows.setdefault(key.tobytes(), row.copy())
 
     def _fail(self, key, source, reason) -> None:
-        self._failed.setdefault(as_keys([key])[0].tobytes(), (str(source), str(reason)))
+        self._failed.setdefault(as_keys([key])[0].tobytes(), (safe_text(source),
+                                                               safe_text(reason)))
 
 
 class _MemoryWriter:
     """The :class:`~featcache.cache.ShardWriter` counterpart of :class:`MemoryNamespace`."""
 
-    def __init__(self, namespace: MemoryNamespace):
-        self.namespace = namespace
+    def __init__(self, namespace: MemoryNamespace, dtype: str = "float32"):
+        self.namespace, self.dtype = namespace, dtype
+        self._closed = False
 
     def add(self, keys, features, sources) -> None:
-        self.namespace._store(as_keys(keys), features)
+        self._check_open()
+        self.namespace._store(as_keys(keys), features, list(sources), self.dtype)
 
     def add_failure(self, key: bytes, source: str, reason: str) -> None:
+        self._check_open()
         self.namespace._fail(key, source, reason)
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheError("this writer is closed; get a new one with namespace.writer()")
+
     def commit(self):
+        """Nothing is ever pending: returns None."""
         return None
 
     def close(self) -> None:
-        return None
+        self._closed = True
 
     def __enter__(self) -> "_MemoryWriter":
         return self
 
     def __exit__(self, *exc) -> bool:
+        self.close()
         return False

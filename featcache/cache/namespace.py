@@ -37,7 +37,8 @@ class Namespace:
 
     Obtain it with :meth:`FeatureCache.namespace`. Methods re-list the shard directory on each
     call, so rows committed by other processes show up; an index of keys (never features) is
-    memoised per process.
+    memoised per process. It implements the namespace contract
+    (:class:`~featcache.cache.contract.NamespaceContract`); each commit is one shard.
     """
 
     def __init__(self, cache, fingerprint: str):

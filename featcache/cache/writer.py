@@ -40,16 +40,7 @@ class ShardWriter:
 
     def __init__(self, namespace, *, commit_rows=4096, commit_seconds=30.0,
                  dtype="float32", row_shape=None):
-        try:
-            dtype = np.dtype(dtype).name
-        except TypeError:
-            pass
-        if dtype not in shards.DTYPES:
-            raise CacheValueError(f"dtype={dtype!r}: expected 'float32' or 'float16'")
-        if not isinstance(commit_rows, (int, np.integer)) or commit_rows < 1:
-            raise CacheValueError(f"commit_rows={commit_rows!r}: expected an int >= 1")
-        if not commit_seconds > 0:
-            raise CacheValueError(f"commit_seconds={commit_seconds!r}: expected a number > 0")
+        dtype = check_writer_options(dtype, commit_rows, commit_seconds)
         self.namespace, self.dtype = namespace, dtype
         self.row_shape = None if row_shape is None else tuple(int(n) for n in row_shape)
         self.commit_rows, self.commit_seconds = int(commit_rows), float(commit_seconds)
@@ -79,24 +70,12 @@ class ShardWriter:
         k = as_keys(keys)
         f = np.asarray(features)
         sources = [str(s) for s in sources]
-        if f.ndim != 2 or f.shape[0] != len(k) or len(sources) != len(k):
-            raise CacheValueError(f"add() needs n keys, an (n, d) feature array and n sources; "
-                                  f"got {len(k)} keys, features of shape {f.shape}, "
-                                  f"{len(sources)} sources")
-        if not np.issubdtype(f.dtype, np.number):
-            raise CacheValueError(f"features must be numeric, got dtype {f.dtype}")
+        check_shape(k, f, sources)
         if self._dim is None:
             ns_dim = self.namespace.dim
             self._dim = ns_dim if ns_dim is not None else f.shape[1]
-        if f.shape[1] != self._dim:
-            raise CacheValueError(f"features have {f.shape[1]} columns but namespace "
-                                  f"{self.namespace.fingerprint} holds {self._dim}-dim rows")
-        if self.row_shape is not None and int(np.prod(self.row_shape)) != f.shape[1]:
-            raise CacheValueError(f"features have {f.shape[1]} columns but this writer's row "
-                                  f"shape {self.row_shape} holds {int(np.prod(self.row_shape))}")
-        if self.dtype == "float16" and f.size and np.nanmax(np.abs(f)) > 65504:
-            raise CacheValueError("features exceed the float16 range (|x| > 65504) and would be "
-                                  "stored as inf; use dtype='float32' for this backbone")
+        check_rows(f, dim=self._dim, row_shape=self.row_shape, dtype=self.dtype,
+                   fingerprint=self.namespace.fingerprint)
         if len(k):
             self._keys.append(k)
             self._feats.append(f.astype(np.float32, copy=True))
@@ -175,3 +154,50 @@ class ShardWriter:
             warnings.warn(f"while handling {exc_type.__name__}, the last {self.pending} buffered "
                           f"rows could not be committed: {err}", RuntimeWarning, stacklevel=2)
         return False
+
+
+def check_writer_options(dtype, commit_rows, commit_seconds) -> str:
+    """The storage type name of ``dtype``, once ``dtype`` and the commit options are valid.
+
+    Shared by every namespace backend's writer (the contract's ``writer`` keywords).
+
+    Raises
+    ------
+    CacheValueError
+        ``dtype`` is not float32/float16, ``commit_rows`` not an int >= 1 or
+        ``commit_seconds`` not > 0.
+    """
+    try:
+        dtype = np.dtype(dtype).name
+    except TypeError:
+        pass
+    if dtype not in shards.DTYPES:
+        raise CacheValueError(f"dtype={dtype!r}: expected 'float32' or 'float16'")
+    if not isinstance(commit_rows, (int, np.integer)) or commit_rows < 1:
+        raise CacheValueError(f"commit_rows={commit_rows!r}: expected an int >= 1")
+    if not commit_seconds > 0:
+        raise CacheValueError(f"commit_seconds={commit_seconds!r}: expected a number > 0")
+    return dtype
+
+
+def check_shape(keys: np.ndarray, features: np.ndarray, sources: list) -> None:
+    """Refuse an ``add`` whose keys, (n, d) numeric features and sources do not line up."""
+    if features.ndim != 2 or features.shape[0] != len(keys) or len(sources) != len(keys):
+        raise CacheValueError(f"add() needs n keys, an (n, d) feature array and n sources; "
+                              f"got {len(keys)} keys, features of shape {features.shape}, "
+                              f"{len(sources)} sources")
+    if not np.issubdtype(features.dtype, np.number):
+        raise CacheValueError(f"features must be numeric, got dtype {features.dtype}")
+
+
+def check_rows(features: np.ndarray, *, dim: int, row_shape, dtype: str, fingerprint: str) -> None:
+    """Refuse (n, d) ``features`` of another width, row shape or beyond float16's range."""
+    if features.shape[1] != dim:
+        raise CacheValueError(f"features have {features.shape[1]} columns but namespace "
+                              f"{fingerprint} holds {dim}-dim rows")
+    if row_shape is not None and int(np.prod(row_shape)) != features.shape[1]:
+        raise CacheValueError(f"features have {features.shape[1]} columns but this writer's row "
+                              f"shape {tuple(row_shape)} holds {int(np.prod(row_shape))}")
+    if dtype == "float16" and features.size and np.nanmax(np.abs(features)) > 65504:
+        raise CacheValueError("features exceed the float16 range (|x| > 65504) and would be "
+                              "stored as inf; use dtype='float32' for this backbone")
