@@ -20,7 +20,7 @@ import torch
 
 from featcache import FrozenBackbone
 from featcache.backbones import load_backbone
-from featcache.engine import to_model_input, to_unit_float
+from featcache.engine.batches import to_model_input, to_unit_float
 from featcache.inputs import decode
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "pneumoniamnist_trainval.npz"

@@ -2,7 +2,7 @@
 
 A DataLoader worker hands over a whole decode batch at once. With decode batches of the full
 ``batch_size``, the network's first batch waits until one worker has decoded ``batch_size``
-images; split among the workers (:func:`featcache.engine.decode_batch_size`, what featcache
+images; split among the workers (:func:`featcache.engine.batches.decode_batch_size`, what featcache
 does), it waits for ``batch_size / workers``. Every run pays that start once, and a Dask job
 once per partition. Measured on N 640x427 JPEG files (quality 90) at 224 px with a network
 that costs nothing (the mean of each image), so the table shows the decode pipeline alone:
@@ -25,7 +25,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import torch  # noqa: E402
 
-import featcache.engine as engine  # noqa: E402
+import featcache.engine.batches as engine  # noqa: E402
 from featcache.inputs import as_items  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -16,7 +16,7 @@ backbone (EfficientNet-Lite0, pretrained) at ``--image-size``:
    cold (keys, plan, compute, one shard and key-memo file per partition) and warm (every
    row cached: keys from the memo, plan, scheduling). Then the same at ``--image-size``
    (the timed job in its partitions vs one), with the workers' freed activation buffers kept
-   for the next partition (``featcache.distributed.PARTITION_LINGER``) and trimmed after each
+   for the next partition (``featcache.jobs.dask_worker.PARTITION_LINGER``) and trimmed after each
    one, to show what that costs (``--no-partition-cost`` skips it);
 5. for the GPU extrapolation in docs/cluster.md: how many 640x427 JPEG files one core decodes
    and resizes to 224 px per second with featcache's decoder.
@@ -51,8 +51,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from featcache.extract import extract  # noqa: E402
-from featcache.sources import collect_inputs  # noqa: E402
+from featcache import extract  # noqa: E402
+from featcache.inputs.sources import collect_inputs  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "pneumoniamnist_trainval.npz"
 WARMUP = 16
@@ -229,8 +229,8 @@ def overhead(folder, warm, tmp, params, small, n, repeats):
 
 def _set_linger(seconds: float) -> float:
     """On a worker: how long a partition's freed buffers wait for the next one (see
-    ``featcache.distributed.PARTITION_LINGER``); returns the value it replaced."""
-    import featcache.distributed as fd
+    ``featcache.jobs.dask_worker.PARTITION_LINGER``); returns the value it replaced."""
+    import featcache.jobs.dask_worker as fd
 
     old, fd.PARTITION_LINGER = fd.PARTITION_LINGER, seconds
     return old
@@ -272,7 +272,7 @@ def decode_rate(tmp: Path, n: int, size: int) -> float:
     decoder and resize, as a worker's decode step does (what feeds a GPU)."""
     import torch
 
-    from featcache.engine import to_model_input
+    from featcache.engine.batches import to_model_input
     from featcache.inputs import DecodePolicy, decode
 
     torch.set_num_threads(1)
@@ -308,7 +308,7 @@ def main():
                         help="640x427 JPEG decodes timed on one core (0: skip)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*still alive after")
-    from featcache.distributed import DEFAULT_PARTITION_SIZE
+    from featcache.jobs.dask_client import DEFAULT_PARTITION_SIZE
 
     size = args.partition_size or DEFAULT_PARTITION_SIZE
     params = dict(image_size=args.image_size, batch_size=args.batch_size, progress=False,

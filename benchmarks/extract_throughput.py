@@ -30,12 +30,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from featcache._allocator import reuse_freed_memory
+from featcache.engine.allocator import reuse_freed_memory
 from featcache.backbones import load_backbone
-from featcache.engine import _forward, to_model_input, to_unit_float
-from featcache.extract import extract
+from featcache.engine.batches import _forward, to_model_input, to_unit_float
+from featcache import extract
 from featcache.inputs import decode
-from featcache.sources import collect_inputs
+from featcache.inputs.sources import collect_inputs
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "pneumoniamnist_trainval.npz"
 SIZE = 224

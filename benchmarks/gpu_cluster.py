@@ -36,8 +36,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from featcache.extract import extract  # noqa: E402
-from featcache.sources import collect_inputs  # noqa: E402
+from featcache import extract  # noqa: E402
+from featcache.inputs.sources import collect_inputs  # noqa: E402
 
 #: Warm-up files, in batches of the timed jobs' size: a first job of 64 files left the first
 #: full-size job of each process at 776-829 images/s, later ones at 1,362-1,442 (H200).
@@ -84,7 +84,7 @@ def main():
     import dask
     from distributed import Client, LocalCluster
 
-    from featcache.distributed import task_resources
+    from featcache.jobs.dask_client import task_resources
 
     precision = "bf16" if args.device.startswith("cuda") else "fp32"
     params = dict(batch_size=args.batch_size, device=args.device, precision=precision,

@@ -35,10 +35,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from featcache.backbones import load_backbone
-from featcache.engine import _DecodeDataset, _collate, resize_and_crop, to_unit_float
-from featcache.extract import extract
+from featcache.engine.batches import _DecodeDataset, _collate, resize_and_crop, to_unit_float
+from featcache import extract
 from featcache.inputs import DecodePolicy
-from featcache.sources import collect_inputs
+from featcache.inputs.sources import collect_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_cluster import write_jpegs  # noqa: E402  (the same files as gpu_cluster.py)

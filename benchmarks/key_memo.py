@@ -30,7 +30,7 @@ from pathlib import Path
 
 from featcache.cache import keymemo
 from featcache.cache.identity import racy_window_ns
-from featcache.embedding import content_keys
+from featcache.engine.unit_of_work import content_keys
 
 CALLS = 20
 

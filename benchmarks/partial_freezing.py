@@ -10,7 +10,7 @@ For EfficientNet-Lite0 on PneumoniaMNIST train images (28 px, resized to 96 and 
   keeps each one's fastest, so a slow spell of the machine cannot land on one side only);
 - **classic epoch**: the same tail trained by the same loop, the frozen prefix
   (``requires_grad_(False)``, ``eval()``, BatchNorm not folded, channels-last) recomputed on every
-  batch under ``no_grad`` (:mod:`featcache.partial.reference`);
+  batch under ``no_grad`` (:mod:`partial_reference`);
 - **bare tail epoch**: the same loop on activations already in memory as a float32 array
   (no cache, no conversion): the best an epoch on cached activations can do;
 - **speedup** = classic / cached, **bound** = classic / bare, and speedup / bound (target
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -38,11 +39,14 @@ import torch
 
 from featcache import FeatureCache, PartiallyFrozenClassifier
 from featcache.backbones import get_backbone, stage_layout
-from featcache.engine import resize_and_crop
+from featcache.engine.batches import resize_and_crop
 from featcache.partial.network import pretrained_network
-from featcache.partial.reference import FrozenPrefix, classic_inputs
 from featcache.partial.tail import build_tail
 from featcache.partial.training import TrainingConfig, train_tail
+
+# The classic frozen-prefix fine-tune compared against is test code: tests/partial_reference.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from partial_reference import FrozenPrefix, classic_inputs  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "pneumoniamnist_trainval.npz"
 

@@ -147,7 +147,7 @@ class _Scored:
 def partial_row(name, X, n, y_train, y_val, n_bootstrap, cache, **params):
     """Fit a PartiallyFrozenClassifier on train, score it on val; one result row."""
     from featcache import PartiallyFrozenClassifier
-    from featcache.probe_metrics import bootstrap_metrics
+    from featcache.probe.metrics import bootstrap_metrics
 
     clf = PartiallyFrozenClassifier(cache=cache, random_state=0, progress=False, **params)
     start = time.perf_counter()

@@ -2,6 +2,12 @@
 
 Importing featcache is cheap: the public names are loaded on first use, torch only when a
 network is loaded, and reading a cache needs only h5py and numpy.
+
+Where things live (data flows one way: inputs -> engine -> cache; estimators and jobs above;
+the command line on top, imported by nothing): ``exceptions``, ``options``, ``formats`` and
+``log`` are leaf facts; ``frozen_backbone`` (:class:`FrozenBackbone`) and ``partial/`` are the
+estimators; ``inputs/``, ``engine/``, ``cache/``, ``backbones/``, ``jobs/``, ``probe/`` and
+``cli/`` each say in their ``__init__`` what they hold and what they may import.
 """
 
 from importlib import import_module
@@ -9,7 +15,8 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "FrozenBackbone": "transformer",
+    "FrozenBackbone": "frozen_backbone",
+    "extract": "jobs",
     "PartiallyFrozenClassifier": "partial",
     "PartiallyFrozenRegressor": "partial",
     "FeatureCache": "cache",
@@ -24,6 +31,8 @@ _PUBLIC = {
     "InputChangedError": "exceptions",
     "CacheError": "exceptions",
     "CacheCorruptError": "exceptions",
+    "CacheMissError": "exceptions",
+    "CacheValueError": "exceptions",
     "ProbeError": "exceptions",
     "NonFiniteError": "exceptions",
     "TargetError": "exceptions",
@@ -34,7 +43,7 @@ _PUBLIC = {
 __all__ = [*_PUBLIC, "__version__"]
 
 #: Subpackages reachable as attributes (``featcache.backbones.stages(...)``), imported on first use.
-_SUBMODULES = ("augment", "backbones", "cache", "extract", "options", "partial", "probe")
+_SUBMODULES = ("backbones", "cache", "engine", "inputs", "jobs", "options", "partial", "probe")
 
 
 def __getattr__(name):

@@ -38,7 +38,7 @@ def load_pneumoniamnist(path=DATA, n_train=None, n_val=None):
 
 def extract(X_train, X_val, image_size, layer, cache):
     """Embed both splits; return (F_train, F_val, seconds, computed, cached, fingerprint)."""
-    from .transformer import FrozenBackbone
+    from .frozen_backbone import FrozenBackbone
 
     backbone = FrozenBackbone(image_size=image_size, layer=layer, cache=cache)
     start = time.perf_counter()

@@ -45,7 +45,7 @@ class LayerError(FeatcacheError, ValueError):
 class InvalidOptionError(FeatcacheError, ValueError, TypeError):
     """A run option (batch size, image size, device, window ...) outside what it accepts.
 
-    The same check serves the API (:func:`featcache.extract.extract`) and the command line;
+    The same check serves the API (:func:`featcache.extract`) and the command line;
     :class:`~featcache.FrozenBackbone` raises scikit-learn's ``InvalidParameterError``.
     """
 
@@ -122,7 +122,7 @@ class CorruptShardWarning(UserWarning):
 class MixedDatasetsWarning(UserWarning):
     """A namespace holds rows of several datasets and the caller chose none.
 
-    ``featcache probe`` and ``featcache export`` (and :func:`~featcache.probe_cache.probe_cache`,
+    ``featcache probe`` and ``featcache export`` (and :func:`~featcache.probe.from_cache.probe_cache`,
     :meth:`~featcache.cache.FeatureCache.export`) then use every row; pass ``dataset=`` /
     ``--dataset NAME`` (the tag given to ``featcache extract --dataset``) to use one dataset's.
     """
@@ -133,7 +133,7 @@ class ContentLeakWarning(UserWarning):
 
     Two records sharing a row are two inputs with one content: a probe that trains on one
     and validates on the other (or puts them in two patients' folds) measures memory, not
-    generalisation. :func:`~featcache.probe_cache.probe_cache` and
+    generalisation. :func:`~featcache.probe.from_cache.probe_cache` and
     :meth:`~featcache.cache.FeatureCache.export` warn with the count and examples, and the
     probe records them in ``report.json`` (``"leaks"``).
     """

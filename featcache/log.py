@@ -1,7 +1,7 @@
 """featcache's diagnostics: the ``featcache`` logger, quiet until a user turns it on.
 
 Every module logs to a child of the ``featcache`` logger (``featcache.cache``,
-``featcache.engine``, ...), which has a :class:`logging.NullHandler` and no level of its own,
+``featcache.engine.batches``, ...), which has a :class:`logging.NullHandler` and no level of its own,
 so nothing is printed unless the application configures logging. What is logged: at INFO, the
 device, precision, batch size and workers a run uses, every shard committed, the plan of each
 unit of work (inputs, cached, to compute); at WARNING, damaged shards skipped and inputs that

@@ -1,6 +1,6 @@
 """The run options shared by the API and the command line: their choices and one validation.
 
-:class:`~featcache.FrozenBackbone`, :func:`featcache.extract.extract` and ``featcache
+:class:`~featcache.FrozenBackbone`, :func:`featcache.extract` and ``featcache
 extract`` accept the same options (batch size, image size, workers, pooling, precision,
 window...). Their allowed values live here once, and :func:`validate_run_options` checks them
 the same way for every caller, raising :class:`~featcache.exceptions.InvalidOptionError` (a
@@ -216,7 +216,7 @@ class RunOptions:
     verify_inputs: str = "stat"
 
     def engine_kwargs(self) -> dict:
-        """Keyword arguments of :func:`featcache.engine.run_batches` (all but ``policy``)."""
+        """Keyword arguments of :func:`featcache.engine.batches.run_batches` (all but ``policy``)."""
         return dict(batch_size=self.batch_size, device=self.device, precision=self.precision,
                     num_workers=self.num_workers, on_error=self.on_error, progress=self.progress)
 
@@ -280,7 +280,7 @@ def resolve_run_options(caller: str = "featcache", **params) -> RunOptions:
     """Validate the run options in ``params`` and resolve device and precision once.
 
     ``device="auto"`` becomes CUDA when available, else the CPU; ``precision="auto"`` fp32 on
-    a CPU and bf16 (or fp16) on a GPU (see :func:`featcache.engine.resolve_device`).
+    a CPU and bf16 (or fp16) on a GPU (see :func:`featcache.engine.batches.resolve_device`).
     """
     validate_run_options(params, caller)
     device, precision = params.get("device", "auto"), params.get("precision", "auto")

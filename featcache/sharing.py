@@ -34,7 +34,7 @@ def _type_name(cls) -> str:
 #: The featcache types a fitted pipeline needs beyond those skops trusts by default (its
 #: scikit-learn estimators, numpy arrays, builtins): the estimator itself, and the path class
 #: of this platform when ``cache`` was given as a ``pathlib.Path`` (a ``str`` needs none).
-TRUSTED_TYPES = ["featcache.transformer.FrozenBackbone",
+TRUSTED_TYPES = ["featcache.frozen_backbone.FrozenBackbone",
                  "featcache.partial.estimators.PartiallyFrozenClassifier",
                  "featcache.partial.estimators.PartiallyFrozenRegressor",
                  _type_name(pathlib.PosixPath), _type_name(pathlib.WindowsPath)]

@@ -57,7 +57,7 @@ def xray_pngs(xray, tmp_path):
 @pytest.fixture
 def forbid_network(monkeypatch):
     """Call it to make any forward pass over the data fail: proves rows came from the cache."""
-    import featcache.engine as engine
+    import featcache.engine.batches as engine
 
     def refuse(*args, **kwargs):
         raise AssertionError("the network ran although every row is cached")

@@ -19,7 +19,7 @@ def _wait_for(path: Path) -> None:
 
 
 def _hold_after_batches(count: int, marker: Path, go: Path) -> None:
-    import featcache.engine as engine
+    import featcache.engine.batches as engine
 
     real = engine.run_batches
 

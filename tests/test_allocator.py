@@ -1,4 +1,4 @@
-"""Tests for featcache._allocator: freed activation buffers are reused on a CPU."""
+"""Tests for featcache.engine.allocator: freed activation buffers are reused on a CPU."""
 
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from featcache._allocator import allocator_tunable, reuse_freed_memory
+from featcache.engine.allocator import allocator_tunable, reuse_freed_memory
 
 GLIBC_LINUX = allocator_tunable({})
 
@@ -22,7 +22,7 @@ def test_the_user_s_allocator_choice_is_respected():
 
 _TUNABLE_AFTER = textwrap.dedent("""
     import os, sys
-    from featcache._allocator import allocator_tunable
+    from featcache.engine.allocator import allocator_tunable
     change = sys.argv[1]
     if change == "set":
         os.environ["MALLOC_TRIM_THRESHOLD_"] = "65536"
@@ -50,7 +50,7 @@ def test_only_allocator_variables_the_process_started_with_count(started_with, c
 # context, and the resident memory inside the context (freed buffers held) and after it.
 _FAULTS = textwrap.dedent("""
     import os, resource, torch
-    from featcache._allocator import reuse_freed_memory
+    from featcache.engine.allocator import reuse_freed_memory
 
     def churn(times):
         for _ in range(times):
@@ -101,7 +101,7 @@ def test_the_cpu_engine_runs_inside_the_context(monkeypatch):
 
     import numpy as np
 
-    import featcache.engine as engine
+    import featcache.engine.batches as engine
     from featcache.backbones import load_backbone
 
     entered = []
@@ -148,7 +148,7 @@ def test_a_lingering_release_waits_for_the_next_context_and_a_stale_one_does_not
         monkeypatch):
     import threading
 
-    import featcache._allocator as allocator
+    import featcache.engine.allocator as allocator
 
     applied = []
     real_apply = allocator._apply
@@ -178,7 +178,7 @@ def test_a_lingering_release_waits_for_the_next_context_and_a_stale_one_does_not
 # after the second exit (returned to the system).
 _LINGER = textwrap.dedent("""
     import os, torch
-    from featcache._allocator import reuse_freed_memory
+    from featcache.engine.allocator import reuse_freed_memory
 
     def resident_mib():
         with open("/proc/self/statm") as f:

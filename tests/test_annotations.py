@@ -225,8 +225,8 @@ def test_identical_content_across_splits_or_groups_is_a_named_leak(tmp_path):
 
 
 def test_a_batch_job_records_each_input_once_and_a_rerun_nothing(tmp_path):
-    from featcache.batch import annotate_inputs
-    from featcache.sources import InputSet
+    from featcache.jobs.summary import annotate_inputs
+    from featcache.inputs.sources import InputSet
 
     cache = FeatureCache(tmp_path / "c")
     k, other = bytes([5]) * 16, bytes([6]) * 16

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from featcache.augment import DEFAULT_POLICY, AugmentPolicy, AugmentView
+from featcache.inputs.augment import DEFAULT_POLICY, AugmentPolicy, AugmentView
 from featcache.exceptions import InvalidOptionError
 
 

@@ -15,7 +15,7 @@ import pytest
 from featcache.cache import FeatureCache
 from featcache.cli import SUBCOMMANDS, build_parser
 from featcache.cli import main as cli_main
-from featcache.probe_report import PLOTS
+from featcache.probe.report import PLOTS
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from cache_writer_proc import CONFIG, FINGERPRINT  # noqa: E402
@@ -83,7 +83,7 @@ def test_cli_extract_exit_codes_and_summary(xray_pngs, tmp_path, capsys):
 
 def test_cli_extract_rehash_reads_every_input(xray_pngs, tmp_path, capsys):
     """--rehash (verify_inputs="hash") keys files by their bytes, not by what the memo says."""
-    from featcache import keys
+    from featcache.inputs import keys
     from featcache.cache.identity import identity_of
     from featcache.cache.keymemo import KeyMemo
 
@@ -180,7 +180,7 @@ def test_help_shows_the_defaults(capsys):
 def test_docs_list_every_command():
     text = (ROOT / "docs" / "cli.md").read_text("utf-8")
     table = text[text.index("| command | does |"):text.index("## Exit status")]
-    names = [add.__name__.removeprefix("_add_") for add in SUBCOMMANDS]
+    names = [add.__name__.removeprefix("add_") for add in SUBCOMMANDS]
     assert "probe" in names and "export" in names
     for name in names:
         assert f"[`{name}`](#featcache-{name})" in table, name

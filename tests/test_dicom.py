@@ -1,4 +1,4 @@
-"""Tests for featcache.dicom: DICOM decoding, its limits, and every pydicom test file."""
+"""Tests for featcache.inputs.dicom: DICOM decoding, its limits, and every pydicom test file."""
 
 import glob
 import os
@@ -162,7 +162,7 @@ def test_a_voi_pydicom_refuses_is_a_named_input_error(attributes, match, tmp_pat
 
 
 def test_the_voi_rule_is_in_the_fingerprint():
-    from featcache.dicom import DICOM_VOI_RULE
+    from featcache.inputs.dicom import DICOM_VOI_RULE
 
     policy = DecodePolicy().to_dict()
     assert policy["dicom_voi"] == DICOM_VOI_RULE and "apply_voi_lut" in DICOM_VOI_RULE

@@ -33,23 +33,36 @@ def _module_name(path):
 
 
 def _modules(package=PACKAGE):
-    """Dotted names of every module under ``package``, from the file tree (nothing imported)."""
+    """Dotted names of every module under ``package``, from the file tree (nothing imported).
+
+    ``__main__.py`` files are scripts (``python -m featcache.cli``), not modules to import.
+    """
     return sorted(_module_name(p) for p in package.rglob("*.py")
-                  if "__pycache__" not in p.parts)
+                  if "__pycache__" not in p.parts and p.name != "__main__.py")
 
 
 MODULES = _modules()
 CACHE_MODULES = _modules(PACKAGE / "cache")
-# Modules documented as importable without torch (reading a cache, listing backbones, the CLI's
-# options, the probe: numpy, h5py and scikit-learn only).
+# Modules documented as importable without torch (reading a cache, listing backbones, the
+# command line, the probe, the unit of work and the jobs, whose warm path never loads torch:
+# numpy, h5py and scikit-learn only). Everything but featcache.engine.batches, backbones'
+# resolvers and capture, and partial's network code.
 LIGHT_MODULES = sorted({"featcache", "featcache.exceptions", "featcache.inputs",
                         "featcache.options", "featcache.backbones.registry",
                         "featcache.backbones.fingerprint", "featcache.probe",
-                        "featcache.probe_cache", "featcache.probe_heads",
-                        "featcache.probe_metrics", "featcache.probe_report",
-                        "featcache.cli_support", "featcache.augment",
+                        "featcache.probe.from_cache", "featcache.probe.heads",
+                        "featcache.probe.metrics", "featcache.probe.report",
+                        "featcache.cli.parsing", "featcache.inputs.augment",
                         "featcache.backbones.stage_layouts", "featcache.partial",
-                        "featcache.partial.estimators", "featcache.distributed", *CACHE_MODULES})
+                        "featcache.partial.estimators", "featcache.frozen_backbone",
+                        "featcache.engine", "featcache.engine.unit_of_work",
+                        "featcache.engine.interrupts", "featcache.engine.progress",
+                        "featcache.engine.allocator", "featcache.jobs",
+                        "featcache.jobs.extraction", "featcache.jobs.summary",
+                        "featcache.jobs.dask_client", "featcache.jobs.dask_worker",
+                        "featcache.probe.protocol", "featcache.cli", "featcache.cli.extract",
+                        "featcache.cli.maintenance", "featcache.cli.probe",
+                        "featcache.cli.models", "featcache.cli.demo", *CACHE_MODULES})
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +79,12 @@ def imported_alone():
 
 def test_module_list_covers_the_package():
     assert {"featcache", "featcache.cache", "featcache.cache.store", "featcache.backbones",
-            "featcache.backbones.registry", "featcache.probe", "featcache.probe_cache",
-            "featcache.probe_heads", "featcache.probe_metrics", "featcache.probe_report",
-            "featcache.cache.export", "featcache.exceptions"} <= set(MODULES)
+            "featcache.backbones.registry", "featcache.probe", "featcache.probe.from_cache",
+            "featcache.probe.heads", "featcache.probe.metrics", "featcache.probe.report",
+            "featcache.cache.export", "featcache.exceptions", "featcache.engine.batches",
+            "featcache.engine.unit_of_work", "featcache.jobs.dask_worker",
+            "featcache.inputs.keys", "featcache.cli.extract"} <= set(MODULES)
+    assert "featcache.cli.__main__" not in MODULES
     assert len(CACHE_MODULES) > 1 and all(m.startswith("featcache.cache") for m in CACHE_MODULES)
 
 
@@ -136,3 +152,12 @@ def test_cache_package_never_imports_torch_even_indirectly():
     assert not offending, "featcache.cache reaches the torch stack:\n" + "\n".join(
         sorted(offending))
     assert "featcache.cache.store" in reached
+
+
+def test_nothing_in_the_library_imports_the_command_line():
+    """The CLI sits on top: no module outside featcache.cli imports it, even lazily."""
+    offending = sorted(f"{module} imports {name}" for module in MODULES
+                       if not module.startswith("featcache.cli")
+                       for name in _imports(module)
+                       if name == "featcache.cli" or name.startswith("featcache.cli."))
+    assert not offending, "\n".join(offending)

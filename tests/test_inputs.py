@@ -8,16 +8,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featcache import decoding, inputs
+from featcache import inputs
+from featcache.inputs import decoding
 from featcache.exceptions import FeatcacheError, InputChangedError, InputError
 from featcache.inputs import DecodePolicy, as_items, content_key, decode, describe
 
 
 @pytest.fixture(autouse=True)
 def _fresh_memo():
-    inputs._KEY_MEMO.clear()
+    inputs.FILE_KEY_MEMO.clear()
     yield
-    inputs._KEY_MEMO.clear()
+    inputs.FILE_KEY_MEMO.clear()
 
 
 def _png(path, arr_or_img, **save):
@@ -324,7 +325,7 @@ def test_key_changes_on_edit_within_the_same_second(tmp_path):
     base = st.st_mtime_ns - st.st_mtime_ns % 1_000_000_000
     os.utime(p, ns=(base, base + 1000))
     k1 = content_key(p, 0)
-    assert content_key(p, 0) == k1 and len(inputs._KEY_MEMO) == 1
+    assert content_key(p, 0) == k1 and len(inputs.FILE_KEY_MEMO) == 1
     p.write_bytes(b"B" * 100)
     os.utime(p, ns=(base, base + 2000))
     k2 = content_key(p, 0)
@@ -354,9 +355,9 @@ def test_a_young_file_is_hashed_each_time_and_remembered_once_settled(tmp_path, 
     real_open = open
     monkeypatch.setattr("builtins.open", lambda *a, **k: reads.append(a[0]) or real_open(*a, **k))
     k = content_key(p, 0)
-    assert content_key(p, 0) == k and len(reads) == 2 and not inputs._KEY_MEMO
+    assert content_key(p, 0) == k and len(reads) == 2 and not inputs.FILE_KEY_MEMO
     monkeypatch.setenv("FEATCACHE_RACY_WINDOW", "0")  # old enough now
-    assert content_key(p, 0) == k and len(reads) == 3 and len(inputs._KEY_MEMO) == 1
+    assert content_key(p, 0) == k and len(reads) == 3 and len(inputs.FILE_KEY_MEMO) == 1
     assert content_key(p, 0) == k and len(reads) == 3
 
 
@@ -368,17 +369,17 @@ def test_verify_hash_reads_a_remembered_file_and_refreshes_the_memo(tmp_path):
     p = tmp_path / "x.bin"
     p.write_bytes(b"new bytes")
     identity = identity_of(p.resolve(), os.stat(p))
-    inputs._KEY_MEMO[identity] = b"\x07" * 16  # left by a writer that moved no timestamp
+    inputs.FILE_KEY_MEMO[identity] = b"\x07" * 16  # left by a writer that moved no timestamp
     assert content_key(p, 0) == b"\x07" * 16
     real = hashlib.blake2b(b"new bytes", digest_size=16).digest()
     assert content_key(p, 0, verify="hash") == real
-    assert inputs._KEY_MEMO[identity] == real and content_key(p, 0) == real
+    assert inputs.FILE_KEY_MEMO[identity] == real and content_key(p, 0) == real
 
 
 def test_forget_drops_a_file_from_the_memos(tmp_path):
     from featcache.cache.identity import identity_of
     from featcache.cache.keymemo import KeyMemo
-    from featcache.keys import forget
+    from featcache.inputs.keys import forget
 
     p = tmp_path / "x.bin"
     p.write_bytes(b"abc")
@@ -386,9 +387,9 @@ def test_forget_drops_a_file_from_the_memos(tmp_path):
     key = content_key(p, 0, memo)
     memo.save()
     identity = identity_of(p.resolve(), os.stat(p))
-    assert inputs._KEY_MEMO[identity] == key and KeyMemo(tmp_path / "c").get(identity) == key
+    assert inputs.FILE_KEY_MEMO[identity] == key and KeyMemo(tmp_path / "c").get(identity) == key
     forget(p)
-    assert identity not in inputs._KEY_MEMO and KeyMemo(tmp_path / "c").get(identity) is None
+    assert identity not in inputs.FILE_KEY_MEMO and KeyMemo(tmp_path / "c").get(identity) is None
     forget(np.zeros(3))  # not a file: nothing to forget
     forget(tmp_path / "missing.bin")
 

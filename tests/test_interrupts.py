@@ -1,4 +1,4 @@
-"""Tests for featcache.interrupts: SIGTERM and Ctrl-C never cut a commit short.
+"""Tests for featcache.engine.interrupts: SIGTERM and Ctrl-C never cut a commit short.
 
 The subprocess tests synchronise on files the job writes (tests/extract_driver.py), never on
 the job still running after some time.
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from featcache import FeatureCache
-from featcache.interrupts import (deferred_signals, interrupted, raise_if_interrupted,
+from featcache.engine.interrupts import (deferred_signals, interrupted, raise_if_interrupted,
                                   take_interrupt)
 
 DRIVER = [sys.executable, str(Path(__file__).with_name("extract_driver.py"))]

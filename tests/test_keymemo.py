@@ -12,15 +12,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featcache import FrozenBackbone, inputs, keys
+from featcache import FrozenBackbone, inputs
+from featcache.inputs import keys
 from featcache.cache import FeatureCache, keymemo
 from featcache.cache.identity import identity_of
-from featcache.embedding import content_keys
+from featcache.engine.unit_of_work import content_keys
 
 KEYS_OF = """
 import sys
 from featcache.cache import FeatureCache
-from featcache.embedding import content_keys
+from featcache.engine.unit_of_work import content_keys
 found, _ = content_keys(sys.argv[2:], memo=FeatureCache(sys.argv[1]).key_memo())
 print(" ".join(k.hex() for k in found))
 """
@@ -107,7 +108,7 @@ print(rchar() - before, b.transform_stats_['computed'])
 def test_an_edited_file_is_read_again(noisy_files, tmp_path):
     cache = tmp_path / "c"
     FrozenBackbone(image_size=32, cache=cache).fit_transform(noisy_files[:3])
-    inputs._KEY_MEMO.clear()  # as a new process
+    inputs.FILE_KEY_MEMO.clear()  # as a new process
     target = noisy_files[0]
     st = os.stat(target)
     data = bytearray(open(target, "rb").read())

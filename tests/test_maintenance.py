@@ -162,7 +162,7 @@ def test_compact_prunes_key_memo_entries_whose_file_lost_that_identity(tmp_path,
     """50 files regenerated 20 times, then 10 deleted: compact keeps one entry per live file."""
     from featcache.cache import keymemo
     from featcache.cache.identity import identity_of
-    from featcache.embedding import content_keys
+    from featcache.engine.unit_of_work import content_keys
 
     cache = FeatureCache(tmp_path / "c")
     folder = tmp_path / "files"

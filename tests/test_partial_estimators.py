@@ -58,7 +58,7 @@ def test_multiclass_labels(tmp_path, toy):
 
 
 def test_the_prefix_runs_once_per_cut_across_a_grid_search(tmp_path, toy, monkeypatch):
-    import featcache.engine as engine
+    import featcache.engine.batches as engine
 
     X, y = toy
     counted = []
@@ -183,7 +183,7 @@ def test_without_a_cache_the_activations_stay_in_memory(tmp_path, toy):
 
 
 def test_augment_views_are_cached_once_each(tmp_path, toy, monkeypatch):
-    import featcache.engine as engine
+    import featcache.engine.batches as engine
 
     X, y = toy
     clf = _clf(tmp_path, trainable_blocks=1, augment_views=2).fit(X, y)
@@ -366,7 +366,7 @@ def test_a_diverging_fit_is_an_error_not_a_nan_model(tmp_path, toy):
 
 
 def _no_prefix(monkeypatch):
-    import featcache.engine as engine
+    import featcache.engine.batches as engine
 
     monkeypatch.setattr(engine, "run_batches", lambda *a, **k: pytest.fail("the prefix ran"))
 

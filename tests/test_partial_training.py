@@ -9,7 +9,7 @@ import torch
 from featcache import PartiallyFrozenClassifier
 from featcache.backbones import get_backbone, stage_layout
 from featcache.partial.network import pretrained_network
-from featcache.partial.reference import FrozenPrefix, classic_inputs
+from partial_reference import FrozenPrefix, classic_inputs
 from featcache.partial.tail import build_tail, tail_state
 from featcache.partial.training import TrainingConfig, predict_outputs, train_tail
 

@@ -1,4 +1,4 @@
-"""Tests for featcache.probe_heads: the named heads, their grids, reading their scores."""
+"""Tests for featcache.probe.heads: the named heads, their grids, reading their scores."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ from sklearn.base import is_classifier
 from sklearn.linear_model import LogisticRegression
 
 from featcache.exceptions import ProbeError
-from featcache.probe_heads import (DEFAULT_CS, HEADS, as_score_matrix, make_head, resolve_head,
+from featcache.probe.heads import (DEFAULT_CS, HEADS, as_score_matrix, make_head, resolve_head,
                                    scores)
 
 

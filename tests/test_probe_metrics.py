@@ -1,4 +1,4 @@
-"""Tests for featcache.probe_metrics: metrics and their bootstrap intervals."""
+"""Tests for featcache.probe.metrics: metrics and their bootstrap intervals."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
-from featcache.probe_metrics import auc, bootstrap_metrics, metric_values
+from featcache.probe.metrics import auc, bootstrap_metrics, metric_values
 
 
 def test_metric_values_match_scikit_learn():

@@ -1,4 +1,4 @@
-"""Tests for featcache.probe_report: the ProbeReport, its table, JSON and files."""
+"""Tests for featcache.probe.report: the ProbeReport, its table, JSON and files."""
 
 import json
 
@@ -9,7 +9,7 @@ from sklearn.datasets import make_classification
 
 from featcache.exceptions import ProbeError
 from featcache.probe import linear_probe
-from featcache.probe_report import PLOTS, Metric, json_float, jsonable
+from featcache.probe.report import PLOTS, Metric, json_float, jsonable
 
 FAST = dict(n_bootstrap=50, Cs=[0.01, 0.1, 1.0])
 

@@ -1,4 +1,4 @@
-"""Tests for featcache.progress: when the bar shows, and which bar (the notebook run is in
+"""Tests for featcache.engine.progress: when the bar shows, and which bar (the notebook run is in
 tests/test_notebooks.py, which executes a real kernel)."""
 
 import io
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from featcache import progress
+from featcache.engine import progress
 
 
 class _Stream(io.StringIO):

@@ -45,7 +45,7 @@ import pytest  # noqa: E402
 
 
 def _key(model="efficientnet_lite0", weights="DEFAULT"):
-    from featcache.embedding import resolution_key
+    from featcache.engine.unit_of_work import resolution_key
     from featcache.options import resolve_run_options
 
     options = resolve_run_options(device="cpu", progress=False)
@@ -114,7 +114,7 @@ def test_featcache_is_keyed_by_its_own_source(tmp_path, monkeypatch):
     monkeypatch.setattr(resolved, "_FEATCACHE_ROOT", root)
     first = resolved.library_versions()["featcache"]
     assert first == resolved.library_versions()["featcache"]
-    with open(root / "embedding.py", "a") as f:
+    with open(root / "engine" / "unit_of_work.py", "a") as f:
         f.write("\n# an edit\n")
     assert resolved.library_versions()["featcache"] != first
 

@@ -1,4 +1,4 @@
-"""Tests for featcache.sources: directories, manifests, .npz inputs and --shard splits."""
+"""Tests for featcache.inputs.sources: directories, manifests, .npz inputs and --shard splits."""
 
 import re
 
@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from featcache.exceptions import FeatcacheError
-from featcache.sources import collect_inputs, parse_shard, shard_positions
+from featcache.inputs.sources import collect_inputs, parse_shard, shard_positions
 
 
 def _png(path):

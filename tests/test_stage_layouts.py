@@ -63,7 +63,7 @@ def _tail_matches_network(name, k, size):
 
     import torch
 
-    from featcache.partial.reference import FrozenPrefix
+    from partial_reference import FrozenPrefix
     from featcache.partial.tail import build_tail
 
     net = _network(name).eval()

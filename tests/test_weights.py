@@ -248,7 +248,7 @@ def test_per_process_memos_do_not_remember_a_young_weights_file(tmp_path, monkey
     """The partial-freezing network memo and a Dask worker's resolved state are keyed by the
     weights file's identity too: neither remembers one that is not yet settled."""
     from featcache.backbones import get_backbone
-    from featcache.distributed import Job
+    from featcache.jobs.dask_worker import Job
     from featcache.partial import network
 
     path = tmp_path / "resnet18.pt"

@@ -4,7 +4,7 @@ A content key is the hash of a file's bytes, so computing it reads the whole fil
 stores, per file, its identity — resolved path, size, mtime_ns, inode, device, ctime_ns (see
 :mod:`featcache.cache.identity`) — and its key, so a rerun over unchanged files costs a
 ``stat`` per file and reads none of their bytes. Only *settled* identities are given to it
-(:func:`featcache.cache.identity.settled`, decided by :mod:`featcache.keys`).
+(:func:`featcache.cache.identity.settled`, decided by :mod:`featcache.inputs.keys`).
 
 Layout and cost (bounded, whatever the memo's size)::
 

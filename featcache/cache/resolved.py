@@ -11,9 +11,9 @@ every package that shapes the network (:func:`library_versions`). Any change to 
 another key, so a stale entry is never used; an entry whose stored key differs from the one
 asked for (a hash collision, an edited file) is ignored.
 
-Some runs get no memo at all (:func:`featcache.embedding.resolution_key` returns None): a
-backbone that declares no identity, a weights file whose identity is not yet settled
-(:mod:`featcache.cache.identity`), and a package whose version does not identify its code
+Some runs get no memo at all (:func:`featcache.engine.unit_of_work.resolution_key` returns
+None): a backbone that declares no identity, a weights file whose identity is not yet
+settled (:mod:`featcache.cache.identity`), and a package whose version does not identify its code
 (:func:`unidentified_packages`: an editable install, or a direct-URL install without a
 ``RECORD``). featcache itself is keyed by a digest of its own source files, so an editable
 featcache (every development checkout) keeps its memo. JSON only: no torch.

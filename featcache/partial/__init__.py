@@ -3,7 +3,7 @@
 - :mod:`~featcache.partial.estimators`: :class:`PartiallyFrozenClassifier` and
   :class:`PartiallyFrozenRegressor` (scikit-learn estimators);
 - :mod:`~featcache.partial.activations`: the frozen prefix's cached activations, through the
-  one unit of work (:func:`featcache.embedding.embed`);
+  one unit of work (:func:`featcache.engine.unit_of_work.embed`);
 - :mod:`~featcache.partial.network`, :mod:`~featcache.partial.tail`: the trainable stages and
   the new head, copied from the pretrained network;
 - :mod:`~featcache.partial.training`: the training loop (AdamW, cosine schedule, early stopping).

@@ -1,6 +1,6 @@
 """Cached activations of a frozen prefix: computed once by the one unit of work, then served.
 
-:func:`prefix_activations` runs the inputs through :func:`featcache.embedding.embed` (keys ->
+:func:`prefix_activations` runs the inputs through :func:`featcache.engine.unit_of_work.embed` (keys ->
 plan -> compute the misses -> commit), once for the plain inputs and once per augmentation
 view, and returns an :class:`ActivationSet` that serves rows by position. The rows live in
 memory (in their storage type, so float16 maps take half the bytes) when they fit within
@@ -206,17 +206,17 @@ def prefix_activations(items, *, model, weights, layer, pooling, image_size, opt
     storage : {"float32", "float16"}
         How rows are stored (recorded in the fingerprint).
     views : int
-        Augmented views per input besides the input itself (see :mod:`featcache.augment`).
-    policy : featcache.augment.AugmentPolicy, optional
+        Augmented views per input besides the input itself (see :mod:`featcache.inputs.augment`).
+    policy : featcache.inputs.augment.AugmentPolicy, optional
     max_memory : int, optional
         Rows are read into memory when they take at most this many bytes (None: always).
     expected : str, optional
         The fingerprint of view 0 recorded at fit: a different one (a weights file changed,
         a parameter set without refitting) raises :class:`FeatcacheError`.
     """
-    from ..augment import DEFAULT_POLICY, AugmentView
+    from ..inputs.augment import DEFAULT_POLICY, AugmentView
     from ..cache import MemoryNamespace, resolve_cache
-    from ..embedding import SourcesOf, content_keys, embed, resolve_configs
+    from ..engine.unit_of_work import SourcesOf, content_keys, embed, resolve_configs
 
     store = resolve_cache(cache)
     sources = SourcesOf(items)

@@ -78,7 +78,7 @@ class _PartiallyFrozen(BaseEstimator):
         return spec, network, stage_layout(network, spec.name)
 
     def _activations(self, items, options, *, views=0, expected=None):
-        from ..augment import DEFAULT_POLICY
+        from ..inputs.augment import DEFAULT_POLICY
         from .activations import memory_budget, prefix_activations
 
         k = self.trainable_blocks
@@ -293,11 +293,11 @@ class PartiallyFrozenClassifier(ClassifierMixin, _PartiallyFrozen):
         statistics. Frozen is the default: small medical datasets and batches give noisy
         statistics (see the documentation for the measured difference).
     augment_views : int, default=0
-        K seeded augmented views of each training image (:mod:`featcache.augment`), each
+        K seeded augmented views of each training image (:mod:`featcache.inputs.augment`), each
         cached once; each epoch trains on one view per image drawn from the image itself and
         its K views. Prediction uses the unaugmented input.
-    augment_policy : featcache.augment.AugmentPolicy or None, default=None
-        None uses ``featcache.augment.DEFAULT_POLICY`` (``"mild-v1"``: no flips).
+    augment_policy : featcache.inputs.augment.AugmentPolicy or None, default=None
+        None uses ``featcache.inputs.augment.DEFAULT_POLICY`` (``"mild-v1"``: no flips).
     cache_dtype : {"float16", "float32"}, default="float16"
         Storage of the cached activations (in the fingerprint).
     max_memory : "auto" or int, default="auto"

@@ -117,7 +117,7 @@ def train_tail(tail, inputs, targets, train_idx, val_idx=None, *, loss_fn, score
     NonFiniteError
         When an epoch's mean loss is NaN or infinite (training diverged).
     """
-    from ..progress import progress_bar
+    from ..engine.progress import progress_bar
 
     device = torch.device(config.device)
     dtype = _DTYPES[config.precision]

@@ -1,0 +1,343 @@
+"""The one batch loop: decoded inputs in, pooled features out.
+
+:func:`run_batches` takes the items to compute (the cache's misses), decodes and resizes them
+(in DataLoader workers on GPU, in the main process on CPU), runs the frozen extractor under
+``torch.inference_mode`` in channels-last layout with optional bf16/fp16 autocast, and
+yields one :class:`Batch` of features per step, so a caller can commit each batch to the
+cache as soon as it exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import multiprocessing
+import os
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .allocator import reuse_freed_memory
+from ..exceptions import InputChangedError, InputError
+from ..inputs import DecodePolicy, decode, describe
+from ..inputs.keys import forget
+from ..log import get_logger
+from ..options import resolve_device, resolve_precision
+from .progress import progress_bar
+
+_log = get_logger(__name__)
+
+__all__ = [
+    "Batch",
+    "resolve_device",
+    "resolve_precision",
+    "resolve_num_workers",
+    "to_model_input",
+    "resize_and_crop",
+    "to_unit_float",
+    "run_batches",
+]
+
+_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Batch:
+    """One step of the loop.
+
+    Attributes
+    ----------
+    positions : ndarray of int
+        Positions (in the caller's item list) of the rows in ``features``.
+    features : dict
+        Layer name -> float32 array ``(len(positions), dim)``.
+    failures : list of (int, str)
+        Positions that could not be decoded, with the reason (only with ``on_error="skip"``).
+    transient : set of int
+        Those of ``failures`` that say nothing about the input itself (it changed while it was
+        read): they are reported but never recorded in the cache, so a rerun tries again.
+    """
+
+    positions: np.ndarray
+    features: dict
+    failures: list = field(default_factory=list)
+    transient: set = field(default_factory=set)
+
+
+def resolve_num_workers(num_workers, device: torch.device) -> int:
+    """Decode workers: none on CPU (the cores run the network), up to 8 on GPU."""
+    if num_workers is not None:
+        return int(num_workers)
+    if device.type != "cuda":
+        return 0
+    return min(8, os.cpu_count() or 1)
+
+
+def to_model_input(image: np.ndarray, size: int) -> torch.Tensor:
+    """(H, W, 3) image -> (3, size, size) tensor of the same kind: uint8, or float32 in [0, 1].
+
+    Resized and cropped by :func:`resize_and_crop`. 8-bit images stay uint8 (a quarter of the
+    bytes to move to the device, where :func:`to_unit_float` scales them).
+    """
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    if t.dtype != torch.uint8:
+        t = t.float()
+    return resize_and_crop(t, size)
+
+
+def resize_and_crop(t: torch.Tensor, size: int) -> torch.Tensor:
+    """A (C, H, W) uint8 or float tensor, on any device -> (C, size, size).
+
+    The shorter side is resized to ``size`` (bilinear, antialiased), then the centre square
+    is cropped; a square image is simply resized.
+    """
+    from torchvision.transforms.v2 import functional as TF
+
+    h, w = t.shape[1:]
+    if (h, w) != (size, size):
+        scale = size / min(h, w)
+        new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+        t = TF.resize(t, [new_h, new_w], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        t = t[:, top:top + size, left:left + size]
+    return t
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """A uint8 batch -> float32 in [0, 1] (on whatever device it is); floats pass through."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+
+
+class _DecodeDataset(Dataset):
+    """Decodes and resizes one item; a failure becomes an InputError value, never a raise.
+
+    With ``keys``, each item is checked to still have the content key it was planned under.
+    With ``augment`` (``augment(image, key) -> image``, a :class:`featcache.inputs.augment.AugmentView`),
+    each resized input is replaced by its augmented view.
+    """
+
+    def __init__(self, items, positions, policy: DecodePolicy, size: int, keys=None, augment=None):
+        self.items, self.positions, self.policy, self.size = items, positions, policy, size
+        self.keys, self.augment = keys, augment
+
+    def __len__(self):
+        return len(self.positions)
+
+    def __getitem__(self, i):
+        pos = int(self.positions[i])
+        item = self.items[pos]
+        try:
+            image = decode(item, pos, self.policy, image_size=self.size,
+                           key=None if self.keys is None else self.keys[pos])
+        except InputError as exc:
+            return pos, None, exc
+        try:
+            tensor = to_model_input(image, self.size)
+            if self.augment is not None:
+                tensor = self.augment(tensor, self.keys[pos])
+            return pos, tensor, None
+        except Exception as exc:  # any failure of one input is that input's error
+            return pos, None, InputError(f"{describe(item, pos)}: cannot be resized to "
+                                         f"{self.size} px ({type(exc).__name__}: {exc}).")
+
+
+def _collate(samples):
+    good = [(p, t) for p, t, _ in samples if t is not None]
+    errors = [(p, error) for p, _, error in samples if error is not None]
+    positions = np.array([p for p, _ in good], dtype=np.int64)
+    tensors = [t for _, t in good]
+    if any(t.dtype != torch.uint8 for t in tensors):  # a mixed batch travels as float
+        tensors = [to_unit_float(t) for t in tensors]
+    images = torch.stack(tensors) if tensors else None
+    return positions, images, errors
+
+
+def decode_batch_size(batch_size: int, workers: int) -> int:
+    """Images each decode worker decodes per step: ``batch_size`` split among the workers.
+
+    A DataLoader worker hands over a whole decode batch at once, so the first batch reaches
+    the network only after one worker has decoded that many images. Split among ``workers``,
+    the network's first batch is ready ``workers`` times sooner: on a GPU a worker decodes
+    about 175 JPEG photos per second, so a batch of 256 from one worker kept it idle 1.4 s
+    at the start of every run (every Dask task). :func:`_full_batches` puts them back
+    together, so the network still runs on batches of ``batch_size``.
+    """
+    return batch_size if workers <= 1 else max(1, -(-batch_size // workers))
+
+
+def _full_batches(loader, batch_size: int, device):
+    """Consecutive decode batches of ``loader`` joined into ``(positions, images, errors)``
+    batches of about ``batch_size`` inputs, in order; images move to ``device`` as they come
+    (non-blocking from pinned memory), and a batch that mixes 8-bit and float images is float.
+    """
+    parts, count = [], 0
+    for part in loader:
+        parts.append(part)
+        count += len(part[0]) + len(part[2])
+        if count >= batch_size:
+            yield _join(parts, device)
+            parts, count = [], 0
+    if parts:
+        yield _join(parts, device)
+
+
+def _join(parts, device):
+    if len(parts) == 1:
+        return parts[0]
+    positions = np.concatenate([p for p, _, _ in parts])
+    errors = [e for _, _, errs in parts for e in errs]
+    images = [im if device.type == "cpu" else im.to(device, non_blocking=True)
+              for _, im, _ in parts if im is not None]
+    if any(im.dtype != torch.uint8 for im in images):
+        images = [to_unit_float(im) for im in images]
+    return positions, (torch.cat(images) if images else None), errors
+
+
+#: On a CPU, the forward pass runs in chunks of about this many input pixels: small chunks keep
+#: activations in the CPU caches (EfficientNet-Lite0 at 224 px on a 2-core machine, freed
+#: memory reused: 134 images/s in chunks of 8, 86 one image at a time, about 65 in batches of
+#: 64). Chunking never changes the features.
+CPU_CHUNK_PIXELS = 8 * 224 * 224
+
+
+def cpu_chunk_size(image_size: int) -> int:
+    """Images per forward pass on a CPU, for square inputs of ``image_size``."""
+    return max(1, CPU_CHUNK_PIXELS // (image_size * image_size))
+
+
+def _forward(extractor, images, device) -> dict:
+    """Layer -> float32 numpy features of a batch (in CPU-cache-sized chunks on a CPU).
+
+    Each chunk is moved to the device, scaled to [0, 1] and laid out channels-last on its own,
+    so a CPU never holds a float copy of the whole batch.
+    """
+    chunk = len(images) if device.type != "cpu" else cpu_chunk_size(images.shape[-1])
+    parts = []
+    for i in range(0, len(images), chunk):
+        x = to_unit_float(images[i:i + chunk].to(device, non_blocking=True))
+        parts.append(extractor(x.contiguous(memory_format=torch.channels_last)))
+    return {name: torch.cat([p[name] for p in parts]).float().cpu().numpy() for name in parts[0]}
+
+
+def _denormals_flushed() -> bool:
+    """Whether this thread already flushes denormal floats to zero (torch has no getter)."""
+    return float(torch.tensor([1e-40]).mul(1.0)) == 0.0
+
+
+#: What a decode worker imports: the forkserver imports them once (torchvision alone takes
+#: about 2 s, which every task's workers would pay again).
+_DECODE_WORKER_MODULES = (__name__, "torchvision.transforms.v2.functional")
+#: Packages that a worker's main script often imports, preloaded when this process has them.
+_MAIN_SCRIPT_PACKAGES = ("dask", "distributed")
+
+
+def decode_context(workers: int, start_method: str | None = None):
+    """The multiprocessing context decode workers start in (None: the process's default).
+
+    What a decode worker imports is imported here first, so that workers forked from this
+    process have it (torchvision's resize took each forked worker 2 s to import in every run
+    of a process that had not loaded a network).
+
+    Where this process would *spawn* them (a Dask worker: ``distributed`` sets that start
+    method; macOS), every run would start fresh interpreters that import torch and featcache
+    again, seconds per Dask task. Workers are then forked from a forkserver that imported
+    :mod:`featcache.engine.batches` and torchvision once: it is single-threaded, so forking it is as
+    safe as spawning.
+    """
+    if workers == 0:
+        return None
+    for name in _DECODE_WORKER_MODULES:  # forked workers inherit them (once per process)
+        importlib.import_module(name)
+    start_method = start_method or multiprocessing.get_start_method()
+    if start_method != "spawn" or "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    context = multiprocessing.get_context("forkserver")
+    # A child also re-imports the main script (a Dask worker's imports distributed, about
+    # 0.5 s): what the parent imported of it, the forkserver imports once too.
+    context.set_forkserver_preload(
+        [*_DECODE_WORKER_MODULES, *(m for m in _MAIN_SCRIPT_PACKAGES if m in sys.modules)])
+    return context
+
+
+def run_batches(extractor, items, positions, *, image_size, policy=None, batch_size=64,
+                device="auto", precision="auto", num_workers=None, on_error="raise",
+                progress=None, progress_desc="featcache", keys=None, augment=None):
+    """Compute features for ``items[positions]``, one :class:`Batch` at a time.
+
+    Parameters
+    ----------
+    extractor : featcache.backbones.capture.FeatureExtractor
+    items : list
+        Items from :func:`featcache.inputs.as_items`.
+    positions : sequence of int
+        Which items to compute, in order.
+    image_size : int
+    policy : DecodePolicy, optional
+    batch_size, num_workers : int
+    device : str or torch.device
+    precision : {"auto", "fp32", "bf16", "fp16"}
+    on_error : {"raise", "skip"}
+        ``"raise"``: the first undecodable input raises :class:`InputError`; ``"skip"``:
+        it is reported in ``Batch.failures`` and the loop goes on.
+    keys : list of bytes, optional
+        Content keys aligned with ``items``: each input is checked, on exactly the bytes that
+        are decoded, to still have its key (else :class:`InputChangedError`).
+    augment : callable, optional
+        ``augment(image, key) -> image`` applied to each resized input (needs ``keys``).
+    progress : bool or None
+        tqdm bar; None shows it on an interactive terminal and in a Jupyter kernel (see
+        :mod:`featcache.engine.progress`).
+
+    Yields
+    ------
+    Batch
+    """
+    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    dtype = _PRECISIONS[resolve_precision(precision, device)]
+    workers = resolve_num_workers(num_workers, device)
+    extractor.to(device=device, memory_format=torch.channels_last)
+    loader = DataLoader(
+        _DecodeDataset(items, np.asarray(positions, dtype=np.int64), policy or DecodePolicy(),
+                       image_size, keys, augment),
+        batch_size=decode_batch_size(batch_size, workers), shuffle=False, num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+        multiprocessing_context=decode_context(workers),
+    )
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    _log.info("computing %d inputs on %s in %s, batch size %d, %d decode workers",
+              len(positions), device, resolve_precision(precision, device), batch_size, workers)
+    bar = progress_bar(len(positions), progress_desc, progress)
+    n_failed = 0
+    # Tiny (denormal) values slow CPUs down: flush them to zero during the run, then restore.
+    restore_denormals = device.type == "cpu" and not _denormals_flushed()
+    if restore_denormals:
+        restore_denormals = torch.set_flush_denormal(True)
+    # On a CPU, freed activation buffers are reused instead of page-faulted back in per chunk.
+    allocator = reuse_freed_memory() if device.type == "cpu" else contextlib.nullcontext()
+    try:
+        with allocator:
+            for batch_positions, images, errors in _full_batches(loader, batch_size, device):
+                for pos, error in errors:
+                    if isinstance(error, InputChangedError):  # a memoised key proved wrong:
+                        forget(items[pos])  # the file is hashed again next time, not refused
+                if errors and on_error == "raise":
+                    raise errors[0][1]
+                failures = [(pos, str(error)) for pos, error in errors]
+                transient = {pos for pos, error in errors if isinstance(error, InputChangedError)}
+                if failures:
+                    n_failed += len(failures)
+                    bar.set_postfix(failed=n_failed, refresh=False)
+                features = {}
+                if images is not None:
+                    with torch.inference_mode(), autocast:
+                        features = _forward(extractor, images, device)
+                bar.update(len(batch_positions) + len(failures))
+                yield Batch(batch_positions, features, failures, transient)
+    finally:
+        bar.close()
+        if restore_denormals:
+            torch.set_flush_denormal(False)

@@ -1,0 +1,24 @@
+"""The linear probe: how good are frozen features for a task, with confidence intervals.
+
+- :mod:`~featcache.probe.protocol`: :func:`linear_probe` (validation, hyper-parameter
+  selection on a validation split or by cross-validation, the refit);
+- :mod:`~featcache.probe.heads`: the heads and their grids (:func:`make_head`, :data:`HEADS`);
+- :mod:`~featcache.probe.metrics`: the metrics and their percentile bootstrap;
+- :mod:`~featcache.probe.report`: :class:`ProbeReport` and the files it writes (:data:`PLOTS`);
+- :mod:`~featcache.probe.plots`: the figures (matplotlib, loaded when a report is saved);
+- :mod:`~featcache.probe.from_cache`: :func:`probe_cache`, probing a cache namespace or one
+  dataset of it (the library behind ``featcache probe``).
+
+May import: :mod:`featcache.exceptions`, :mod:`featcache.inputs` and :mod:`featcache.cache`
+(reading rows and labels); numpy at import time, scikit-learn, pandas and matplotlib inside
+the functions. Never torch, never :mod:`featcache.cli`.
+"""
+
+from ..exceptions import ProbeError
+from .from_cache import probe_cache
+from .heads import DEFAULT_CS, HEADS, make_head
+from .protocol import linear_probe
+from .report import METRIC_NAMES, PLOTS, Metric, ProbeReport
+
+__all__ = ["linear_probe", "probe_cache", "ProbeReport", "Metric", "ProbeError", "make_head",
+           "HEADS", "DEFAULT_CS", "PLOTS", "METRIC_NAMES"]

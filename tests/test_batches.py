@@ -1,0 +1,189 @@
+"""Tests for featcache.engine.batches: resizing, device and precision choice, the batch loop."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from featcache.backbones import load_backbone
+from featcache.engine.batches import (
+    resolve_device,
+    resolve_num_workers,
+    resolve_precision,
+    run_batches,
+    to_model_input,
+    to_unit_float,
+)
+from featcache.exceptions import FeatcacheError, InputError
+
+
+def test_resize_keeps_uint8_and_crops_the_centre_of_non_square_images():
+    square = to_model_input(np.full((28, 28, 3), 200, np.uint8), 56)
+    assert square.dtype == torch.uint8 and square.shape == (3, 56, 56)
+    assert int(square.min()) == int(square.max()) == 200
+    wide = np.zeros((20, 60, 3), np.float32)
+    wide[:, 20:40] = 1.0  # the centre third is white
+    out = to_model_input(wide, 20)
+    assert out.dtype == torch.float32 and out.shape == (3, 20, 20)
+    assert out.min() > 0.99, "the centre square of a wide image is its middle third"
+    torch.testing.assert_close(to_unit_float(square), torch.full((3, 56, 56), 200 / 255))
+
+
+def test_device_precision_and_workers_resolution():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(FeatcacheError, match="not a torch device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(FeatcacheError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert resolve_num_workers(None, torch.device("cpu")) == 0
+    assert resolve_num_workers(3, torch.device("cpu")) == 3
+
+
+def _items(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (28, 28), dtype=np.uint8) for _ in range(n)]
+
+
+def test_batches_cover_the_requested_positions_and_do_not_depend_on_batch_size():
+    loaded = load_backbone(image_size=32)
+    items = _items(10)
+    positions = np.array([9, 2, 4, 7, 0])
+
+    def collect(batch_size):
+        rows = {}
+        for batch in run_batches(loaded.extractor, items, positions, image_size=32,
+                                 batch_size=batch_size, progress=False):
+            rows.update(zip(batch.positions.tolist(), batch.features["default"]))
+        return rows
+
+    one, three = collect(1), collect(3)
+    assert list(one) == positions.tolist() and list(three) == positions.tolist()
+    for pos in one:
+        np.testing.assert_allclose(one[pos], three[pos], atol=1e-4)
+
+
+def test_decode_failures_raise_or_are_reported():
+    loaded = load_backbone(image_size=32)
+    items = _items(3)
+    items[1] = np.full((28, 28), np.nan, np.float32)
+    with pytest.raises(InputError, match="input 1"):
+        list(run_batches(loaded.extractor, items, [0, 1, 2], image_size=32, progress=False))
+    batches = list(run_batches(loaded.extractor, items, [0, 1, 2], image_size=32,
+                               on_error="skip", progress=False))
+    assert [b.positions.tolist() for b in batches] == [[0, 2]]
+    assert batches[0].failures[0][0] == 1 and "input 1" in batches[0].failures[0][1]
+
+
+def test_decode_workers_split_a_batch_and_the_network_gets_it_whole():
+    from featcache.engine.batches import decode_batch_size
+
+    assert [decode_batch_size(256, w) for w in (0, 1, 2, 8, 300)] == [256, 256, 128, 32, 1]
+    loaded = load_backbone(image_size=32)
+    items = _items(11)
+    items[5] = np.full((28, 28), np.nan, np.float32)  # undecodable: a failure, not a row
+    items[8] = items[8].astype(np.uint16) * 257  # a 16-bit image joins 8-bit ones as float
+    batches = list(run_batches(loaded.extractor, items, range(11), image_size=32, batch_size=4,
+                               num_workers=2, on_error="skip", progress=False))
+    assert [len(b.positions) + len(b.failures) for b in batches] == [4, 4, 3]
+    assert [p for b in batches for p in b.positions.tolist()] == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
+    assert [f[0] for b in batches for f in b.failures] == [5]
+    alone = np.concatenate([b.features["default"] for b in run_batches(
+        loaded.extractor, [items[i] for i in (0, 1, 2, 3, 4, 6, 7, 8, 9, 10)], range(10),
+        image_size=32, batch_size=4, progress=False)])
+    np.testing.assert_allclose(np.concatenate([b.features["default"] for b in batches]), alone,
+                               atol=1e-5)
+
+
+def test_decode_workers_give_the_same_rows():
+    loaded = load_backbone(image_size=32)
+    items = _items(6)
+    rows = [np.concatenate([b.features["default"] for b in run_batches(
+        loaded.extractor, items, range(6), image_size=32, batch_size=4, num_workers=workers,
+        progress=False)]) for workers in (0, 2)]
+    np.testing.assert_allclose(rows[0], rows[1], atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_gpu_loop_with_pinned_memory_and_bf16():
+    loaded = load_backbone(image_size=64)
+    items = _items(16)
+    cpu = np.concatenate([b.features["default"] for b in run_batches(
+        loaded.extractor, items, range(16), image_size=64, device="cpu", progress=False)])
+    gpu = np.concatenate([b.features["default"] for b in run_batches(
+        loaded.extractor, items, range(16), image_size=64, device="cuda", precision="bf16",
+        progress=False)])
+    cos = (cpu * gpu).sum(1) / np.linalg.norm(cpu, axis=1) / np.linalg.norm(gpu, axis=1)
+    assert cos.min() > 0.98
+
+
+def test_cpu_chunks_are_cache_sized():
+    from featcache.engine.batches import cpu_chunk_size
+
+    assert cpu_chunk_size(224) == 8 and cpu_chunk_size(96) == 43 and cpu_chunk_size(4000) == 1
+
+
+def test_denormal_flushing_is_on_during_a_cpu_run_and_restored_after():
+    from featcache.engine.batches import _denormals_flushed
+
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals")
+    loaded = load_backbone(image_size=32)
+    seen = []
+    for caller_setting in (False, True):
+        torch.set_flush_denormal(caller_setting)
+        for _ in run_batches(loaded.extractor, _items(2), [0, 1], image_size=32, device="cpu",
+                             progress=False):
+            seen.append(_denormals_flushed())
+        assert _denormals_flushed() == caller_setting, "the caller's setting is restored"
+    torch.set_flush_denormal(False)
+    assert seen == [True, True]
+
+
+def test_decode_workers_fork_from_a_preloaded_forkserver_where_the_process_spawns():
+    from featcache.engine.batches import decode_context
+
+    assert decode_context(4, "fork") is None and decode_context(0, "spawn") is None
+    context = decode_context(4, "spawn")
+    assert context.get_start_method() == "forkserver"
+
+
+def test_the_parent_imports_what_forked_decode_workers_need():
+    # Else every forked worker imported torchvision's resize on its own, in every run.
+    code = ("import sys; from featcache.engine.batches import decode_context; "
+            "name = 'torchvision.transforms.v2.functional'; before = name in sys.modules; "
+            "decode_context(2, 'fork'); print(before, name in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.split() == ["False", "True"]
+
+
+def test_decode_workers_in_a_spawning_process_give_the_same_rows(tmp_path):
+    # A real process whose start method is spawn (a Dask worker's): decode workers fork from
+    # the forkserver, twice (the second run reuses it), and give the in-process rows.
+    script = tmp_path / "spawning.py"
+    script.write_text(
+        "import multiprocessing, numpy as np\n"
+        "from featcache.backbones import load_backbone\n"
+        "from featcache.engine.batches import run_batches\n"
+        "from featcache.inputs import as_items\n"
+        "def rows(workers):\n"
+        "    loaded = load_backbone(image_size=32)\n"
+        "    items = as_items(np.random.default_rng(0).integers(0, 255, (12, 40, 40, 3), np.uint8))\n"
+        "    return np.concatenate([b.features['default'] for b in run_batches(\n"
+        "        loaded.extractor, items, range(12), image_size=32, batch_size=4,\n"
+        "        num_workers=workers, device='cpu', progress=False)])\n"
+        "if __name__ == '__main__':\n"
+        "    multiprocessing.set_start_method('spawn')\n"
+        "    base = rows(0)\n"
+        "    for _ in range(2):\n"
+        "        np.testing.assert_allclose(rows(2), base, atol=1e-5)\n"
+        "    print('same rows')\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "same rows" in done.stdout, done.stderr[-2000:]
