@@ -19,6 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import FeatureCache
+from .exceptions import FeatcacheError
+from .frozen_backbone import FrozenBackbone
+from .inputs import as_items, content_key
+from .probe import linear_probe
+
 DATA = Path(__file__).resolve().parents[1] / "data" / "pneumoniamnist_trainval.npz"
 CLASS_NAMES = np.array(["normal", "pneumonia"])
 
@@ -26,8 +32,6 @@ CLASS_NAMES = np.array(["normal", "pneumonia"])
 def load_pneumoniamnist(path=DATA, n_train=None, n_val=None):
     """(X_train, y_train, X_val, y_val): 28x28 uint8 arrays and 0/1 labels (1 = pneumonia)."""
     if not Path(path).is_file():
-        from .exceptions import FeatcacheError
-
         raise FeatcacheError(f"bundled data not found at '{path}'; run the demo from a featcache "
                              "source checkout (the data/ folder), or pass --data PATH.")
     with np.load(path) as data:
@@ -38,8 +42,6 @@ def load_pneumoniamnist(path=DATA, n_train=None, n_val=None):
 
 def extract(X_train, X_val, image_size, layer, cache):
     """Embed both splits; return (F_train, F_val, seconds, computed, cached, fingerprint)."""
-    from .frozen_backbone import FrozenBackbone
-
     backbone = FrozenBackbone(image_size=image_size, layer=layer, cache=cache)
     start = time.perf_counter()
     F_train = backbone.fit_transform(X_train)
@@ -52,9 +54,6 @@ def extract(X_train, X_val, image_size, layer, cache):
 
 def annotate(cache_dir, X_train, y_train, X_val, y_val) -> int:
     """Record label, split and source of every image in the cache; returns rows written."""
-    from .cache import FeatureCache
-    from .inputs import as_items, content_key
-
     items = as_items(X_train) + as_items(X_val)
     keys = [content_key(item, i) for i, item in enumerate(items)]
     labels = [str(v) for v in CLASS_NAMES[np.concatenate([y_train, y_val])]]
@@ -100,8 +99,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    from .probe import linear_probe
-
     args = parse_args(argv)
     X_train, y_train, X_val, y_val = load_pneumoniamnist(args.data, args.n_train, args.n_val)
     print(f"PneumoniaMNIST: {len(X_train)} train / {len(X_val)} val chest X-rays (28x28 grayscale)")

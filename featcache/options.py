@@ -19,6 +19,8 @@ import re
 import sys
 from numbers import Integral, Real
 
+from .exceptions import FeatcacheError, InvalidOptionError
+
 __all__ = ["POOLINGS", "PRECISIONS", "ON_ERROR", "VERIFY_INPUTS", "MIN_IMAGE_SIZE", "OPTIONS",
            "Option",
            "RunOptions", "run_constraints",
@@ -96,15 +98,11 @@ def run_constraints() -> dict:
 
 
 def _invalid(message):
-    from .exceptions import InvalidOptionError
-
     return InvalidOptionError(message)
 
 
 def is_invalid_parameter(exc: BaseException) -> bool:
     """Whether ``exc`` is an invalid option (ours, or scikit-learn's InvalidParameterError)."""
-    from .exceptions import InvalidOptionError
-
     module = sys.modules.get("sklearn.utils._param_validation")
     return isinstance(exc, InvalidOptionError) or (
         module is not None and isinstance(exc, module.InvalidParameterError))
@@ -254,8 +252,6 @@ def resolve_precision(precision, device) -> str:
 
 
 def _featcache_error(message):
-    from .exceptions import FeatcacheError
-
     return FeatcacheError(message)
 
 

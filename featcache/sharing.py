@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import pathlib
 
+from .exceptions import FeatcacheError
+
 __all__ = ["TRUSTED_TYPES", "dump", "load"]
 
 
@@ -44,8 +46,6 @@ def _skops_io():
     try:
         import skops.io
     except ImportError:
-        from .exceptions import FeatcacheError
-
         raise FeatcacheError("sharing a pipeline with skops needs skops: pip install "
                              "featcache[share] (or pip install skops)") from None
     return skops.io

@@ -7,10 +7,13 @@ One module per command group: :mod:`~featcache.cli.extract` (``extract``),
 subcommand is a pair of functions: ``add_<name>(subparsers)`` declares its arguments (with
 :func:`~featcache.cli.parsing.add_command`, so ``--help`` shows the defaults) and sets ``func``
 to ``_run_<name>(args) -> int``. Add a subcommand by writing such a pair in its group's module
-and listing its ``add_`` function in :data:`SUBCOMMANDS`. Library modules are imported inside
-the ``_run_`` functions, so ``featcache info`` never imports torch. This package sits on top: it
-may import anything in featcache, and nothing in featcache imports it. Every command that prints
-results has ``--json`` for a machine-readable form; ``--help`` shows each option's default.
+and listing its ``add_`` function in :data:`SUBCOMMANDS`. Library modules are imported at the
+top, and none of them imports torch, scikit-learn or dask at import time (they do so inside
+the functions that need them), so ``featcache info`` and a fully cached ``featcache extract``
+never import them; only ``featcache demo`` loads :mod:`featcache.demo` (scikit-learn) when it
+runs. This package sits on top: it may import anything in featcache, and nothing in featcache
+imports it. Every command that prints results has ``--json`` for a machine-readable form;
+``--help`` shows each option's default.
 
 Exit status: 0 on success, 1 on a featcache error (message on stderr, no traceback), 2 on
 usage errors (argparse), 130 when interrupted, 141 when the reader of stdout went away (e.g.
@@ -24,6 +27,9 @@ import os
 import sys
 import warnings
 
+from .. import __version__
+from ..exceptions import FeatcacheError
+from ..options import is_invalid_parameter
 from .demo import add_demo
 from .extract import add_extract
 from .maintenance import add_compact, add_export, add_info, add_verify
@@ -41,8 +47,6 @@ SUBCOMMANDS = [add_extract, add_info, add_verify, add_compact, add_export, add_p
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``featcache`` argument parser with every subcommand of :data:`SUBCOMMANDS`."""
-    from .. import __version__
-
     parser = argparse.ArgumentParser(
         prog="featcache",
         description="Run frozen pretrained image networks once; keep embeddings in an HDF5 cache.")
@@ -73,8 +77,6 @@ def main(argv=None) -> int:
 
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
-    from ..exceptions import FeatcacheError
-    from ..options import is_invalid_parameter
 
     def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
         print(f"featcache: warning: {as_option(str(message), args)}", file=sys.stderr)

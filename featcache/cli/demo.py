@@ -15,6 +15,8 @@ def add_demo(sub) -> None:
 
 
 def _run_demo(args) -> int:
+    # Lazy: featcache.demo imports scikit-learn (FrozenBackbone), which the other commands,
+    # a cached `featcache extract` first, never load.
     from ..demo import main as demo_main
 
     return demo_main(args.demo_args)

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import sys
 
-from ..options import ON_ERROR, POOLINGS, PRECISIONS
+from ..engine.interrupts import deferred_signals, raise_if_interrupted, take_interrupt
+from ..exceptions import FeatcacheError
+from ..inputs.sources import collect_inputs, parse_shard
+from ..jobs.dask_client import connect, quiet_connection_errors
+from ..jobs.extraction import extract
+from ..options import ON_ERROR, POOLINGS, PRECISIONS, validate_window
 from .parsing import add_command, add_json_option, print_json
 
 __all__ = ["add_extract"]
@@ -73,9 +78,6 @@ def add_extract(sub) -> None:
 
 
 def _parse_window(text):
-    from ..exceptions import FeatcacheError
-    from ..options import validate_window
-
     if text is None:
         return None
     try:
@@ -87,8 +89,6 @@ def _parse_window(text):
 
 
 def _run_extract(args) -> int:
-    from ..engine.interrupts import deferred_signals, raise_if_interrupted, take_interrupt
-
     # SIGTERM and Ctrl-C are deferred until the summary is printed: they stop the job at the
     # end of a batch, after every finished row is committed, never in the middle of a commit.
     with deferred_signals():
@@ -108,14 +108,10 @@ def _run_extract(args) -> int:
 
 
 def _extract_from_args(args, raise_if_interrupted):
-    from ..exceptions import FeatcacheError
-
     if args.partition_size is not None and not args.dask_scheduler:
         raise FeatcacheError("--partition-size applies to --dask-scheduler jobs only")
     if not args.dask_scheduler:
         return _extract_with(args, raise_if_interrupted, None)
-    from ..jobs.dask_client import connect, quiet_connection_errors
-
     client = connect(args.dask_scheduler)  # first, so an unreachable scheduler fails at once
     with quiet_connection_errors():  # a lost scheduler is one message, not Dask's tracebacks
         try:
@@ -125,9 +121,6 @@ def _extract_from_args(args, raise_if_interrupted):
 
 
 def _extract_with(args, raise_if_interrupted, client):
-    from ..jobs.extraction import extract
-    from ..inputs.sources import collect_inputs, parse_shard
-
     shard = parse_shard(args.shard)
     window = _parse_window(args.window)
     layers = [None if name in ("", "default", "none") else name

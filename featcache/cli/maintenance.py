@@ -1,13 +1,15 @@
 """``featcache info``, ``verify``, ``compact`` and ``export``: looking after a cache directory.
 
-Thin: parse, call :class:`featcache.cache.FeatureCache`, print (text or ``--json``). Imports the
-cache inside the ``_run_`` functions; never torch.
+Thin: parse, call :class:`featcache.cache.FeatureCache`, print (text or ``--json``). h5py and
+numpy only, never torch.
 """
 
 from __future__ import annotations
 
 import sys
 
+from ..cache import FeatureCache
+from ..cache.export import export_facts
 from .parsing import add_command, add_json_option, human_size, print_json
 
 __all__ = ["add_info", "add_verify", "add_compact", "add_export"]
@@ -23,8 +25,6 @@ def add_info(sub) -> None:
 
 
 def _run_info(args) -> int:
-    from ..cache import FeatureCache
-
     cache = FeatureCache(args.dir, create=False, verify_on_load=False)
     entries = cache.info()
     if args.json:
@@ -55,8 +55,6 @@ def add_verify(sub) -> None:
 
 
 def _run_verify(args) -> int:
-    from ..cache import FeatureCache
-
     report = FeatureCache(args.dir, create=False).verify()
     if args.json:
         print_json({"path": args.dir, "ok": report.ok, "shards_checked": report.shards_checked,
@@ -90,8 +88,6 @@ def add_compact(sub) -> None:
 
 
 def _run_compact(args) -> int:
-    from ..cache import FeatureCache
-
     stats = FeatureCache(args.dir, create=False).compact(args.namespace,
                                                         min_shards=args.min_shards)
     if args.json:
@@ -126,9 +122,6 @@ def add_export(sub) -> None:
 
 
 def _run_export(args) -> int:
-    from ..cache import FeatureCache
-    from ..cache.export import export_facts
-
     out = FeatureCache(args.dir, create=False).export(args.out, args.namespace,
                                                       dataset=args.dataset)
     facts = {"path": str(out), **export_facts(out), "dataset": args.dataset}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..backbones import get_backbone, list_backbones
 from .parsing import add_command, add_json_option, print_json
 
 __all__ = ["add_models"]
@@ -16,8 +17,6 @@ def add_models(sub) -> None:
 
 
 def _run_models(args) -> int:
-    from ..backbones import get_backbone, list_backbones
-
     builtin = [{"name": name, "image_size": spec.preprocessing.image_size,
                 "description": spec.description}
                for name, spec in ((n, get_backbone(n)) for n in list_backbones())]

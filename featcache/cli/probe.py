@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import pathlib
 
+from ..probe.from_cache import probe_cache
+from ..probe.heads import HEADS
+from ..probe.report import PLOTS
 from .parsing import add_command, add_json_option, as_option, print_json
 
 __all__ = ["add_probe", "add_probe_arguments", "run_probe_command"]
@@ -28,8 +31,6 @@ def _parse_val(text):
 
 def add_probe_arguments(parser):
     """Declare the arguments of ``featcache probe`` on an argparse parser; returns it."""
-    from ..probe.heads import HEADS  # numpy only, no torch
-
     parser.add_argument("cache_dir", metavar="CACHE_DIR", help="featcache cache directory")
     parser.add_argument("--namespace", metavar="N", default=None,
                         help="fingerprint (or unique prefix) of the namespace to probe; needed "
@@ -65,9 +66,6 @@ def add_probe_arguments(parser):
 
 def run_probe_command(args) -> int:
     """Run ``featcache probe`` from parsed arguments: print the table, write ``--out``."""
-    from ..probe.from_cache import probe_cache
-    from ..probe.report import PLOTS
-
     groups = {"from-cache": True, "none": None}.get(args.groups, args.groups)
     report = probe_cache(args.cache_dir, args.namespace, dataset=args.dataset,
                          manifest=args.manifest, labels=args.labels, groups=groups, val=args.val,
