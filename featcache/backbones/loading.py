@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ..formats import FORMAT_VERSION
 from .registry import BackboneSpec, Preprocessing, get_backbone, seeded, warn_random
+from .weights import is_weights_path, load_local_checkpoint, may_remember, state_dict_digest
 
 __all__ = ["LoadedBackbone", "load_backbone", "layer_names", "build_network"]
 
@@ -53,8 +54,6 @@ def build_network(spec: BackboneSpec, weights):
     (:func:`~featcache.backbones.weights.load_local_checkpoint`). Otherwise a named weights
     tag of the backbone's library (``"DEFAULT"`` ...).
     """
-    from .weights import is_weights_path, load_local_checkpoint
-
     if weights is None or is_weights_path(weights):
         with seeded():
             model = spec.architecture()
@@ -132,9 +131,7 @@ def _network(spec, weights, wkey):
     memo's build lock, the engine's later ``.to(memory_format=torch.channels_last)`` on a
     CPU changes nothing.
     """
-    from .weights import state_dict_digest
-
-    from .capture import fold_batchnorm
+    from .capture import fold_batchnorm  # imports torch
 
     def make():
         import torch
@@ -176,8 +173,6 @@ def load_backbone(model="efficientnet_lite0", *, weights="DEFAULT", layers=(None
 
 def _memo_key(key, wkey):
     """``key``, or None when a weights file's identity is not yet settled (not remembered)."""
-    from .weights import may_remember
-
     return key if may_remember(wkey) else None
 
 
@@ -191,8 +186,7 @@ def _weights_key(weights):
 def _load(spec, weights, wkey, layers, pooling, image_size) -> LoadedBackbone:
     import torch
 
-    from .capture import FeatureExtractor
-    from .weights import is_weights_path
+    from .capture import FeatureExtractor  # imports torch
 
     network, weights_label, digest, folded = _network(spec, weights, wkey)
     pre = spec.preprocessing

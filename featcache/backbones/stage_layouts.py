@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..exceptions import LayerError
+from .loading import build_network
+from .registry import get_backbone
 
 __all__ = ["Stage", "StageLayout", "stages", "stage_layout", "register_stage_layout"]
 
@@ -165,9 +167,6 @@ def stages(model: str = "efficientnet_lite0") -> list:
     >>> [s.name for s in stages("efficientnet_lite0")]  # doctest: +SKIP
     ['blocks.0', 'blocks.1', 'blocks.2', 'blocks.3', 'blocks.4', 'blocks.5', 'blocks.6']
     """
-    from .loading import build_network
-    from .registry import get_backbone
-
     spec = get_backbone(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

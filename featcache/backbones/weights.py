@@ -17,6 +17,7 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
+from ..cache.identity import identity_of, settled
 from ..exceptions import WeightsError
 
 __all__ = [
@@ -60,8 +61,6 @@ def file_identity(path) -> tuple:
     WeightsError
         When ``path`` is not an existing file.
     """
-    from ..cache.identity import identity_of
-
     path = _require_file(path).resolve()
     try:
         st = path.stat()
@@ -80,8 +79,6 @@ def may_remember(key) -> bool:
     remembered it would serve the old weights. A tag (``"DEFAULT"``), a library's own key
     or None always.
     """
-    from ..cache.identity import settled
-
     return not _is_file_identity(key) or settled(key)
 
 
