@@ -10,26 +10,15 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils._param_validation import HasMethods, InvalidParameterError
 from sklearn.utils.validation import check_is_fitted
 
-from .exceptions import FeatcacheError, InvalidOptionError
-from .options import run_constraints, validate_run_options
+from .backbones.weights import may_remember
+from .engine.run import resolve_run
+from .exceptions import InvalidOptionError
+from .inputs import as_items
+from .options import RUN_OPTIONS, option_constraints, resolve_run_options, validate_run_options
 
 __all__ = ["FrozenBackbone"]
 
 _UNRECORDED = object()  # weights_identity_ of an estimator pickled before it was recorded
-
-
-def _weights_identity(weights):
-    """Identity of a weights file (a stat, no torch), or None when ``weights`` names no file."""
-    from .backbones.weights import file_identity, is_weights_path
-
-    return file_identity(weights) if is_weights_path(weights) else None
-
-
-def _may_remember(identity) -> bool:
-    """Whether ``identity`` is settled (:func:`featcache.backbones.weights.may_remember`)."""
-    from .backbones.weights import may_remember
-
-    return may_remember(identity)
 
 
 class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -127,12 +116,6 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     >>> pipe.fit(train_paths, y_train).predict_proba(val_paths)  # doctest: +SKIP
     """
 
-    _parameter_constraints: dict = {
-        **{name: constraint for name, constraint in run_constraints().items()
-           if name not in ("commit_rows", "commit_seconds")},
-        "cache": [str, os.PathLike, "boolean", None, HasMethods(["namespace", "verify"])],
-    }
-
     def __init__(self, model="efficientnet_lite0", *, weights="DEFAULT", layer=None, pooling="avg",
                  image_size=None, batch_size=64, device="auto", precision="auto", cache="auto",
                  num_workers=None, on_error="raise", progress=None, retry_failed=False,
@@ -153,6 +136,12 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         self.window = window
         self.verify_inputs = verify_inputs
 
+    # The options' constraints come from featcache.options (OPTIONS), the one validation.
+    _parameter_constraints: dict = {
+        **option_constraints(__init__),
+        "cache": [str, os.PathLike, "boolean", None, HasMethods(["namespace", "verify"])],
+    }
+
     # ------------------------------------------------------------------ fitting
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -172,60 +161,40 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         -------
         self
         """
-        from .inputs import as_items
-
-        try:
-            validate_run_options({"window": self.window, "device": self.device}, "FrozenBackbone")
-        except InvalidOptionError as exc:  # scikit-learn's convention for estimators
-            raise InvalidParameterError(str(exc)) from exc
+        self._check_options()
         as_items(X)
         self._check_input_columns(X, reset=True)
-        identity = _weights_identity(self.weights)  # before anything reads the file
-        (self.config_, self.fingerprint_), _ = self._resolve()
-        self.weights_identity_ = identity
-        self._weights_trusted = _may_remember(identity)
+        run = self._run()
+        ((self.config_, self.fingerprint_),) = run.configs.values()
+        self.weights_identity_ = run.weights_identity  # taken before anything read the file
+        self._weights_trusted = run.remembered
         self.n_features_out_ = self.config_["dim"]
         return self
 
-    def _run_options(self):
-        """The run options, validated and resolved once (device, precision)."""
-        from .options import resolve_run_options
+    def _check_options(self):
+        """What scikit-learn's constraints cannot say (a window's numbers, a device's form),
+        checked by the options' one validation, raised in scikit-learn's form."""
+        try:
+            validate_run_options(self.get_params(deep=False), "FrozenBackbone")
+        except InvalidOptionError as exc:  # scikit-learn's convention for estimators
+            raise InvalidParameterError(str(exc)) from exc
 
-        return resolve_run_options(
-            "FrozenBackbone", batch_size=self.batch_size, device=self.device,
-            precision=self.precision, num_workers=self.num_workers, on_error=self.on_error,
-            retry_failed=self.retry_failed, progress=self.progress, window=self.window,
-            verify_inputs=self.verify_inputs)
+    def _run(self, fitted=None):
+        """The run (:func:`featcache.engine.run.resolve_run`): no network when the cache knows it.
 
-    def _resolve(self):
-        """((config, fingerprint), load) of the configuration; no network when the cache knows it.
-
-        See :func:`featcache.engine.unit_of_work.resolve_configs`: a cache directory remembers resolved
-        configurations, so a fit on a warm cache (a new process, a joblib worker) never imports
-        torch; ``load()`` returns the network, checked to match.
+        A cache directory remembers resolved configurations, so a fit on a warm cache (a new
+        process, a joblib worker) never imports torch. With ``fitted`` (a transform) the
+        fitted configuration is used as it is, and ``load()`` checks the network still gives
+        it (weights files can change on disk; parameters can be set without refitting).
         """
-        from .cache import resolve_cache
-        from .engine.unit_of_work import resolve_configs
+        options = resolve_run_options(
+            "FrozenBackbone", **{name: getattr(self, name) for name in RUN_OPTIONS
+                                 if name not in ("commit_rows", "commit_seconds")})
+        return resolve_run(model=self.model, weights=self.weights, layers=(self.layer,),
+                           pooling=self.pooling, image_size=self.image_size, cache=self.cache,
+                           options=options, fitted=fitted)
 
-        configs, load = resolve_configs(resolve_cache(self.cache), model=self.model,
-                                        weights=self.weights, layers=(self.layer,),
-                                        pooling=self.pooling, image_size=self.image_size,
-                                        options=self._run_options())
-        ((config, fp),) = configs.values()
-        return (config, fp), load
-
-    def _loaded_for_transform(self):
-        """The backbone, checked to be the one fitted (weights files can change on disk)."""
-        (_, fp), load = self._resolve()
-        if fp != self.fingerprint_:
-            raise FeatcacheError(
-                f"the backbone configuration changed since fit (fingerprint {self.fingerprint_} "
-                f"then, {fp} now): parameters were set without refitting, or the weights file "
-                "changed. Call fit again."
-            )
-        return load()
-
-    def _check_weights_unchanged(self):
+    def _check_weights_unchanged(self, run):
         """Refuse to serve rows when the weights file changed since fit.
 
         A stat compares the file with ``weights_identity_`` (no torch on this warm path); only
@@ -233,15 +202,15 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         loaded and its fingerprint compared, which raises if the weights really changed.
         """
         fitted = self.__dict__.get("weights_identity_", _UNRECORDED)
-        current = _weights_identity(self.weights)
+        current = run.weights_identity
         if fitted is _UNRECORDED:  # pickled by an older featcache: verify a file the long way
             changed = current is not None
         else:  # an identity taken while the file was young may hide a same-tick rewrite
             trusted = self.__dict__.get("_weights_trusted", False)
             changed = current != fitted or (current is not None and not trusted)
         if changed:
-            self._loaded_for_transform()  # raises unless the file holds the fitted weights
-            if fitted is not _UNRECORDED and _may_remember(current):
+            run.load()  # raises unless the file holds the fitted weights
+            if fitted is not _UNRECORDED and may_remember(current):
                 # verified after ``current`` was taken, and settled: a later rewrite moves it
                 self.weights_identity_, self._weights_trusted = current, True
 
@@ -276,8 +245,6 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             Rows in input order; with ``on_error="skip"`` a failed input's row is NaN.
         """
         check_is_fitted(self, "fingerprint_")
-        from .inputs import as_items
-
         items = as_items(X)
         return self._embed(items)
 
@@ -287,18 +254,11 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     def _embed(self, items):
         """Rows of ``items``: cached ones read, misses computed (and committed) first."""
-        from .cache import MemoryNamespace, resolve_cache
-        from .engine.unit_of_work import SourcesOf, embed
-
         start = time.perf_counter()
-        self._check_weights_unchanged()
-        cache = resolve_cache(self.cache)
         layer = self.config_["layer"]
-        store = MemoryNamespace(self.fingerprint_, self.n_features_out_) if cache is None else \
-            cache.namespace(self.fingerprint_, self.config_)
-        done = embed(items, SourcesOf(items), {layer: store},
-                     load=self._loaded_for_transform, options=self._run_options(), read=layer,
-                     start=start, key_memo=None if cache is None else cache.key_memo())
+        run = self._run(fitted={layer: (self.config_, self.fingerprint_)})
+        self._check_weights_unchanged(run)
+        done = run.embed(items, read=layer, start=start)
         self.failures_ = done.failures
         self.transform_stats_ = {"computed": done.computed, "cached": done.cached,
                                  "failed": done.failed, "seconds": done.seconds}

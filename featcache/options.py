@@ -22,7 +22,7 @@ from numbers import Integral, Real
 from .exceptions import FeatcacheError, InvalidOptionError
 
 __all__ = ["POOLINGS", "PRECISIONS", "ON_ERROR", "VERIFY_INPUTS", "MIN_IMAGE_SIZE", "OPTIONS",
-           "Option",
+           "Option", "BACKBONE_OPTIONS", "RUN_OPTIONS", "option_constraints",
            "RunOptions", "run_constraints",
            "validate_run_options", "validate_window", "resolve_run_options", "resolve_device",
            "resolve_precision", "cuda_possible",
@@ -46,34 +46,63 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|mps|xpu)(:\d+)?$")
 
 @dataclasses.dataclass(frozen=True)
 class Option:
-    """What one run option accepts: its kind, bounds or choices, and whether None is allowed."""
+    """One run option: what it accepts (kind, bounds or choices, None), its default, its help.
+
+    ``part`` says where it goes: ``"backbone"`` options choose the network and what is taken
+    from it (they enter the configuration directly), ``"run"`` options how it runs
+    (:class:`RunOptions`). ``default`` is the default of every signature that takes the
+    option (the estimators, :func:`featcache.extract`, the command line; a test checks
+    them), ``help`` the command line's help.
+    """
 
     kind: str  # "str", "path", "int", "real", "bool", "choice", "window"
     low: float | None = None
     open_low: bool = False
     choices: tuple = ()
     none: bool = False
+    part: str = "run"
+    default: object = None
+    help: str = ""
 
 
-#: The shared run options, once: what each accepts. Both validations below are built from it.
+#: The shared run options, once: what each accepts, its default and its help. Both
+#: validations below, the estimators' constraints, the command line's options and the Dask
+#: job's option list are built from it.
 OPTIONS = {
-    "model": Option("str"),
-    "weights": Option("path", none=True),
-    "layer": Option("str", none=True),
-    "pooling": Option("choice", choices=POOLINGS),
-    "image_size": Option("int", low=MIN_IMAGE_SIZE, none=True),
-    "batch_size": Option("int", low=1),
-    "device": Option("str"),
-    "precision": Option("choice", choices=PRECISIONS),
-    "num_workers": Option("int", low=0, none=True),
-    "on_error": Option("choice", choices=ON_ERROR),
-    "progress": Option("bool", none=True),
-    "retry_failed": Option("bool"),
-    "verify_inputs": Option("choice", choices=VERIFY_INPUTS),
-    "window": Option("window", none=True),
-    "commit_rows": Option("int", low=1),
-    "commit_seconds": Option("real", low=0, open_low=True),
+    "model": Option("str", part="backbone", default="efficientnet_lite0", help="backbone"),
+    "weights": Option("path", none=True, part="backbone", default="DEFAULT",
+                      help="DEFAULT, a weights tag, a checkpoint path, or 'none' (random)"),
+    "layer": Option("str", none=True, part="backbone",
+                    help="module name; None is the final feature map"),
+    "pooling": Option("choice", choices=POOLINGS, part="backbone", default="avg",
+                      help="pooling of the layer"),
+    "image_size": Option("int", low=MIN_IMAGE_SIZE, none=True, part="backbone",
+                         help="network input side in pixels (default: the backbone's)"),
+    "batch_size": Option("int", low=1, default=64, help="images per batch"),
+    "device": Option("str", default="auto", help="auto, cpu, cuda or cuda:N"),
+    "precision": Option("choice", choices=PRECISIONS, default="auto",
+                        help="auto: fp32 on CPU, bf16 or fp16 on GPU"),
+    "num_workers": Option("int", low=0, none=True,
+                          help="decode workers (default: 0 on CPU, up to 8 on GPU)"),
+    "on_error": Option("choice", choices=ON_ERROR, default="raise",
+                       help="raise: stop at the first bad input; skip: record it and go on"),
+    "progress": Option("bool", none=True, help="progress bar (None: on a terminal or notebook)"),
+    "retry_failed": Option("bool", default=False,
+                           help="decode inputs whose failure an earlier run recorded"),
+    "verify_inputs": Option("choice", choices=VERIFY_INPUTS, default="stat",
+                            help="stat: trust the key memo for unchanged files; hash: read "
+                                 "and hash every input file"),
+    "window": Option("window", none=True,
+                     help="intensity window for 16-bit/float/DICOM images (default: the DICOM "
+                          "file's own window, else each image's min..max)"),
+    "commit_rows": Option("int", low=1, default=4096, help="commit a shard at least every N rows"),
+    "commit_seconds": Option("real", low=0, open_low=True, default=30.0,
+                             help="commit a shard at least this often"),
 }
+#: The backbone options (they choose the network and what is taken from it).
+BACKBONE_OPTIONS = tuple(name for name, option in OPTIONS.items() if option.part == "backbone")
+#: The run options proper (how it runs: :class:`RunOptions`), as every job passes them on.
+RUN_OPTIONS = tuple(name for name, option in OPTIONS.items() if option.part == "run")
 
 
 @functools.lru_cache(maxsize=None)
@@ -95,6 +124,18 @@ def run_constraints() -> dict:
         return out + [None] if option.none else out
 
     return {name: constraints(option) for name, option in OPTIONS.items()}
+
+
+def option_constraints(function) -> dict:
+    """scikit-learn constraints of the :data:`OPTIONS` among ``function``'s parameters.
+
+    An estimator's ``__init__`` spells its parameters (scikit-learn's ``get_params`` reads
+    them there); their constraints come from here, so each option is checked one way.
+    """
+    import inspect
+
+    names = inspect.signature(function).parameters
+    return {name: constraint for name, constraint in run_constraints().items() if name in names}
 
 
 def _invalid(message):
@@ -173,7 +214,8 @@ def _validate_device(device, caller):
 
 
 def validate_run_options(params: dict, caller: str) -> None:
-    """Check every run option present in ``params`` (others are ignored).
+    """Check every run option present in ``params`` (others are ignored; each of ``layers``
+    is checked as a ``layer``).
 
     Raises
     ------
@@ -182,6 +224,10 @@ def validate_run_options(params: dict, caller: str) -> None:
         import, so the command line stays quick).
     """
     known = {name: value for name, value in params.items() if name in OPTIONS}
+    for layer in params.get("layers", ()):  # several layers (extract): each one a 'layer'
+        if not _accepts(OPTIONS["layer"], layer):
+            raise _invalid(f"The 'layer' parameter of {caller} must be "
+                           f"{_describe(OPTIONS['layer'])}. Got {layer!r} instead.")
     for name, value in known.items():
         if not _accepts(OPTIONS[name], value):
             raise _invalid(f"The '{name}' parameter of {caller} must be "
@@ -197,7 +243,9 @@ class RunOptions:
     """How one extraction runs, resolved once and passed whole (picklable, torch-free).
 
     ``device`` and ``precision`` are resolved (``"cpu"``/``"cuda:0"``, ``"fp32"``/``"bf16"``...):
-    the value that enters the fingerprint is the value the engine uses. Build it with
+    the value that enters the fingerprint is the value the engine uses. ``decode`` is the
+    :class:`~featcache.inputs.DecodePolicy` the engine decodes with and the configurations
+    record, built once from the decode options (``window``). Build it with
     :func:`resolve_run_options`.
     """
 
@@ -208,10 +256,19 @@ class RunOptions:
     on_error: str = "raise"
     retry_failed: bool = False
     progress: bool | None = None
-    window: tuple | None = None
+    decode: object = None  # featcache.inputs.DecodePolicy; None: the default policy
     commit_rows: int = 4096
     commit_seconds: float = 30.0
     verify_inputs: str = "stat"
+
+    def __post_init__(self):
+        if self.decode is None:
+            object.__setattr__(self, "decode", _decode_policy({}))
+
+    @property
+    def window(self) -> "tuple | None":
+        """The decode policy's intensity window."""
+        return self.decode.window
 
     def engine_kwargs(self) -> dict:
         """Keyword arguments of :func:`featcache.engine.batches.run_batches` (all but ``policy``)."""
@@ -287,7 +344,18 @@ def resolve_run_options(caller: str = "featcache", **params) -> RunOptions:
         resolved = resolve_device(device)
         params["device"] = str(resolved)
         params["precision"] = resolve_precision(precision, resolved)
-    if params.get("window") is not None:
-        params["window"] = validate_window(params["window"], caller)
+    params["decode"] = _decode_policy(params)
     fields = {f.name for f in dataclasses.fields(RunOptions)}
     return RunOptions(**{k: v for k, v in params.items() if k in fields})
+
+
+def _decode_policy(params: dict):
+    """The DecodePolicy of the decode options in ``params`` (the run options that are fields
+    of :class:`~featcache.inputs.DecodePolicy`: ``window``), its other fields at their
+    defaults."""
+    # Imported here: featcache.inputs.decoding imports this module (validate_window), so a
+    # top-level import would close a cycle; and the options, a leaf, stay free of numpy/Pillow.
+    from .inputs.decoding import DecodePolicy
+
+    names = {f.name for f in dataclasses.fields(DecodePolicy)} & set(OPTIONS)
+    return DecodePolicy(**{name: params[name] for name in names if params.get(name) is not None})

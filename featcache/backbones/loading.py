@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from ..formats import FORMAT_VERSION
 from .registry import BackboneSpec, Preprocessing, get_backbone, seeded, warn_random
-from .weights import is_weights_path, load_local_checkpoint, may_remember, state_dict_digest
+from .weights import (is_weights_path, load_local_checkpoint, may_remember, state_dict_digest,
+                      weights_key)
 
 __all__ = ["LoadedBackbone", "load_backbone", "layer_names", "build_network"]
 
@@ -166,7 +167,7 @@ def load_backbone(model="efficientnet_lite0", *, weights="DEFAULT", layers=(None
         Input side length; defaults to the backbone's.
     """
     spec = get_backbone(model)
-    wkey = _weights_key(weights)  # taken before any read, so a rewrite during it is noticed
+    wkey = weights_key(weights)  # taken before any read, so a rewrite during it is noticed
     key = _memo_key((spec.name, wkey, tuple(layers), pooling, image_size), wkey)
     return _memo_get(_LOADED, key, lambda: _load(spec, weights, wkey, list(layers), pooling, image_size))
 
@@ -174,13 +175,6 @@ def load_backbone(model="efficientnet_lite0", *, weights="DEFAULT", layers=(None
 def _memo_key(key, wkey):
     """``key``, or None when a weights file's identity is not yet settled (not remembered)."""
     return key if may_remember(wkey) else None
-
-
-def _weights_key(weights):
-    """How ``weights`` enters the memo keys: a file by its identity, a tag or None as itself."""
-    from .weights import file_identity, is_weights_path
-
-    return file_identity(weights) if is_weights_path(weights) else weights
 
 
 def _load(spec, weights, wkey, layers, pooling, image_size) -> LoadedBackbone:

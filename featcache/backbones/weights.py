@@ -27,6 +27,7 @@ __all__ = [
     "map_state_dict_by_order",
     "state_dict_digest",
     "file_identity",
+    "weights_key",
     "may_remember",
 ]
 
@@ -67,6 +68,19 @@ def file_identity(path) -> tuple:
     except OSError as exc:  # removed between the check and the stat
         raise _not_found(path) from exc
     return identity_of(path, st)
+
+
+def weights_key(weights):
+    """How ``weights`` enters every memo key: a file by its identity, a tag or None as itself.
+
+    The one rule for the resolution key of configurations (:mod:`featcache.cache.resolved`),
+    the per-process memos of networks (:mod:`featcache.backbones.loading`,
+    :mod:`featcache.partial.network`), a Dask worker's resolved state and a fitted
+    estimator's ``weights_identity_``. A file's identity (:func:`file_identity`, a stat, no
+    torch) is taken before anything reads the file, so a rewrite during the read is noticed;
+    whether a memo may keep it is :func:`may_remember`'s answer.
+    """
+    return file_identity(weights) if is_weights_path(weights) else weights
 
 
 def may_remember(key) -> bool:

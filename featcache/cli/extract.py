@@ -14,8 +14,8 @@ from ..exceptions import FeatcacheError
 from ..inputs.sources import collect_inputs, parse_shard
 from ..jobs.dask_client import connect, quiet_connection_errors
 from ..jobs.extraction import extract
-from ..options import ON_ERROR, POOLINGS, PRECISIONS, validate_window
-from .parsing import add_command, add_json_option, print_json
+from ..options import validate_window
+from .parsing import add_command, add_json_option, add_option, print_json
 
 __all__ = ["add_extract"]
 
@@ -30,36 +30,28 @@ def add_extract(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, directories, CSV/TSV/Parquet manifests or .npz files")
     p.add_argument("--cache", required=True, metavar="DIR", help="cache directory")
-    p.add_argument("--model", default="efficientnet_lite0", metavar="M", help="backbone")
-    p.add_argument("--weights", default="DEFAULT", metavar="W",
-                   help="DEFAULT, a weights tag, a checkpoint path, or 'none' (random)")
-    p.add_argument("--layer", default=None, metavar="L[,L...]",
-                   help="module name(s), comma-separated; 'default' (or nothing) is the final "
-                        "feature map")
-    p.add_argument("--pooling", default="avg", choices=POOLINGS, help="pooling of the layer")
-    p.add_argument("--image-size", type=int, default=None, metavar="S",
-                   help="network input side in pixels (default: the backbone's)")
-    p.add_argument("--window", default=None, metavar="CENTER,WIDTH",
-                   help="intensity window for 16-bit/float/DICOM images (default: the DICOM "
-                        "file's own window, else each image's min..max)")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="auto: fp32 on CPU, bf16 or fp16 on GPU")
-    p.add_argument("--batch-size", type=int, default=64, metavar="B", help="images per batch")
-    p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--workers", type=int, default=None, metavar="W",
-                   help="decode workers (default: 0 on CPU, up to 8 on GPU)")
+    # The run options: flag, type, choices, default and help from featcache.options.OPTIONS.
+    add_option(p, "model", metavar="M")
+    add_option(p, "weights", metavar="W")
+    add_option(p, "layer", metavar="L[,L...]",
+               help="module name(s), comma-separated; 'default' (or nothing) is the final "
+                    "feature map")
+    add_option(p, "pooling")
+    add_option(p, "image_size", metavar="S")
+    add_option(p, "window", metavar="CENTER,WIDTH")
+    add_option(p, "precision")
+    add_option(p, "batch_size", metavar="B")
+    add_option(p, "device", metavar="D")
+    add_option(p, "num_workers", metavar="W")
     p.add_argument("--shard", default="0/1", metavar="i/N",
                    help="embed only share i of N (deterministic), for N parallel jobs")
-    p.add_argument("--on-error", default="raise", choices=ON_ERROR,
-                   help="raise: stop at the first bad input; skip: record it and go on")
-    p.add_argument("--retry-failed", action="store_true",
-                   help="decode inputs whose failure an earlier run recorded")
+    add_option(p, "on_error")
+    add_option(p, "retry_failed", action="store_true")
     p.add_argument("--rehash", action="store_true",
                    help="read and hash every input file, even those the key memo remembers "
                         "(for files rewritten through a memory map, whose timestamps may "
                         "not move)")
-    p.add_argument("--commit-seconds", type=float, default=30.0, metavar="S",
-                   help="commit a shard at least this often")
+    add_option(p, "commit_seconds", metavar="S")
     p.add_argument("--dataset", default=None, metavar="NAME",
                    help="tag these inputs as dataset NAME, so that `probe`/`export --dataset "
                         "NAME` use exactly them when the cache holds several studies")

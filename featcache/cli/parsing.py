@@ -3,7 +3,8 @@ parameter names turned into the command line's option names.
 
 :mod:`featcache.cli` declares and runs the subcommands; this module holds the pieces they have
 in common, so that each fact (how a default is shown, how ``--json`` prints, how
-``val=None`` reads on the command line) has one home. Standard library only.
+``val=None`` reads on the command line, how a run option is declared) has one home. Standard
+library and :mod:`featcache.options` (itself cheap to import) only.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import argparse
 import json
 import re
 
-__all__ = ["HelpFormatter", "add_command", "add_json_option", "print_json", "as_option",
+from ..options import OPTIONS
+
+__all__ = ["HelpFormatter", "add_command", "add_json_option", "add_option", "print_json",
+           "as_option",
            "human_size", "OPTION_NAMES"]
 
 
@@ -34,6 +38,23 @@ def add_command(sub, name, **kwargs) -> argparse.ArgumentParser:
 def add_json_option(parser) -> None:
     """Declare ``--json``: print the command's result as JSON on stdout."""
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+
+def add_option(parser, name, **overrides) -> None:
+    """Declare the run option ``name`` of :data:`featcache.options.OPTIONS` on ``parser``.
+
+    Its flag (:func:`as_option`'s name for it), type, choices, default and help come from
+    the options' one table, so the command line offers what the API accepts; ``overrides``
+    (a ``metavar``, a command's own ``help``, ``action="store_true"``) replace any of them.
+    """
+    option = OPTIONS[name]
+    kwargs = {"default": option.default, "help": option.help}
+    if option.choices:
+        kwargs["choices"] = option.choices
+    if option.kind in ("int", "real"):
+        kwargs["type"] = int if option.kind == "int" else float
+    kwargs.update(overrides)
+    parser.add_argument(_option(name), **kwargs)
 
 
 def print_json(obj) -> None:

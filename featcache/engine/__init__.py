@@ -3,6 +3,9 @@
 - :mod:`~featcache.engine.unit_of_work`: :func:`embed` (content keys -> plan -> compute the
   misses -> commit -> read), the unit every caller runs, and :func:`resolve_configs` (the
   namespaces' configurations, without loading the network when the cache remembers them);
+- :mod:`~featcache.engine.run`: :func:`resolve_run`, the setup every caller of :func:`embed`
+  shares (cache, run options, configurations, namespaces), resolved once into a
+  :class:`ResolvedRun`;
 - :mod:`~featcache.engine.batches`: :func:`run_batches`, the batch loop (decode -> device ->
   model -> pooled features), imports torch;
 - :mod:`~featcache.engine.allocator`: glibc malloc tuning while a CPU extracts;
@@ -19,9 +22,11 @@ from importlib import import_module
 
 from .interrupts import deferred_signals, raise_if_interrupted
 from .progress import progress_bar
+from .run import ResolvedRun, resolve_run
 from .unit_of_work import EmbedResult, SourcesOf, content_keys, embed, resolve_configs
 
-__all__ = ["embed", "EmbedResult", "SourcesOf", "content_keys", "resolve_configs", "run_batches",
+__all__ = ["embed", "EmbedResult", "SourcesOf", "content_keys", "resolve_configs", "resolve_run",
+           "ResolvedRun", "run_batches",
            "Batch", "deferred_signals", "raise_if_interrupted", "progress_bar"]
 
 _FROM_BATCHES = ("run_batches", "Batch")  # featcache.engine.batches imports torch

@@ -3,7 +3,8 @@
 This is the one place where the engine and the cache meet. :func:`embed` is the unit every
 caller runs: :class:`~featcache.FrozenBackbone`, :func:`featcache.extract` and
 ``featcache extract``, the Dask task (:mod:`featcache.jobs.dask_worker`) and the partial-freezing
-estimators (:mod:`featcache.partial`). :func:`resolve_configs` gives the namespaces'
+estimators (:mod:`featcache.partial`), each through the run it resolved once
+(:func:`featcache.engine.run.resolve_run`). :func:`resolve_configs` gives the namespaces'
 configurations, without loading the network when the cache remembers them.
 """
 
@@ -16,7 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..backbones import fingerprint, load_backbone
+from ..backbones.registry import declared_identity
+from ..backbones.weights import is_weights_path, may_remember, weights_key
+from ..cache import resolved
 from ..exceptions import FeatcacheError, InputError
+from ..formats import FORMAT_VERSION
+from ..inputs import content_key, describe
 from ..log import get_logger
 from .interrupts import deferred_signals, raise_if_interrupted
 
@@ -35,8 +42,6 @@ def content_keys(items, on_error="raise", memo=None, verify="stat"):
     the memos remember (see :func:`featcache.inputs.keys.content_key`).
     Returns ``(keys, failures)`` where failures maps position -> reason.
     """
-    from ..inputs import content_key
-
     keys, failures = [], {}
     for pos, item in enumerate(items):
         raise_if_interrupted()  # Ctrl-C/SIGTERM while hashing a long input list
@@ -106,8 +111,7 @@ def fill_cache(loaded, items, keys, sources, todo, namespaces, *, options, on_ba
         return failures
     from contextlib import ExitStack
 
-    from .batches import run_batches
-    from ..inputs import DecodePolicy
+    from .batches import run_batches  # imports torch: only when something is computed
 
     # Ctrl-C and SIGTERM are deferred to the end of a batch, so they never cut a commit short;
     # every writer then commits what it holds (also on errors) before the interrupt propagates.
@@ -120,7 +124,7 @@ def fill_cache(loaded, items, keys, sources, todo, namespaces, *, options, on_ba
             for batch in run_batches(loaded.extractor, items, todo, keys=keys,
                                      image_size=loaded.preprocessing.image_size,
                                      progress_desc=progress_desc,
-                                     policy=DecodePolicy(window=options.window),
+                                     policy=options.decode,
                                      augment=augment, **options.engine_kwargs()):
                 failures.update(batch.failures)
                 background.submit(_write_batch, writers, batch, keys, sources)
@@ -180,10 +184,7 @@ def namespace_configs(loaded, options, *, storage="float32", augment=None):
     augmentation policy and view, :mod:`featcache.inputs.augment`) enter the configuration, and so
     the fingerprint, only when given: the configurations of plain float32 rows are unchanged.
     """
-    from ..backbones import fingerprint
-    from ..inputs import DecodePolicy
-
-    decode = DecodePolicy(window=options.window).to_dict()
+    decode = options.decode.to_dict()
     extra = {} if storage == "float32" else {"storage": storage}
     if augment is not None:
         extra["augment"] = augment
@@ -211,27 +212,21 @@ def resolution_key(*, model, weights, layers, pooling, image_size, options, stor
         racily-clean window, :mod:`featcache.cache.identity`), or a package's version does not
         identify its code (an editable or direct-URL install).
     """
-    from ..backbones.registry import declared_identity
-    from ..backbones.weights import file_identity, is_weights_path
-    from ..cache.identity import settled
-    from ..cache.resolved import library_versions, unidentified_packages
-    from ..formats import FORMAT_VERSION
-    from ..inputs import DecodePolicy
-
     if is_weights_path(weights):  # its identity first: taken before anything reads the file
-        weights = list(file_identity(weights))
-        if not settled(weights):
+        identity = weights_key(weights)
+        if not may_remember(identity):
             return None
+        weights = list(identity)
         declared = declared_identity(str(model), None)  # the architecture it is loaded into
     else:
         declared = declared_identity(str(model), weights)
-    versions = library_versions()
-    if declared is None or unidentified_packages(versions):
+    versions = resolved.library_versions()
+    if declared is None or resolved.unidentified_packages(versions):
         return None
     return {"model": str(model), "weights": weights, "identity": declared,
             "layers": [None if layer is None else str(layer) for layer in layers],
             "pooling": pooling, "image_size": image_size, "precision": options.precision,
-            "decode": DecodePolicy(window=options.window).to_dict(),
+            "decode": options.decode.to_dict(),
             "storage": storage, "augment": augment, "row_shapes": True,
             "format_version": FORMAT_VERSION, "versions": versions}
 
@@ -253,9 +248,6 @@ def resolve_configs(store, *, model, weights, layers, pooling, image_size, optio
         ``load() -> LoadedBackbone``: the network, checked to give exactly these fingerprints
         (a remembered entry that does not match is forgotten and raises FeatcacheError).
     """
-    from ..backbones import fingerprint, load_backbone
-    from ..cache import resolved
-
     key = resolution_key(model=model, weights=weights, layers=layers, pooling=pooling,
                          image_size=image_size, options=options, storage=storage, augment=augment)
 
@@ -425,8 +417,6 @@ def _recorded_failures(ns, keys, rows, known) -> dict:
 
 def source_of(item, index) -> str:
     """What the cache records as an input's source: its path, or a short description."""
-    from ..inputs import describe
-
     return str(item) if isinstance(item, os.PathLike) else describe(item, index)
 
 

@@ -31,10 +31,21 @@ import os
 import threading
 import time
 import uuid
+from pathlib import Path
 
+import numpy as np
+
+from ..backbones.weights import is_weights_path
+from ..cache import FeatureCache
+from ..cache.files import list_shards, open_read
+from ..cache.store import default_cache_dir
+from ..engine.interrupts import raise_if_interrupted
 from ..exceptions import CacheValueError, FeatcacheError, InvalidOptionError, SchedulerLostError
+from ..inputs.sources import shard_positions
+from ..options import validate_run_options
 
 from .dask_worker import Job, PartitionResult, record_annotations, run_partition
+from .summary import ExtractSummary
 
 __all__ = ["DEFAULT_PARTITION_SIZE", "GPU_PARTITION_SIZE", "default_partition_size",
            "CONNECT_TIMEOUT", "ANNOTATE_EVERY", "connect", "partitions", "task_resources",
@@ -124,8 +135,6 @@ def partitions(sources, size: int) -> list:
 
     The same inputs always give the same partitions, whatever order they were listed in.
     """
-    import numpy as np
-
     order = np.asarray(sorted(range(len(sources)), key=lambda i: sources[i]), dtype=np.int64)
     return [order[i:i + size] for i in range(0, len(order), size)]
 
@@ -156,9 +165,6 @@ def default_partition_size(resources, device: str) -> int:
 
 def _cache_dir(cache) -> str:
     """The cache directory as an absolute path (the workers' working directories differ)."""
-    from ..cache import FeatureCache
-    from ..cache.store import default_cache_dir
-
     if isinstance(cache, FeatureCache):
         return str(cache.path)
     if cache is True or (isinstance(cache, str) and cache == "auto"):
@@ -172,20 +178,13 @@ def _cache_dir(cache) -> str:
 def _portable(item):
     """A path made absolute (the workers' working directories differ); arrays as they are."""
     if isinstance(item, (str, os.PathLike)):
-        from pathlib import Path
-
         return Path(os.path.abspath(os.path.expanduser(os.fspath(item))))
     return item
 
 
 def _job(cache, model, weights, layers, pooling, image_size, run, on_batch) -> Job:
-    from ..backbones.weights import is_weights_path
-    from ..options import validate_run_options
-
-    validate_run_options(dict(model=model, weights=weights, pooling=pooling,
+    validate_run_options(dict(model=model, weights=weights, layers=layers, pooling=pooling,
                               image_size=image_size, **run), caller="extract")
-    for layer in layers:
-        validate_run_options({"layer": layer}, caller="extract")
     if is_weights_path(weights):
         weights = os.path.abspath(os.path.expanduser(os.fspath(weights)))
     return Job(_cache_dir(cache), str(model), weights, tuple(layers), pooling, image_size,
@@ -211,9 +210,9 @@ def extract_on_cluster(client, inputs, cache, *, model="efficientnet_lite0", wei
     on_batch : callable, optional
         Runs on the workers (so it must be picklable), after each computed batch.
     **run
-        The run options (``batch_size``, ``device``, ``precision``, ``num_workers``,
-        ``on_error``, ``retry_failed``, ``commit_rows``, ``commit_seconds``, ``window``,
-        ``verify_inputs``).
+        The run options (:data:`featcache.options.RUN_OPTIONS`: ``batch_size``, ``device``,
+        ``precision``, ``window``...), passed to every task as given; each worker resolves
+        them (:func:`featcache.options.resolve_run_options`) for its own hardware.
 
     Returns
     -------
@@ -231,9 +230,6 @@ def extract_on_cluster(client, inputs, cache, *, model="efficientnet_lite0", wei
     KeyboardInterrupt
         Ctrl-C: pending tasks are cancelled; committed rows stay.
     """
-    from .summary import ExtractSummary
-    from ..inputs.sources import shard_positions
-
     start = time.perf_counter()
     size = partition_size
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
@@ -285,8 +281,6 @@ class _Run:
     def run(self, progress) -> None:
         from distributed import as_completed
         from tqdm.auto import tqdm
-
-        from ..engine.interrupts import raise_if_interrupted
 
         for i, positions in enumerate(self.parts):
             future = self.client.submit(run_partition, self.job, self.inputs.subset(positions),
@@ -356,8 +350,6 @@ class _Run:
             "computed")
 
     def _annotate(self):
-        import numpy as np
-
         positions = np.concatenate([self.parts[i] for i in self.unannotated])
         self.unannotated = []
         future = self.client.submit(record_annotations, self.job, self.inputs.subset(positions),
@@ -379,10 +371,6 @@ class _Run:
 
 def _shards(cache: str):
     """Paths of the committed shards under ``cache`` (None: the directory is not visible)."""
-    from pathlib import Path
-
-    from ..cache.files import list_shards
-
     root = Path(cache)
     if not root.is_dir():
         return None
@@ -392,8 +380,6 @@ def _shards(cache: str):
 
 def _shard_rows(path: str) -> int:
     """Rows of one committed shard (0 when it cannot be read)."""
-    from ..cache.files import open_read
-
     try:
         with open_read(path) as f:
             return int(f.attrs["rows"])

@@ -1,8 +1,8 @@
 """What runs on a Dask worker: one partition through the one unit of work.
 
 :func:`run_partition` is the Dask task of :func:`featcache.jobs.dask_client.extract_on_cluster`:
-it resolves the job's configurations, and loads the network, once per worker process
-(:func:`_worker_state`), runs :func:`featcache.engine.unit_of_work.embed` over its partition
+it resolves the job's run (:func:`featcache.engine.run.resolve_run`), and loads the network,
+once per worker process (:func:`_worker_state`), runs the one unit of work over its partition
 (committing shards straight into the shared cache) and returns its counts and failures
 (:class:`PartitionResult`). :func:`record_annotations` records the labels, groups, splits and
 sources of finished partitions. :class:`Job` is what every task needs besides its inputs.
@@ -25,7 +25,14 @@ import time
 import warnings
 from collections import OrderedDict
 
+from ..backbones.weights import may_remember, weights_key
+from ..cache import resolve_cache
+from ..cache.files import MARKER
+from ..engine.allocator import reuse_freed_memory
+from ..engine.run import ResolvedRun, resolve_run
 from ..exceptions import FeatcacheError
+from ..options import resolve_run_options
+from .summary import annotate_inputs
 
 __all__ = ["PARTITION_LINGER", "Job", "PartitionResult", "run_partition", "record_annotations"]
 
@@ -58,9 +65,7 @@ class Job:
         None when a weights file's identity is not yet settled
         (:func:`~featcache.backbones.weights.may_remember`): the state is not remembered.
         """
-        from ..backbones.weights import file_identity, is_weights_path, may_remember
-
-        weights = file_identity(self.weights) if is_weights_path(self.weights) else self.weights
+        weights = weights_key(self.weights)
         if not may_remember(weights):
             return None
         weights = list(weights) if isinstance(weights, tuple) else weights
@@ -85,37 +90,19 @@ class PartitionResult:
         return self.computed + self.cached + len(self.failures)
 
 
-@dataclasses.dataclass
-class _State:
-    store: object
-    configs: dict  # layer -> (config, fingerprint)
-    load: object
-    options: object
-
-    @property
-    def fingerprints(self) -> dict:
-        return {layer: fp for layer, (_, fp) in self.configs.items()}
-
-    def namespaces(self) -> dict:
-        """Layer -> namespace (its config.json written again if someone removed it)."""
-        return {layer: self.store.namespace(fp, config)
-                for layer, (config, fp) in self.configs.items()}
-
-
-_STATES: "OrderedDict[str, _State]" = OrderedDict()
+_STATES: "OrderedDict[str, ResolvedRun]" = OrderedDict()
 _STATES_SIZE = 4
 _STATES_LOCK = threading.Lock()
 
 
-def _worker_state(job: Job) -> _State:
-    """The store, namespaces, options and network loader of ``job``, once per process.
+def _worker_state(job: Job) -> ResolvedRun:
+    """The resolved run of ``job`` (store, options, configurations, network loader), once
+    per process.
 
     Held under a lock, so the tasks of a multi-threaded worker wait for one resolution; the
     network itself is loaded at the first miss, once (and featcache.backbones.loading keeps it).
     A cache directory removed since (its marker gone) is resolved, and so created, again.
     """
-    from ..cache.files import MARKER
-
     key = job.memo_key()
     if key is None:  # a weights file too young to be remembered: resolved for this task only
         return _resolve(job)
@@ -129,20 +116,15 @@ def _worker_state(job: Job) -> _State:
         return state
 
 
-def _resolve(job: Job) -> _State:
-    from ..cache import resolve_cache
-    from ..engine.unit_of_work import resolve_configs
-    from ..options import resolve_run_options
-
+def _resolve(job: Job) -> ResolvedRun:
     _drop_dask_malloc_setting()
     options = _fit_to_process(resolve_run_options(  # device and precision of this worker
         "extract", model=job.model, weights=job.weights, pooling=job.pooling,
         image_size=job.image_size, **job.run))
-    store = resolve_cache(job.cache)
-    configs, load = resolve_configs(store, model=job.model, weights=job.weights,
-                                    layers=job.layers, pooling=job.pooling,
-                                    image_size=job.image_size, options=options)
-    return _State(store, configs, _once(load), options)
+    run = resolve_run(model=job.model, weights=job.weights, layers=job.layers,
+                      pooling=job.pooling, image_size=job.image_size, cache=job.cache,
+                      options=options)
+    return dataclasses.replace(run, load=_once(run.load))
 
 
 def _forget(job: Job) -> None:
@@ -210,9 +192,6 @@ def run_partition(job: Job, part, positions) -> PartitionResult:
     positions : sequence of int
         Each input's position in the whole job (failures are reported by it).
     """
-    from ..engine.allocator import reuse_freed_memory
-    from ..engine.unit_of_work import embed
-
     start = time.perf_counter()
     state = _worker_state(job)
     # The worker's next partition follows within milliseconds: its activation buffers are
@@ -221,9 +200,7 @@ def run_partition(job: Job, part, positions) -> PartitionResult:
         else contextlib.nullcontext()
     try:
         with held:
-            done = embed(part.items, part.sources, state.namespaces(), load=state.load,
-                         options=state.options, key_memo=state.store.key_memo(),
-                         on_batch=job.on_batch, start=start)
+            done = state.embed(part.items, part.sources, on_batch=job.on_batch, start=start)
     except FeatcacheError:  # e.g. a remembered configuration found stale and forgotten
         _forget(job)
         raise
@@ -240,8 +217,5 @@ def record_annotations(job: Job, inputs, keys) -> int:
     partition: every annotation call reads the files already there, so a file per partition
     would cost each task more than the one before it.
     """
-    from ..cache import resolve_cache
-    from .summary import annotate_inputs
-
     annotate_inputs(resolve_cache(job.cache), inputs, keys)
     return len(inputs)

@@ -13,7 +13,13 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from ..engine.unit_of_work import embed, resolve_configs, source_of
+from ..cache.annotations import check_dataset
+from ..engine.run import resolve_run
+from ..engine.unit_of_work import source_of
+from ..inputs import as_items
+from ..inputs.sources import InputSet, shard_positions
+from ..options import BACKBONE_OPTIONS, RUN_OPTIONS, resolve_run_options, validate_run_options
+from .dask_client import extract_on_cluster
 from .summary import ExtractSummary, annotate_inputs
 
 __all__ = ["extract"]
@@ -55,48 +61,29 @@ def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", lay
         :class:`featcache.FrozenBackbone`).
     Other parameters are those of :class:`featcache.FrozenBackbone`.
     """
-    from ..options import resolve_run_options, validate_run_options
-
+    given = dict(locals())  # the options, by their names in featcache.options.OPTIONS
+    run = {name: given[name] for name in RUN_OPTIONS}
     if dataset is not None:  # the tag travels with the inputs, to every annotate_inputs call
-        from ..cache.annotations import check_dataset
-
         inputs = replace(_input_set(inputs), dataset=check_dataset(dataset))
 
     if client is not None:  # the same unit of work (embed), one Dask task per partition
-        from .dask_client import extract_on_cluster
-
         return extract_on_cluster(
             client, _input_set(inputs), cache, model=model, weights=weights, layers=layers,
-            pooling=pooling, image_size=image_size, shard=shard, progress=progress,
-            on_batch=on_batch, batch_size=batch_size, device=device, precision=precision,
-            num_workers=num_workers, on_error=on_error, retry_failed=retry_failed,
-            commit_rows=commit_rows, commit_seconds=commit_seconds, window=window,
-            partition_size=partition_size, verify_inputs=verify_inputs)
+            pooling=pooling, image_size=image_size, shard=shard, on_batch=on_batch,
+            partition_size=partition_size, **run)
 
     start = time.perf_counter()
-    options = resolve_run_options(
-        "extract", model=model, weights=weights, pooling=pooling, image_size=image_size,
-        batch_size=batch_size, device=device, precision=precision, num_workers=num_workers,
-        on_error=on_error, retry_failed=retry_failed, progress=progress, commit_rows=commit_rows,
-        commit_seconds=commit_seconds, window=window, verify_inputs=verify_inputs)
-    for layer in layers:
-        validate_run_options({"layer": layer}, caller="extract")
-    from ..cache import resolve_cache
-    from ..inputs.sources import shard_positions
-
+    backbone = {name: given[name] for name in BACKBONE_OPTIONS if name != "layer"}
+    options = resolve_run_options("extract", **backbone, **run)
+    validate_run_options({"layers": layers}, caller="extract")
     inputs = _input_set(inputs)
     inputs = inputs.subset(shard_positions(inputs.sources, *shard))
-    store = resolve_cache(cache)
-    configs, load = resolve_configs(store, model=model, weights=weights, layers=layers,
-                                    pooling=pooling, image_size=image_size, options=options)
-    namespaces = {layer: store.namespace(fp, config) for layer, (config, fp) in configs.items()}
-    summary = ExtractSummary(inputs=len(inputs),
-                             fingerprints={k: fp for k, (_, fp) in configs.items()})
+    resolved = resolve_run(**backbone, layers=layers, cache=cache, options=options)
+    summary = ExtractSummary(inputs=len(inputs), fingerprints=resolved.fingerprints)
     try:
-        done = embed(inputs.items, inputs.sources, namespaces, load=load, options=options,
-                     key_memo=store.key_memo(),
-                     on_keys=lambda keys: annotate_inputs(store, inputs, keys),
-                     on_batch=on_batch, start=start)
+        done = resolved.embed(inputs.items, inputs.sources,
+                              on_keys=lambda keys: annotate_inputs(resolved.store, inputs, keys),
+                              on_batch=on_batch, start=start)
     finally:
         summary.seconds = time.perf_counter() - start
     summary.failures, summary.failed = done.failures, done.failed
@@ -106,9 +93,6 @@ def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", lay
 
 def _input_set(inputs):
     """An InputSet as is; anything else through as_items, sources described."""
-    from ..inputs import as_items
-    from ..inputs.sources import InputSet
-
     if isinstance(inputs, InputSet):
         return inputs
     items = as_items(inputs)

@@ -1,8 +1,8 @@
 """Cached activations of a frozen prefix: computed once by the one unit of work, then served.
 
-:func:`prefix_activations` runs the inputs through :func:`featcache.engine.unit_of_work.embed` (keys ->
-plan -> compute the misses -> commit), once for the plain inputs and once per augmentation
-view, and returns an :class:`ActivationSet` that serves rows by position. The rows live in
+:func:`prefix_activations` resolves one run per view (:func:`featcache.engine.run.resolve_run`)
+and runs the inputs through the one unit of work (keys -> plan -> compute the misses ->
+commit), once for the plain inputs and once per augmentation view, and returns an :class:`ActivationSet` that serves rows by position. The rows live in
 memory (in their storage type, so float16 maps take half the bytes) when they fit within
 ``max_memory`` bytes; otherwise every batch is read from the cache's shards.
 """
@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..exceptions import FeatcacheError, NonFiniteError
+from ..cache import resolve_cache
+from ..engine.run import changed_since_fit, resolve_run
+from ..engine.unit_of_work import SourcesOf, content_keys
+from ..exceptions import NonFiniteError
+from ..inputs.augment import DEFAULT_POLICY, AugmentView
 
 __all__ = ["ActivationSet", "prefix_activations", "memory_budget"]
 
@@ -214,11 +218,7 @@ def prefix_activations(items, *, model, weights, layer, pooling, image_size, opt
         The fingerprint of view 0 recorded at fit: a different one (a weights file changed,
         a parameter set without refitting) raises :class:`FeatcacheError`.
     """
-    from ..inputs.augment import DEFAULT_POLICY, AugmentView
-    from ..cache import MemoryNamespace, resolve_cache
-    from ..engine.unit_of_work import SourcesOf, content_keys, embed, resolve_configs
-
-    store = resolve_cache(cache)
+    store = resolve_cache(cache)  # once, for every view's run
     sources = SourcesOf(items)
     key_memo = None if store is None else store.key_memo()
     hashed = content_keys(items, options.on_error, key_memo,  # once for every view
@@ -228,20 +228,16 @@ def prefix_activations(items, *, model, weights, layer, pooling, image_size, opt
     namespaces, fingerprints, shape = [], [], None
     for view in range(views + 1):
         described = None if view == 0 else policy.describe(view)
-        configs, load = resolve_configs(store, model=model, weights=weights, layers=(layer,),
-                                        pooling=pooling, image_size=image_size, options=options,
-                                        storage=storage, augment=described)
-        ((name, (config, fp)),) = configs.items()
+        run = resolve_run(model=model, weights=weights, layers=(layer,), pooling=pooling,
+                          image_size=image_size, cache=store,
+                          options=options, storage=storage, augment=described)
+        ((name, (config, fp)),) = run.configs.items()
         if view == 0 and expected is not None and fp != expected:
-            raise FeatcacheError(
-                f"the frozen prefix changed since fit (fingerprint {expected} then, {fp} now): "
-                "parameters were set without refitting, or the weights file changed. Call fit "
-                "again.")
+            raise changed_since_fit(expected, fp, "frozen prefix")
         shape = tuple(config.get("row_shape") or (config["dim"],))
-        ns = MemoryNamespace(fp, config["dim"], storage=storage, row_shape=config.get("row_shape")) \
-            if store is None else store.namespace(fp, config)
-        done = embed(items, sources, {name: ns}, load=load, options=options, keys=hashed,
-                     augment=None if view == 0 else AugmentView(policy, view))
+        ((_, ns),) = run.namespaces().items()
+        done = run.embed(items, sources, namespaces={name: ns}, keys=hashed,
+                         augment=None if view == 0 else AugmentView(policy, view))
         if result is None:
             result = ActivationSet(done.keys, dict(done.failures), shape, [], [], storage,
                                    computed=done.computed, cached=done.cached, sources=sources)

@@ -14,6 +14,9 @@ import threading
 import warnings
 from collections import OrderedDict
 
+from ..backbones.loading import build_network
+from ..backbones.weights import may_remember, weights_key
+
 __all__ = ["pretrained_network", "architecture"]
 
 _MEMO: "OrderedDict[tuple, object]" = OrderedDict()
@@ -23,10 +26,7 @@ _LOCK = threading.Lock()
 
 def pretrained_network(spec, weights):
     """``spec``'s network with ``weights`` (BatchNorm not folded), in evaluation mode."""
-    from ..backbones.loading import build_network
-    from ..backbones.weights import file_identity, is_weights_path, may_remember
-
-    wkey = file_identity(weights) if is_weights_path(weights) else weights
+    wkey = weights_key(weights)
     if not may_remember(wkey):  # a weights file changed within the racily-clean window
         network, _, _ = build_network(spec, weights)
         return network.eval()
@@ -45,8 +45,6 @@ def pretrained_network(spec, weights):
 
 def architecture(spec):
     """``spec``'s architecture with (seeded) random weights, to load trained arrays into."""
-    from ..backbones.loading import build_network
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         network, _, _ = build_network(spec, None)
