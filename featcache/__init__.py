@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "FrozenBackbone": "frozen_backbone",
     "extract": "jobs",
+    "evaluate": "probe.evaluation",
     "PartiallyFrozenClassifier": "partial",
     "PartiallyFrozenRegressor": "partial",
     "FeatureCache": "cache",

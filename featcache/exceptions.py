@@ -23,6 +23,7 @@ __all__ = [
     "CorruptShardWarning",
     "MixedDatasetsWarning",
     "ContentLeakWarning",
+    "GroupOverlapWarning",
 ]
 
 
@@ -136,4 +137,15 @@ class ContentLeakWarning(UserWarning):
     generalisation. :func:`~featcache.probe.from_cache.probe_cache` and
     :meth:`~featcache.cache.FeatureCache.export` warn with the count and examples, and the
     probe records them in ``report.json`` (``"leaks"``).
+    """
+
+
+class GroupOverlapWarning(UserWarning):
+    """A group (patient) has rows on both sides of a training/validation split.
+
+    The model then validates on patients it trained on, which measures memory of the
+    patients, not generalisation to new ones. :func:`~featcache.probe.linear_probe` and
+    :func:`~featcache.probe.from_cache.probe_cache` refuse such a split
+    (:class:`ProbeError`) unless called with ``group_overlap="warn"``; they then warn with
+    this class, and the report records the overlap (``report.metrics_source["group_overlap"]``).
     """

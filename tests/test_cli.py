@@ -214,7 +214,7 @@ def test_every_result_printing_command_has_json(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- probe
-def _probe_cache(tmp_path, split=True, datasets=False):
+def _probe_cache(tmp_path, split=True, datasets=False, group_size=4):
     rng = np.random.default_rng(0)
     y = np.tile([0, 1], 40)
     X = rng.normal(size=(80, 6)).astype(np.float32) + y[:, None]
@@ -231,8 +231,74 @@ def _probe_cache(tmp_path, split=True, datasets=False):
                        dataset="b")
     else:
         cache.annotate(keys, label=[str(v) for v in y], split=splits,
-                       group=[f"p{i // 4}" for i in range(80)])
+                       group=[f"p{i // group_size}" for i in range(80)])
     return str(cache.path)
+
+
+def test_probe_refuses_a_patient_on_both_sides_and_says_where_metrics_come_from(tmp_path,
+                                                                                capsys):
+    d = _probe_cache(tmp_path, group_size=7)        # p8 = rows 56..62 straddles train | val
+    args = ["probe", d, "--n-bootstrap", "10", "--groups", "from-cache"]
+    assert cli_main(args) == 1
+    err = capsys.readouterr().err
+    assert "1 group(s) have rows in both the training and the validation split (e.g. 'p8')" \
+        in err and "--group-overlap warn" in err and "group_overlap=" not in err
+    assert cli_main([*args, "--group-overlap", "warn", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "featcache: warning: 1 group(s) have rows in both" in captured.err
+    report = json.loads(captured.out)
+    assert report["metrics_source"]["group_overlap"] == {"count": 1, "examples": ["p8"]}
+    assert report["metrics_source"]["held_out"] is False
+    assert cli_main(["probe", d, "--n-bootstrap", "10", "--val", "none", "--cv", "3"]) == 0
+    assert "metrics from: held-out data not used for selection (nested cross-validation" in \
+        capsys.readouterr().out
+    assert cli_main(["probe", d, "--n-bootstrap", "10", "--val", "none", "--cv", "3",
+                     "--no-nested"]) == 0
+    assert "metrics from: the data that chose the hyperparameters (optimistic)" in \
+        capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- evaluate
+def test_evaluate_a_shared_model_on_labelled_files(xray_pngs, tmp_path, capsys):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import FixedThresholdClassifier
+    from sklearn.pipeline import Pipeline
+
+    from featcache import FrozenBackbone
+    from featcache.sharing import dump
+
+    paths, labels = xray_pngs
+    work = tmp_path / "work"
+    work.mkdir()
+    pipe = Pipeline([("backbone", FrozenBackbone(image_size=32, cache=str(work / "cache"),
+                                                 progress=False)),
+                     ("clf", LogisticRegression(max_iter=2000))]).fit(paths[::2], labels[::2])
+    dump(FixedThresholdClassifier(pipe, threshold=0.4), work / "model.skops")
+    csv = work / "labels.csv"
+    csv.write_text("path,label,patient\n" + "".join(
+        f"{p},{labels[i]},pt{labels[i]}-{i // 4}\n" for i, p in enumerate(paths) if i % 2))
+    out = work / "out"
+    args = ["evaluate", str(work / "model.skops"), *paths[1::2], paths[0], "--labels", str(csv),
+            "--groups", "patient", "--n-bootstrap", "20"]
+    assert cli_main([*args, "--out", str(out), "--held-out"]) == 0
+    captured = capsys.readouterr()
+    assert "1 of the 31 inputs have no label and are left out" in captured.err
+    assert "| sensitivity |" in captured.out and "| expected calibration error" in captured.out
+    assert "operating point: 1 when the probability >= 0.4 (FixedThresholdClassifier)" in \
+        captured.out and "metrics from: held-out data" in captured.out
+    assert {p.name for p in out.iterdir()} == {"report.json", "predictions.csv", "roc.png",
+                                               "pr.png", "confusion_matrix.png",
+                                               "reliability.png"}
+    header = (out / "predictions.csv").read_text().splitlines()[0]
+    assert header.startswith("key,source,group,y_true,y_pred,score_0,score_1")
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_val"] == 30 and report["info"]["bootstrap"] == "groups"
+    assert report["info"]["model"] == str(work / "model.skops")
+    assert cli_main([*args, "--aggregate", "mean", "--json"]) == 0
+    patients = json.loads(capsys.readouterr().out)
+    assert patients["n_val"] == 16 and patients["metrics_source"]["held_out"] is None
+    assert cli_main(["evaluate", str(work / "nope.skops"), paths[1]]) == 1
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_probe_command_prints_the_table_and_writes_the_report(tmp_path, capsys):

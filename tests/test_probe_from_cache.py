@@ -299,3 +299,22 @@ def test_byte_identical_pngs_stay_two_records_through_extract_probe_and_export(t
     before = sorted((tmp_path / "c" / "annotations").iterdir())
     extract(collect_inputs([manifest]), tmp_path / "c", image_size=32, progress=False)
     assert sorted((tmp_path / "c" / "annotations").iterdir()) == before
+
+
+def test_groups_with_a_named_validation_split_are_checked_for_overlap(toy_cache):
+    from featcache.exceptions import GroupOverlapWarning
+
+    # rows 68, 69 (train) and 70, 71 (val) are patient p17: one patient on both sides
+    with pytest.raises(ProbeError, match=r"1 group\(s\) have rows in both .*'p17'"):
+        probe_cache(toy_cache, groups="from-cache", **FAST)
+    with pytest.warns(GroupOverlapWarning, match="'p17'"):
+        report = probe_cache(toy_cache, groups="from-cache", group_overlap="warn", **FAST)
+    assert report.metrics_source["group_overlap"] == {"count": 1, "examples": ["p17"]}
+    assert report.metrics_source["held_out"] is False      # C was chosen on the val split
+    with pytest.warns(GroupOverlapWarning):
+        held = probe_cache(toy_cache, groups="from-cache", group_overlap="warn",
+                           select_on="train", cv=3, **FAST)
+    assert held.metrics_source["held_out"] is True and "StratifiedGroupKFold" in held.selection
+    fraction = probe_cache(toy_cache, groups="from-cache", val=0.25, **FAST)
+    assert "group_overlap" not in fraction.metrics_source     # drawn group-aware
+    assert probe_cache(toy_cache, val=None, cv=3, **FAST).metrics_source["held_out"] is True

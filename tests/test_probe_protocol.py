@@ -245,3 +245,83 @@ def test_best_pipeline_is_the_unfitted_winner_and_fits_the_28px_arrays(xray, tmp
                         backbone__progress=False)
     proba = pipe.fit(images, labels).predict_proba(images)
     assert proba.shape == (40, 2) and np.allclose(proba.sum(axis=1), 1)
+
+# ----------------------------------------------------------------------------- honest numbers
+def test_nested_cross_validation_scores_on_rows_that_chose_nothing():
+    from featcache.probe.report import HELD_OUT, OPTIMISTIC
+
+    # pure noise with many candidates: picking the best of a sweep on the same folds that
+    # score it flatters the noise; the nested estimate does not take part in the choice
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(80, 30)), np.tile([0, 1], 40)
+    grid = dict(Cs=np.logspace(-4, 2, 13), n_bootstrap=0, refit=False, cv=4)
+    nested = linear_probe(X, y, **grid)
+    flat = linear_probe(X, y, nested=False, **grid)
+    assert nested.metrics_source["held_out"] is True
+    assert nested.metrics_source["metrics_from"] == HELD_OUT
+    assert "nested cross-validation: 4 outer folds" in nested.metrics_source["protocol"]
+    assert len(nested.info["outer_folds"]) == 4
+    assert all(set(f) == {"best_params", "inner_score", "outer_score", "n_test"}
+               for f in nested.info["outer_folds"])
+    assert flat.metrics_source["held_out"] is False
+    assert flat.metrics_source["metrics_from"] == OPTIMISTIC
+    assert f"metrics from: {HELD_OUT}" in str(nested) and f"metrics from: {OPTIMISTIC}" in \
+        str(flat)
+    assert nested.sweep == flat.sweep and nested.best_params == flat.best_params
+    assert flat.metrics["roc_auc"].value > nested.metrics["roc_auc"].value
+    assert abs(nested.metrics["roc_auc"].value - 0.5) < 0.15
+
+
+def test_nested_cross_validation_keeps_groups_apart_in_inner_folds(monkeypatch):
+    import sklearn.model_selection as ms
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(30), 4)
+    y = np.repeat(rng.integers(0, 2, 30), 4)
+    X = rng.normal(size=(120, 5)) + y[:, None]
+    seen = []
+    original = ms.StratifiedGroupKFold.split
+
+    def spy(self, X, y=None, groups=None):
+        for train, test in original(self, X, y, groups):
+            seen.append(not set(groups[train]) & set(groups[test]))
+            yield train, test
+
+    monkeypatch.setattr(ms.StratifiedGroupKFold, "split", spy)
+    report = linear_probe(X, y, groups=groups, refit=False, cv=3, **{**FAST, "n_bootstrap": 0})
+    assert report.metrics_source["held_out"] is True
+    assert len(seen) >= 3 + 3 * 3 and all(seen)     # outer, inner and the plain selection
+
+
+def test_every_validation_report_says_whether_the_split_chose(data):
+    X, y, X_val, y_val = data
+    chose = linear_probe(X, y, X_val=X_val, y_val=y_val, **FAST)
+    assert chose.metrics_source["held_out"] is False
+    assert "optimistic" in str(chose) and "chosen and scored on the validation split" in \
+        str(chose)
+    held = linear_probe(X, y, X_val=X_val, y_val=y_val, select_on="train", cv=3, **FAST)
+    assert held.metrics_source["held_out"] is True
+    assert "3-fold StratifiedKFold within the training split" in held.selection
+    single = linear_probe(X, y, X_val=X_val, y_val=y_val, Cs=[1.0], n_bootstrap=0)
+    assert single.metrics_source["held_out"] is True     # nothing was chosen on it
+    with pytest.raises(ProbeError, match="select_on must be"):
+        linear_probe(X, y, X_val=X_val, y_val=y_val, select_on="test")
+
+
+def test_a_group_on_both_sides_of_the_validation_split_is_refused_or_recorded(data):
+    from featcache.exceptions import GroupOverlapWarning
+
+    X, y, X_val, y_val = data
+    groups, groups_val = np.arange(160) // 4, np.arange(80) // 4 + 38   # 38, 39 straddle
+    with pytest.raises(ProbeError, match=r"2 group\(s\) have rows in both .*e\.g\. 38, 39"):
+        linear_probe(X, y, X_val=X_val, y_val=y_val, groups=groups, groups_val=groups_val,
+                     **FAST)
+    with pytest.warns(GroupOverlapWarning, match="2 group"):
+        report = linear_probe(X, y, X_val=X_val, y_val=y_val, groups=groups,
+                              groups_val=groups_val, group_overlap="warn", **FAST)
+    assert report.metrics_source["group_overlap"] == {"count": 2, "examples": [38, 39]}
+    assert report.to_dict()["metrics_source"]["group_overlap"]["count"] == 2
+    assert "WARNING: 2 group(s) on both sides of the split" in str(report)
+    clean = linear_probe(X, y, X_val=X_val, y_val=y_val, groups=groups,
+                         groups_val=groups_val + 100, **FAST)
+    assert "group_overlap" not in clean.metrics_source

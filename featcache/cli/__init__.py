@@ -2,7 +2,8 @@
 
 One module per command group: :mod:`~featcache.cli.extract` (``extract``),
 :mod:`~featcache.cli.maintenance` (``info``, ``verify``, ``compact``, ``export``),
-:mod:`~featcache.cli.probe` (``probe``), :mod:`~featcache.cli.models` (``models``),
+:mod:`~featcache.cli.probe` (``probe``), :mod:`~featcache.cli.evaluate` (``evaluate``),
+:mod:`~featcache.cli.models` (``models``),
 :mod:`~featcache.cli.demo` (``demo``); :mod:`~featcache.cli.parsing` holds what they share. Each
 subcommand is a pair of functions: ``add_<name>(subparsers)`` declares its arguments (with
 :func:`~featcache.cli.parsing.add_command`, so ``--help`` shows the defaults) and sets ``func``
@@ -31,6 +32,7 @@ from .. import __version__
 from ..exceptions import FeatcacheError
 from ..options import is_invalid_parameter
 from .demo import add_demo
+from .evaluate import add_evaluate
 from .extract import add_extract
 from .maintenance import add_compact, add_export, add_info, add_verify
 from .models import add_models
@@ -42,7 +44,7 @@ __all__ = ["main", "build_parser", "SUBCOMMANDS"]
 
 #: ``add_<name>`` functions, in the order ``featcache --help`` lists them.
 SUBCOMMANDS = [add_extract, add_info, add_verify, add_compact, add_export, add_probe,
-               add_models, add_demo]
+               add_evaluate, add_models, add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

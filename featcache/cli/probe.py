@@ -57,6 +57,17 @@ def add_probe_arguments(parser):
     parser.add_argument("--head", choices=HEADS, default="logistic",
                         help="the trained head (logistic: logistic regression, C swept)")
     parser.add_argument("--cv", type=int, default=5, help="folds of the cross-validation")
+    parser.add_argument("--no-nested", dest="nested", action="store_false",
+                        help="without a validation split, score the out-of-fold predictions "
+                             "of the selecting cross-validation itself (optimistic) instead of "
+                             "nested cross-validation")
+    parser.add_argument("--select-on", choices=("val", "train"), default="val",
+                        help="with a validation split, choose C on it (its metrics are then "
+                             "optimistic) or by cross-validation within the training rows "
+                             "(the validation split stays held out)")
+    parser.add_argument("--group-overlap", choices=("raise", "warn"), default="raise",
+                        help="with --groups and a validation split, a group on both sides is "
+                             "an error, or a loud warning recorded in the report")
     parser.add_argument("--n-bootstrap", type=int, default=1000, metavar="N",
                         help="bootstrap resamples for the 95%% intervals")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
@@ -69,7 +80,8 @@ def run_probe_command(args) -> int:
     groups = {"from-cache": True, "none": None}.get(args.groups, args.groups)
     report = probe_cache(args.cache_dir, args.namespace, dataset=args.dataset,
                          manifest=args.manifest, labels=args.labels, groups=groups, val=args.val,
-                         out_dir=args.out, head=args.head, cv=args.cv,
+                         out_dir=args.out, head=args.head, cv=args.cv, nested=args.nested,
+                         select_on=args.select_on, group_overlap=args.group_overlap,
                          n_bootstrap=args.n_bootstrap, random_state=args.seed)
     report.info["notes"] = [as_option(note, args) for note in report.info.get("notes", [])]
     if args.json:
@@ -86,7 +98,8 @@ def add_probe(sub) -> None:
     p = add_command(sub, "probe",
                     help="linear probe on a cache namespace, with confidence intervals",
                     description="Standardise, sweep C on the validation split (or by "
-                                "group-aware cross-validation), refit, and report accuracy, "
+                                "nested, group-aware cross-validation), refit, and report "
+                                "where the metrics come from, accuracy, "
                                 "balanced accuracy, ROC AUC and macro F1 with 95% bootstrap "
                                 "intervals; writes report.json, predictions.csv and PNG plots "
                                 "with --out.")

@@ -7,7 +7,10 @@
 - :mod:`~featcache.probe.report`: :class:`ProbeReport` and the files it writes (:data:`PLOTS`);
 - :mod:`~featcache.probe.plots`: the figures (matplotlib, loaded when a report is saved);
 - :mod:`~featcache.probe.from_cache`: :func:`probe_cache`, probing a cache namespace or one
-  dataset of it (the library behind ``featcache probe``).
+  dataset of it (the library behind ``featcache probe``);
+- :mod:`~featcache.probe.evaluation`: :func:`evaluate` (``featcache.evaluate``), the report of
+  any fitted classifier with calibration and an operating point; :func:`tuned_threshold`,
+  :func:`fixed_threshold` and :func:`constrained_scorer` choose and freeze that point.
 
 May import: :mod:`featcache.exceptions`, :mod:`featcache.inputs` and :mod:`featcache.cache`
 (reading rows and labels); numpy at import time, scikit-learn, pandas and matplotlib inside
@@ -15,10 +18,12 @@ the functions. Never torch, never :mod:`featcache.cli`.
 """
 
 from ..exceptions import ProbeError
+from .evaluation import constrained_scorer, evaluate, fixed_threshold, tuned_threshold
 from .from_cache import probe_cache
 from .heads import DEFAULT_CS, HEADS, make_head
 from .protocol import linear_probe
 from .report import METRIC_NAMES, PLOTS, Metric, ProbeReport
 
-__all__ = ["linear_probe", "probe_cache", "ProbeReport", "Metric", "ProbeError", "make_head",
-           "HEADS", "DEFAULT_CS", "PLOTS", "METRIC_NAMES"]
+__all__ = ["linear_probe", "probe_cache", "evaluate", "tuned_threshold", "fixed_threshold",
+           "constrained_scorer", "ProbeReport", "Metric", "ProbeError", "make_head", "HEADS",
+           "DEFAULT_CS", "PLOTS", "METRIC_NAMES"]

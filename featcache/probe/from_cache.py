@@ -51,7 +51,11 @@ def probe_cache(cache_dir, namespace=None, *, dataset=None, manifest=None, label
         ``source`` recorded in the annotations.
     groups : None, True, "from-cache" or str, optional
         None: no groups. True/``"from-cache"``: the ``group`` annotation. A str: that CSV column.
-        Used for group-aware cross-validation and fraction splits.
+        Used for group-aware cross-validation (outer and inner folds) and fraction splits;
+        with a named validation split, a group with rows on both sides is refused
+        (:class:`ProbeError`), or with ``group_overlap="warn"`` warned about
+        (:class:`~featcache.exceptions.GroupOverlapWarning`) and recorded in
+        ``report.metrics_source["group_overlap"]``.
     val : "auto", str, float or None, default="auto"
         ``"auto"``: the rows whose split is ``"val"`` when there are any, else
         cross-validation (as ``None``; the report says which, in ``info["validation"]`` and a
@@ -65,8 +69,8 @@ def probe_cache(cache_dir, namespace=None, *, dataset=None, manifest=None, label
         Where to write the report (:meth:`ProbeReport.save`); ``predictions.csv`` then names
         each evaluated row by its content key (hex) and source.
     **probe_kwargs
-        Passed to :func:`linear_probe` (``head``, ``param_grid``, ``Cs``, ``cv``,
-        ``n_bootstrap``, ``random_state`` ...).
+        Passed to :func:`linear_probe` (``head``, ``param_grid``, ``Cs``, ``cv``, ``nested``,
+        ``select_on``, ``group_overlap``, ``n_bootstrap``, ``random_state`` ...).
 
     Returns
     -------
@@ -269,6 +273,8 @@ def _probe_split(X, y, groups, split, val, kwargs) -> tuple:
     if not len(train):
         raise ProbeError(f"every labelled row is in the validation split {val!r}; nothing "
                          "is left to train on")
+    if groups is not None:  # each side's groups: a group on both sides is refused or warned
+        kwargs = {**kwargs, "groups": groups[train], "groups_val": groups[test]}
     report = linear_probe(X[train], y[train], X_val=X[test], y_val=y[test], **kwargs)
     report.info["validation"] = f"split {val!r}" if isinstance(val, str) else f"fraction {val}"
     return report, test

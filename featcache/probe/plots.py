@@ -1,4 +1,5 @@
-"""Plots of a probe report: ROC curves, confusion matrix, hyper-parameter sweep.
+"""Plots of a probe report: ROC and precision-recall curves, confusion matrix, reliability
+diagram, hyper-parameter sweep.
 
 Figures are built with :class:`matplotlib.figure.Figure` and written with the Agg canvas, so
 pyplot's global state and the user's backend are never touched (no ``plt.show``, safe in
@@ -11,7 +12,8 @@ import pathlib
 
 import numpy as np
 
-__all__ = ["plot_roc", "plot_confusion_matrix", "plot_sweep", "save_figure"]
+__all__ = ["plot_roc", "plot_pr", "plot_confusion_matrix", "plot_reliability", "plot_sweep",
+           "save_figure"]
 
 
 def _figure(size=(4.8, 4.2)):
@@ -62,6 +64,49 @@ def plot_roc(y_true, y_score, classes, *, title="ROC"):
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate",
            ylabel="true positive rate", title=title)
     ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def plot_pr(y_true, y_score, classes, *, title="Precision-recall"):
+    """Precision-recall curve of the positive class (``classes[1]``; two classes).
+
+    The dotted line is the prevalence (a classifier without skill); the legend gives the
+    average precision (:func:`sklearn.metrics.average_precision_score`).
+    """
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    fig, ax = _figure()
+    positive = np.asarray(y_true) == classes[1]
+    score = np.asarray(y_score)[:, 1]
+    if positive.any() and not positive.all():
+        precision, recall, _ = precision_recall_curve(positive, score)
+        ap = average_precision_score(positive, score)
+        ax.plot(recall, precision, lw=1.6, label=f"positive = {classes[1]} (AP {ap:.3f})")
+        ax.axhline(positive.mean(), ls=":", lw=0.8, color="grey",
+                   label=f"prevalence {positive.mean():.2f}")
+        ax.legend(loc="lower left", fontsize="small")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall (sensitivity)",
+           ylabel="precision (positive predictive value)", title=title)
+    return fig
+
+
+def plot_reliability(calibration, *, title="Reliability"):
+    """Reliability diagram: observed frequency against mean predicted probability per bin.
+
+    ``calibration`` is a report's ``calibration`` dict (``prob_true``, ``prob_pred``,
+    ``count``, ``n_bins``, ``ece``; see :func:`featcache.probe.metrics.reliability`); the
+    marker areas follow the bin counts, the diagonal is perfect calibration.
+    """
+    fig, ax = _figure()
+    true, pred = np.asarray(calibration["prob_true"]), np.asarray(calibration["prob_pred"])
+    count = np.asarray(calibration["count"], dtype=float)
+    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey", label="perfect calibration")
+    ax.plot(pred, true, lw=1.4, color="C0")
+    ax.scatter(pred, true, s=12 + 120 * count / max(count.max(), 1), color="C0", zorder=3,
+               label=f"{calibration['n_bins']} bins, ECE {calibration['ece']:.3f}")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="mean predicted probability",
+           ylabel="observed frequency of the positive class", title=title)
+    ax.legend(loc="upper left", fontsize="small")
     return fig
 
 

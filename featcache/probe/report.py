@@ -18,17 +18,27 @@ import numpy as np
 
 from ..exceptions import ProbeError
 
-__all__ = ["Metric", "ProbeReport", "METRIC_NAMES", "PLOTS", "json_float", "jsonable",
-           "fmt_param", "csv_safe", "FORMULA_STARTS"]
+__all__ = ["Metric", "ProbeReport", "METRIC_NAMES", "PLOTS", "EVALUATION_PLOTS", "HELD_OUT",
+           "OPTIMISTIC", "json_float", "jsonable", "fmt_param", "csv_safe", "FORMULA_STARTS"]
 
 #: Display names of the reported metrics, in report order.
 METRIC_NAMES = {"roc_auc": "ROC AUC", "accuracy": "accuracy",
-                "balanced_accuracy": "balanced accuracy", "f1_macro": "macro F1"}
+                "balanced_accuracy": "balanced accuracy", "f1_macro": "macro F1",
+                "sensitivity": "sensitivity", "specificity": "specificity",
+                "brier": "Brier score (lower is better)",
+                "ece": "expected calibration error (lower is better)"}
+#: ``metrics_source["metrics_from"]`` when no evaluated sample took part in any choice.
+HELD_OUT = "held-out data not used for selection"
+#: ``metrics_source["metrics_from"]`` when the evaluated samples also chose the hyper-parameters.
+OPTIMISTIC = "the data that chose the hyperparameters (optimistic)"
 #: First characters that make a spreadsheet read a CSV cell as a formula (OWASP, CSV injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 #: The figures :meth:`ProbeReport.save` writes: ROC curve(s), confusion matrix, selection sweep.
 PLOTS = ("roc.png", "confusion_matrix.png", "c_sweep.png")
+#: The figures an evaluation report (:func:`featcache.evaluate`) writes: ROC and
+#: precision-recall curves, confusion matrix, reliability diagram (two classes).
+EVALUATION_PLOTS = ("roc.png", "pr.png", "confusion_matrix.png", "reliability.png")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +85,20 @@ class ProbeReport:
         :class:`~featcache.exceptions.ContentLeakWarning`): ``{"splits": {"count", "examples"},
         "groups": {...}}`` (see :func:`featcache.cache.annotations.find_leaks`); ``{}`` when
         none. Written to ``report.json`` as ``"leaks"``.
+    metrics_source : dict
+        Whether the metrics come from data that took part in selection: ``held_out`` (True,
+        False, or None when the caller did not say), ``metrics_from`` (:data:`HELD_OUT`,
+        :data:`OPTIMISTIC` or another sentence), ``protocol`` (how), and ``group_overlap``
+        (groups on both sides of the split, ``{"count", "examples"}``, when allowed with a
+        warning). In ``report.json`` and on the ``metrics from:`` line of the text summary.
+    calibration : dict
+        Two classes with probabilities (:func:`featcache.evaluate`): the reliability diagram's
+        bins, ``{"n_bins", "prob_true", "prob_pred", "count", "ece"}``
+        (:func:`featcache.probe.metrics.reliability`); ``{}`` otherwise.
+    operating_point : dict
+        The decision threshold the predictions used (:func:`featcache.evaluate`):
+        ``{"threshold", "source", "positive_class", "response"}``; ``{}`` for the class of
+        highest score.
     samples : dict of str -> array
         Columns that identify each evaluated sample, aligned with ``y_true``: ``row`` (its
         position in ``X_val``, or in ``X`` with cross-validation) from :func:`linear_probe`;
@@ -101,6 +125,9 @@ class ProbeReport:
     random_state: int | None = 0
     info: dict = dataclasses.field(default_factory=dict)
     leaks: dict = dataclasses.field(default_factory=dict)
+    metrics_source: dict = dataclasses.field(default_factory=dict)
+    calibration: dict = dataclasses.field(default_factory=dict)
+    operating_point: dict = dataclasses.field(default_factory=dict)
     samples: dict = dataclasses.field(default_factory=dict, repr=False)
     estimator_: object = dataclasses.field(default=None, repr=False)
 
@@ -126,17 +153,23 @@ class ProbeReport:
             "confidence": 0.95, "n_bootstrap": self.n_bootstrap,
             "random_state": self.random_state, "n_train": self.n_train, "n_val": self.n_val,
             "classes": list(self.classes), "sweep": self.sweep, "info": self.info,
-            "leaks": self.leaks,
+            "leaks": self.leaks, "metrics_source": self.metrics_source,
+            "operating_point": self.operating_point, "calibration": self.calibration,
         })
 
     def to_markdown(self) -> str:
         """A caption and a markdown table: metric | value | 95% CI."""
         params = ", ".join(f"{k}={fmt_param(v)}" for k, v in self.best_params.items())
-        lines = [f"probe: {self.head}({params}) chosen by {self.scoring} on {self.selection}",
-                 f"n_train={self.n_train}, n_val={self.n_val}, classes: "
-                 f"{', '.join(map(str, self.classes))}; "
-                 f"metrics on {self.evaluated_on.split(':')[0]}",
-                 "", "| metric | value | 95% CI |", "|---|---:|:---:|"]
+        if self.scoring:
+            first = f"probe: {self.head}({params}) chosen by {self.scoring} on {self.selection}"
+        else:
+            first = f"evaluation: {self.head} on {self.selection}"
+        counts = f"n_train={self.n_train}, n_val={self.n_val}" if self.scoring else \
+            f"n={self.n_val}"
+        lines = [first, f"{counts}, classes: {', '.join(map(str, self.classes))}; "
+                        f"metrics on {self.evaluated_on.split(':')[0]}"]
+        lines += self._source_lines()
+        lines += ["", "| metric | value | 95% CI |", "|---|---:|:---:|"]
         for name, m in self.metrics.items():
             lines.append(f"| {METRIC_NAMES.get(name, name)} | {m.value:.4f} | "
                          f"[{m.ci_low:.3f}, {m.ci_high:.3f}] |")
@@ -151,11 +184,40 @@ class ProbeReport:
                              f"each) recorded in more than one {word}; see report.json 'leaks'")
         return "\n".join(lines)
 
+    def _source_lines(self) -> list:
+        """The ``metrics from:``, ``operating point:`` and group-overlap lines of the summary."""
+        src, lines = self.metrics_source, []
+        if src.get("metrics_from"):
+            lines.append(f"metrics from: {src['metrics_from']}"
+                         + (f" ({src['protocol']})" if src.get("protocol") else ""))
+        overlap = src.get("group_overlap")
+        if overlap:
+            lines.append(f"WARNING: {overlap['count']} group(s) on both sides of the split "
+                         f"(e.g. {', '.join(map(str, overlap['examples']))}): the validation "
+                         "metrics include patients the model trained on")
+        op = self.operating_point
+        if op.get("threshold") is not None:
+            lines.append(f"operating point: {op['positive_class']!s} when the "
+                         f"{op.get('response', 'score')} >= {op['threshold']:.4g} "
+                         f"({op.get('source', 'given')})")
+        return lines
+
+    def plot_files(self) -> tuple:
+        """The figures :meth:`save` writes for this report (:data:`PLOTS`, or
+        :data:`EVALUATION_PLOTS` for an evaluation; precision-recall and reliability need two
+        classes, the reliability diagram probabilities too)."""
+        if self.scoring:
+            return PLOTS
+        skip = set() if len(self.classes) == 2 else {"pr.png", "reliability.png"}
+        if not self.calibration:
+            skip.add("reliability.png")
+        return tuple(name for name in EVALUATION_PLOTS if name not in skip)
+
     def __str__(self) -> str:
         return self.to_markdown()
 
     def save(self, out_dir) -> pathlib.Path:
-        """Write ``report.json``, ``predictions.csv`` and the :data:`PLOTS` into ``out_dir``.
+        """Write ``report.json``, ``predictions.csv`` and the figures (:meth:`plot_files`).
 
         ``predictions.csv`` has one row per evaluated sample: the :attr:`samples` columns
         (``key`` and ``source`` for a cache probe, else ``row``), ``y_true``, ``y_pred`` and
@@ -173,19 +235,26 @@ class ProbeReport:
             (out / "report.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n", "utf-8")
             csv_safe(self.predictions()).to_csv(out / "predictions.csv", index=False,
                                                 lineterminator="\r\n")
-            roc_png, confusion_png, sweep_png = (out / name for name in PLOTS)
-            plots.save_figure(plots.plot_roc(self.y_true, self.y_score, self.classes,
-                                             title=f"ROC ({self.head})"), roc_png)
-            plots.save_figure(plots.plot_confusion_matrix(self.y_true, self.y_pred, self.classes),
-                              confusion_png)
-            plots.save_figure(plots.plot_sweep(self.sweep, scoring=self.scoring,
-                                               chosen=self.best_params,
-                                               title=f"{self.head}: selection sweep"),
-                              sweep_png)
+            for name in self.plot_files():
+                plots.save_figure(self._figure(plots, name), out / name)
         except OSError as exc:
             raise ProbeError(f"cannot write the probe report to '{out}': {exc}; pass a "
                              "writable directory as out_dir") from exc
         return out
+
+    def _figure(self, plots, name):
+        if name == "roc.png":
+            return plots.plot_roc(self.y_true, self.y_score, self.classes,
+                                  title=f"ROC ({self.head})")
+        if name == "pr.png":
+            return plots.plot_pr(self.y_true, self.y_score, self.classes,
+                                 title=f"Precision-recall ({self.head})")
+        if name == "confusion_matrix.png":
+            return plots.plot_confusion_matrix(self.y_true, self.y_pred, self.classes)
+        if name == "reliability.png":
+            return plots.plot_reliability(self.calibration, title=f"Reliability ({self.head})")
+        return plots.plot_sweep(self.sweep, scoring=self.scoring, chosen=self.best_params,
+                                title=f"{self.head}: selection sweep")
 
     def predictions(self):
         """The evaluated samples as a pandas DataFrame (the content of ``predictions.csv``)."""
