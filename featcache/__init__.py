@@ -21,6 +21,8 @@ _PUBLIC = {
     "PartiallyFrozenClassifier": "partial",
     "PartiallyFrozenRegressor": "partial",
     "FeatureCache": "cache",
+    "to_torch": "deploy",
+    "preprocess": "deploy",
     "list_backbones": "backbones",
     "get_backbone": "backbones",
     "FeatcacheError": "exceptions",
