@@ -297,6 +297,7 @@ def test_evaluate_a_shared_model_on_labelled_files(xray_pngs, tmp_path, capsys):
     assert cli_main([*args, "--aggregate", "mean", "--json"]) == 0
     patients = json.loads(capsys.readouterr().out)
     assert patients["n_val"] == 16 and patients["metrics_source"]["held_out"] is None
+    assert "pass --held-out when" in patients["metrics_source"]["metrics_from"]
     assert cli_main(["evaluate", str(work / "nope.skops"), paths[1]]) == 1
     assert "does not exist" in capsys.readouterr().err
 

@@ -143,6 +143,8 @@ def run_evaluate_command(args) -> int:
                       held_out=args.held_out, sources=sources, n_bootstrap=args.n_bootstrap,
                       random_state=args.seed)
     report.info["model"] = os.fspath(args.model)
+    source = report.metrics_source
+    source["metrics_from"] = source["metrics_from"].replace("held_out=True", "--held-out")
     if args.out is not None:
         report.save(args.out)
     if args.json:
