@@ -161,3 +161,122 @@ def test_nothing_in_the_library_imports_the_command_line():
                        for name in _imports(module)
                        if name == "featcache.cli" or name.startswith("featcache.cli."))
     assert not offending, "\n".join(offending)
+
+
+def _path(module):
+    path = ROOT.joinpath(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def _resolve(node, module):
+    """The absolute module an ``ImportFrom`` node names (``from ..x import y`` -> featcache.x)."""
+    if not node.level:
+        return node.module
+    package = module if _path(module).name == "__init__.py" else module.rpartition(".")[0]
+    parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+    return ".".join(parts + ([node.module] if node.module else []))
+
+
+def _is_own(node, module):
+    """Whether an import statement imports featcache's own modules."""
+    if isinstance(node, ast.Import):
+        return any(alias.name.split(".")[0] == "featcache" for alias in node.names)
+    return _resolve(node, module).split(".")[0] == "featcache"
+
+
+def _is_type_checking(node):
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _function_level_own_imports():
+    """``module:line: statement`` of every import of featcache's own modules inside a function."""
+    found = []
+
+    def visit(node, module, in_function):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                if in_function and _is_own(child, module):
+                    found.append(f"{module}:{child.lineno}: {ast.unparse(child)}")
+            else:
+                visit(child, module, in_function
+                      or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    for module in MODULES:
+        path = _path(module)
+        visit(ast.parse(path.read_text("utf-8"), str(path)), module, False)
+    return found
+
+
+# Imports sit at module top; only those that would import a heavy or optional dependency where
+# the warm path must avoid it (torch, torchvision, timm, scikit-learn, dask, pydicom, skops), or
+# that would close an import cycle, stay inside functions (docs/concepts.md, "Where imports go").
+MAX_FUNCTION_LEVEL_IMPORTS = 25
+
+
+def test_imports_of_featcache_sit_at_module_top():
+    found = _function_level_own_imports()
+    assert len(found) <= MAX_FUNCTION_LEVEL_IMPORTS, (
+        f"{len(found)} imports of featcache's own modules sit inside functions (at most "
+        f"{MAX_FUNCTION_LEVEL_IMPORTS}); move them to the module's top unless they would import "
+        "torch (or another heavy dependency) on the warm path or close a cycle:\n"
+        + "\n".join(found))
+
+
+def _module_level_imports(module):
+    """featcache modules that importing ``module`` imports at once (its top-level statements).
+
+    ``from a.b import c`` imports ``a``, ``a.b`` and, when it is a module, ``a.b.c``; imports
+    under ``if TYPE_CHECKING:`` and inside functions do not run at import time. A module's own
+    packages are left out: Python initialises them before the module itself.
+    """
+    path = _path(module)
+    known = set(MODULES)
+    names = set()
+
+    def visit(node):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import):
+                names.update(alias.name for alias in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = _resolve(child, module)
+                names.add(base)
+                names.update(f"{base}.{alias.name}" for alias in child.names)
+            elif not (isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda,
+                                         ast.ClassDef)) or _is_type_checking(child)):
+                visit(child)
+
+    visit(ast.parse(path.read_text("utf-8"), str(path)))
+    ancestors = {".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)}
+    reached = set()
+    for name in names:
+        parts = name.split(".")
+        reached.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return sorted((reached & known) - ancestors - {module})
+
+
+def _cycles(graph):
+    """Every cycle a depth-first walk of ``graph`` (module -> modules it imports) meets."""
+    cycles, state = [], {}  # state: 1 on the current path, 2 done
+
+    def visit(module, path):
+        state[module] = 1
+        for target in graph[module]:
+            if state.get(target) == 1:
+                cycles.append(" -> ".join(path[path.index(target):] + [target]))
+            elif target not in state:
+                visit(target, path + [target])
+        state[module] = 2
+
+    for module in graph:
+        if module not in state:
+            visit(module, [module])
+    return cycles
+
+
+def test_module_level_imports_have_no_cycle():
+    """The graph of featcache's module-level imports is acyclic (every cycle is named)."""
+    assert _cycles({"a": ["b"], "b": ["c"], "c": ["a"]}) == ["a -> b -> c -> a"]
+    graph = {module: _module_level_imports(module) for module in MODULES}
+    assert "featcache.cache.store" in graph["featcache.cache"]
+    cycles = _cycles(graph)
+    assert not cycles, "module-level import cycles:\n" + "\n".join(cycles)

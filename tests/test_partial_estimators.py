@@ -191,11 +191,11 @@ def test_augment_views_are_cached_once_each(tmp_path, toy, monkeypatch):
     fps = {i["config"].get("augment", {}).get("view", 0) for i in FeatureCache(tmp_path / "cache").info()}
     assert fps == {0, 1, 2}
     monkeypatch.setattr(engine, "run_batches", lambda *a, **k: pytest.fail("prefix ran again"))
-    import featcache.inputs as inputs
+    import featcache.engine.unit_of_work as unit_of_work  # where the unit of work hashes
 
     hashed = []
-    real_key = inputs.content_key
-    monkeypatch.setattr(inputs, "content_key",
+    real_key = unit_of_work.content_key
+    monkeypatch.setattr(unit_of_work, "content_key",
                         lambda *a, **k: hashed.append(1) or real_key(*a, **k))
     again = _clf(tmp_path, trainable_blocks=1, augment_views=2).fit(X, y)
     assert again.fit_stats_["computed"] == 0

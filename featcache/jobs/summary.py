@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..cache.files import safe_text
+
 __all__ = ["ExtractSummary", "annotate_inputs"]
 
 
@@ -39,8 +41,6 @@ def annotate_inputs(store, inputs, keys):
     annotations file per run). With a dataset tag (``inputs.dataset``) the records of that
     dataset are compared and written. Inputs without a key (``None``: unreadable) are skipped.
     """
-    from ..cache.files import safe_text
-
     present = [i for i, k in enumerate(keys) if k is not None]
     if not present:
         return

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..engine.progress import progress_bar
 from ..exceptions import NonFiniteError
 
 __all__ = ["TrainingConfig", "TrainingResult", "train_tail", "predict_outputs", "to_device"]
@@ -117,8 +118,6 @@ def train_tail(tail, inputs, targets, train_idx, val_idx=None, *, loss_fn, score
     NonFiniteError
         When an epoch's mean loss is NaN or infinite (training diverged).
     """
-    from ..engine.progress import progress_bar
-
     device = torch.device(config.device)
     dtype = _DTYPES[config.precision]
     _place(tail, device)

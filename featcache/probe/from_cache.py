@@ -15,7 +15,12 @@ from numbers import Real
 
 import numpy as np
 
+from ..cache import FeatureCache
+from ..cache.annotations import find_leaks, select_dataset, select_records, warn_leaks
+from ..cache.export import namespace_rows
 from ..exceptions import ProbeError
+from ..inputs import content_key
+from ..inputs.sources import collect_inputs
 from .protocol import ProbeReport, linear_probe
 
 __all__ = ["probe_cache"]
@@ -94,10 +99,6 @@ def probe_cache(cache_dir, namespace=None, *, dataset=None, manifest=None, label
     own source (see :func:`featcache.cache.annotations.read_records`). A row that no record
     names is one sample without a label.
     """
-    from ..cache import FeatureCache
-
-    from ..cache.annotations import find_leaks, warn_leaks
-
     cache = FeatureCache(cache_dir, create=False)
     fingerprint = _pick_namespace(cache, namespace)
     rows = _load_rows(cache, fingerprint, dataset, manifest, labels, groups)
@@ -134,9 +135,6 @@ def _load_rows(cache, fingerprint, dataset, manifest, labels, groups) -> dict:
     inputs are several records sharing one row, each with its own label, group and split. A
     row that no record names (nobody annotated it) is one record without a label.
     """
-    from ..cache.annotations import select_records
-    from ..cache.export import namespace_rows
-
     keys, X, sources = namespace_rows(cache.namespace(fingerprint))
     key_bytes = [bytes(k) for k in keys]
     chosen = manifest is not None or not _from_cache(labels)
@@ -176,8 +174,6 @@ def _load_rows(cache, fingerprint, dataset, manifest, labels, groups) -> dict:
 
 def _info(cache, fingerprint, rows, dataset, manifest) -> dict:
     """The facts a cache probe adds to ``report.info``: where, what was selected, skipped."""
-    from ..cache.annotations import select_dataset
-
     ns = cache.namespace(fingerprint)
     config = ns.config
     present = set(rows["key_hex"])
@@ -380,8 +376,6 @@ def _labels_from_csv(path, key_bytes, records, group_column) -> dict:
 
 def _csv_key(value, base, index, by_source) -> tuple:
     """``(content key, source)`` of a CSV row's file, or of the record whose source it names."""
-    from ..inputs import content_key
-
     if not value:
         return None, None
     for candidate in (pathlib.Path(value), base / value):
@@ -408,9 +402,6 @@ def _manifest_rows(cache, manifest, records) -> tuple:
     An input selects the records of its content key that carry its source; when none does
     (the files moved since), every record of that key.
     """
-    from ..inputs import content_key
-    from ..inputs.sources import collect_inputs
-
     inputs = collect_inputs(list(manifest) if isinstance(manifest, (list, tuple)) else [manifest])
     by_source = {r["source"]: r["key"] for r in records if r["source"]}
     of_key: dict = {}

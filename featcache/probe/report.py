@@ -17,6 +17,7 @@ from numbers import Integral, Real
 import numpy as np
 
 from ..exceptions import ProbeError
+from . import plots
 
 __all__ = ["Metric", "ProbeReport", "METRIC_NAMES", "PLOTS", "EVALUATION_PLOTS", "HELD_OUT",
            "OPTIMISTIC", "json_float", "jsonable", "fmt_param", "csv_safe", "FORMULA_STARTS"]
@@ -227,8 +228,6 @@ class ProbeReport:
         ``'`` (OWASP's CSV-injection rule; see :func:`csv_safe`); numbers are written as they
         are. Lines end in CRLF (RFC 4180), so a cell holding a line break is quoted.
         """
-        from . import plots
-
         out = pathlib.Path(out_dir)
         try:
             out.mkdir(parents=True, exist_ok=True)
