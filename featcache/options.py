@@ -83,7 +83,8 @@ OPTIONS = {
     "precision": Option("choice", choices=PRECISIONS, default="auto",
                         help="auto: fp32 on CPU, bf16 or fp16 on GPU"),
     "num_workers": Option("int", low=0, none=True,
-                          help="decode workers (default: 0 on CPU, up to 8 on GPU)"),
+                          help="decode workers (default: the usable cores on GPU; on CPU 0, "
+                               "or the cores for more than 256 files)"),
     "on_error": Option("choice", choices=ON_ERROR, default="raise",
                        help="raise: stop at the first bad input; skip: record it and go on"),
     "progress": Option("bool", none=True, help="progress bar (None: on a terminal or notebook)"),

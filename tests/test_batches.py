@@ -1,5 +1,6 @@
 """Tests for featcache.engine.batches: resizing, device and precision choice, the batch loop."""
 
+import os
 import subprocess
 import sys
 
@@ -43,6 +44,27 @@ def test_device_precision_and_workers_resolution():
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
     assert resolve_num_workers(None, torch.device("cpu")) == 0
     assert resolve_num_workers(3, torch.device("cpu")) == 3
+
+
+def test_decode_workers_are_sized_to_the_cores_the_process_may_use(monkeypatch, tmp_path):
+    from featcache.engine import batches
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 128)  # the machine, not this process's share
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    assert batches.usable_cores() == 6
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert resolve_num_workers(None, cuda) == 6 and resolve_num_workers(2, cuda) == 2
+    files = [tmp_path / f"{i}.png" for i in range(batches.CPU_WORKERS_MIN_FILES + 1)]
+    everything = range(len(files))
+    assert resolve_num_workers(None, cpu, files, everything) == 6  # a large job of files
+    assert resolve_num_workers(None, cpu, files, range(10)) == 0  # a small one: no start cost
+    arrays = [np.zeros((8, 8), np.uint8)] * len(files)
+    assert resolve_num_workers(None, cpu, arrays, everything) == 0  # nothing to decode
+    assert resolve_num_workers(0, cuda) == 0 and resolve_num_workers(1, cpu, files, everything) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert resolve_num_workers(None, cpu, files, everything) == 0  # one core runs the network
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows
+    assert batches.usable_cores() == 128
 
 
 def _items(n, seed=0):

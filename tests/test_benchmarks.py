@@ -23,6 +23,13 @@ def test_extract_throughput_prints_its_table():
 
 
 @pytest.mark.slow
+def test_cpu_decode_benchmark_times_both_decode_scales():
+    out = _run("cpu_decode.py", "--n", "2", "--repeats", "1", "--kinds", "jpeg,png16,dicom")
+    assert "| jpeg 2048x1536 |" in out and "| png 16-bit 2048x2048 |" in out
+    assert "| dicom RLE Lossless 2048x2048 |" in out and "min cosine" in out
+
+
+@pytest.mark.slow
 def test_gpu_throughput_runs_on_a_cpu():
     out = _run("gpu_throughput.py", "--device", "cpu", "--n", "16", "--batch-size", "8",
                "--workers", "1")

@@ -177,12 +177,12 @@ def test_dicom_rgb():
 def test_dicom_errors(tmp_path, monkeypatch):
     _bad(_dcm("rtdose.dcm"), 0, "multi-frame DICOM")
     jpegls = _dcm("MR_small_jpeg_ls_lossless.dcm")
-    import pydicom
-    try:
-        pydicom.dcmread(jpegls).pixel_array
-        pytest.skip("a JPEG-LS decoder is installed")
-    except RuntimeError:
-        pass
+    from pydicom.pixels.decoders import JPEGLSLosslessDecoder
+
+    # As without the dicom extra's decoders: every JPEG-LS plugin unavailable.
+    monkeypatch.setattr(JPEGLSLosslessDecoder, "_available", {})
+    monkeypatch.setattr(JPEGLSLosslessDecoder, "_unavailable",
+                        {"pylibjpeg": ("pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1")})
     msg = _bad(jpegls, 1, "JPEG-LS.*no decoder")
     assert "pylibjpeg" in msg and "gdcm" in msg
     junk = tmp_path / "junk.dcm"
@@ -254,3 +254,47 @@ def test_every_bundled_pydicom_file_gives_an_image_or_a_named_error():
             assert np.isfinite(out).all()
             decoded += 1
     assert decoded > 30 and refused > 30
+
+
+#: One bundled pydicom file per compressed transfer syntax, and the uncompressed file it must
+#: decode to exactly (lossless syntaxes) where pydicom ships one.
+COMPRESSED = {
+    "1.2.840.10008.1.2.4.50": ("SC_jpeg_no_color_transform.dcm", None),  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51": ("JPGExtended.dcm", None),  # JPEG Extended (12-bit)
+    "1.2.840.10008.1.2.4.70": ("SC_rgb_jpeg_gdcm.dcm", None),  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80": ("MR_small_jpeg_ls_lossless.dcm", "MR_small.dcm"),  # JPEG-LS
+    "1.2.840.10008.1.2.4.81": ("JPEGLSNearLossless_16.dcm", None),  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90": ("MR_small_jp2klossless.dcm", "MR_small.dcm"),  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91": ("693_J2KI.dcm", None),  # JPEG 2000
+    "1.2.840.10008.1.2.5": ("MR_small_RLE.dcm", "MR_small.dcm"),  # RLE Lossless
+}
+
+
+@pytest.mark.parametrize("syntax", sorted(COMPRESSED))
+def test_every_compressed_transfer_syntax_decodes(syntax):
+    """With the dicom extra's decoders (pylibjpeg, -libjpeg, -openjpeg, -rle) installed."""
+    name, reference = COMPRESSED[syntax]
+    path = _dcm(name)
+    assert pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
+    out = decode(path, 0)
+    assert out.ndim == 3 and out.shape[2] == 3 and np.isfinite(out).all()
+    assert out.dtype == np.uint8 or (out.min() >= 0 and out.max() <= 1 and out.max() > out.min())
+    if reference:
+        np.testing.assert_array_equal(out, decode(_dcm(reference), 0))
+
+
+def test_a_large_compressed_dicom_is_box_reduced_after_its_voi(tmp_path):
+    from pydicom.uid import RLELossless
+
+    ds = pydicom.dcmread(_dcm("MR_small.dcm"))
+    big = np.kron(ds.pixel_array, np.ones((16, 16), ds.pixel_array.dtype))  # 1024 x 1024
+    ds.Rows, ds.Columns = big.shape
+    ds.PixelData = big.tobytes()
+    ds.compress(RLELossless)
+    path = tmp_path / "big_rle.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    full = decode(path, 0, DecodePolicy(decode_scale="full"), image_size=64)
+    reduced = decode(path, 0, DecodePolicy(), image_size=64)
+    assert full.shape == (1024, 1024, 3) and reduced.shape == (128, 128, 3)  # 8x: 128 = 2 x 64
+    np.testing.assert_allclose(reduced[::2, ::2], full[::16, ::16], atol=1e-6)  # constant blocks
+    assert decode(path, 0, DecodePolicy(), image_size=None).shape == (1024, 1024, 3)

@@ -1,7 +1,8 @@
 """The one batch loop: decoded inputs in, pooled features out.
 
 :func:`run_batches` takes the items to compute (the cache's misses), decodes and resizes them
-(in DataLoader workers on GPU, in the main process on CPU), runs the frozen extractor under
+(in DataLoader workers sized to the usable cores on GPU, and on CPU for large jobs of files;
+else in the main process), runs the frozen extractor under
 ``torch.inference_mode`` in channels-last layout with optional bf16/fp16 autocast, and
 yields one :class:`Batch` of features per step, so a caller can commit each batch to the
 cache as soon as it exists.
@@ -35,6 +36,7 @@ __all__ = [
     "resolve_device",
     "resolve_precision",
     "resolve_num_workers",
+    "usable_cores",
     "to_model_input",
     "resize_and_crop",
     "to_unit_float",
@@ -67,13 +69,38 @@ class Batch:
     transient: set = field(default_factory=set)
 
 
-def resolve_num_workers(num_workers, device: torch.device) -> int:
-    """Decode workers: none on CPU (the cores run the network), up to 8 on GPU."""
+#: On a CPU, ``num_workers=None`` starts decode workers only for more than this many files to
+#: compute: a worker costs about a second to start, and a small job, or arrays and PIL images
+#: (whose "decoding" is a copy, and which would be pickled to every worker), gain nothing.
+CPU_WORKERS_MIN_FILES = 256
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: ``os.sched_getaffinity`` (a SLURM or ``taskset``
+    allocation, a container's cpuset), else ``os.cpu_count()`` where there is no affinity."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def resolve_num_workers(num_workers, device: torch.device, items=None, positions=None) -> int:
+    """Decode workers for ``num_workers=None``: the cores this process may use (:func:`usable_cores`).
+
+    On a GPU, always (the device waits on decoding, and a CPU fallback of device decoding
+    decodes there too). On a CPU, the workers decode while the network runs on the same cores
+    (large files decode slower than the network embeds them): only for a job of more than
+    :data:`CPU_WORKERS_MIN_FILES` files on 2 or more cores, else 0 (decode in the main process).
+    """
     if num_workers is not None:
         return int(num_workers)
-    if device.type != "cuda":
+    cores = usable_cores()
+    if device.type == "cuda":
+        return cores
+    if cores < 2 or positions is None or len(positions) <= CPU_WORKERS_MIN_FILES or not all(
+            isinstance(items[int(pos)], (str, os.PathLike)) for pos in positions):
         return 0
-    return min(8, os.cpu_count() or 1)
+    return cores
 
 
 def to_model_input(image: np.ndarray, size: int) -> torch.Tensor:
@@ -297,7 +324,7 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
     """
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     dtype = _PRECISIONS[resolve_precision(precision, device)]
-    workers = resolve_num_workers(num_workers, device)
+    workers = resolve_num_workers(num_workers, device, items, positions)
     extractor.to(device=device, memory_format=torch.channels_last)
     loader = DataLoader(
         _DecodeDataset(items, np.asarray(positions, dtype=np.int64), policy or DecodePolicy(),

@@ -10,6 +10,7 @@ checked before anything is allocated: Pillow's decompression-bomb limit for deco
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -24,10 +25,11 @@ from .errors import as_input_error, describe, input_error, pil_errors
 from .items import check_image
 from .keys import array_key, bytes_key, pil_key, stat_file
 from ..options import validate_window
-from .pixels import composite, gray3, scale_intensity
+from .pixels import box_reduce, composite, gray3, reduction_factor, scale_intensity
 
 __all__ = ["DecodePolicy", "decode", "resized_pixels", "max_resized_pixels",
-           "RESIZED_PIXELS_LIMIT", "DECODER_VERSION"]
+           "RESIZED_PIXELS_LIMIT", "DECODER_VERSION", "REDUCE_KEEP", "REDUCTION_RULE",
+           "DECODE_SCALES"]
 
 #: Default largest image, in pixels, that the shorter-side resize may produce before the centre
 #: crop (a 1x100000 image at 224 px would need 224 x 22.4 million): 2**24 pixels, about 200 MB
@@ -37,6 +39,22 @@ __all__ = ["DecodePolicy", "decode", "resized_pixels", "max_resized_pixels",
 RESIZED_PIXELS_LIMIT = 2**24
 
 DECODER_VERSION = "1"
+
+#: How much of a large image is decoded (``DecodePolicy.decode_scale``): ``"reduced"`` decodes
+#: JPEGs at a reduced DCT scale and box-reduces other images, keeping twice the input size;
+#: ``"full"`` decodes every pixel.
+DECODE_SCALES = ("reduced", "full")
+
+#: With ``decode_scale="reduced"``, a large image is decoded or box-reduced to no less than this
+#: many times the network input size on its shorter side, and only then resized (antialiased)
+#: to the input size: 2 keeps rows within cosine 0.999 of the full decode (see
+#: benchmarks/README.md), 1 would not leave the final resize anything to average.
+REDUCE_KEEP = 2
+#: What ``decode_scale="reduced"`` does, recorded in the decode policy (and so in the
+#: fingerprint): JPEGs decoded at a reduced DCT scale (Pillow's ``draft``, 1/2, 1/4 or 1/8),
+#: other images box-averaged by an integer factor (``Image.reduce``), the shorter side kept at
+#: ``REDUCE_KEEP`` times the input size or more.
+REDUCTION_RULE = f"jpeg-dct-draft+box-reduce/shorter-side>={REDUCE_KEEP}x-input"
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
@@ -56,10 +74,19 @@ class DecodePolicy:
         DICOM file's own VOI (its VOI LUT or first window, applied by pydicom's
         ``apply_voi_lut``), else each image's real min..max (float images already within
         [0, 1] are kept as they are).
+    decode_scale : {"reduced", "full"}, default "reduced"
+        ``"reduced"``: an image at least four times the network input size (``image_size``)
+        on its shorter side is not decoded at full size: a JPEG is decoded at a reduced DCT scale
+        (1/2, 1/4 or 1/8), any other image (PNG, TIFF, 16-bit, float, DICOM, arrays) is
+        box-averaged by an integer factor, in both cases keeping the shorter side at
+        :data:`REDUCE_KEEP` (2) times ``image_size`` or more; the antialiased resize then
+        finishes. Rows stay within cosine 0.999 of ``"full"`` (``benchmarks/cpu_decode.py``). ``"full"``: every pixel is decoded, then resized (the rows of featcache
+        before this option, in the same namespace).
     """
 
     background: tuple[int, int, int] = (0, 0, 0)
     window: tuple[float, float] | None = None
+    decode_scale: str = "reduced"
 
     def __post_init__(self):
         bg = tuple(self.background)
@@ -67,17 +94,36 @@ class DecodePolicy:
             raise ValueError(f"background must be 3 integers in 0..255, got {self.background!r}")
         object.__setattr__(self, "background", tuple(int(v) for v in bg))
         object.__setattr__(self, "window", validate_window(self.window, "DecodePolicy"))
+        if self.decode_scale not in DECODE_SCALES:
+            raise ValueError(f"decode_scale must be one of {DECODE_SCALES}, got "
+                             f"{self.decode_scale!r}")
 
     def to_dict(self) -> dict:
         """Return everything that changes the decoded pixels, JSON-serialisable.
 
         ``dicom_voi`` names the rule that turns a DICOM file's own VOI into 0..1 (see
         :data:`featcache.inputs.dicom.DICOM_VOI_RULE`), so rows decoded by an earlier rule are never
-        served for this one.
+        served for this one. ``decode_scale`` (:data:`REDUCTION_RULE`) is there only when
+        ``"reduced"``: ``"full"`` decodes as featcache always did, so its rows keep their
+        namespace.
         """
-        return {"decoder_version": DECODER_VERSION, "background": list(self.background),
-                "window": None if self.window is None else list(self.window),
-                "exif_orientation": True, "grayscale": "replicate", "dicom_voi": DICOM_VOI_RULE}
+        out = {"decoder_version": DECODER_VERSION, "background": list(self.background),
+               "window": None if self.window is None else list(self.window),
+               "exif_orientation": True, "grayscale": "replicate", "dicom_voi": DICOM_VOI_RULE}
+        if self.decode_scale == "reduced":
+            out["decode_scale"] = REDUCTION_RULE
+        return out
+
+    def reduction(self, height: int, width: int, image_size: int | None) -> int:
+        """The integer factor a ``height x width`` image is reduced by before the final resize.
+
+        The largest integer that keeps the shorter side at ``REDUCE_KEEP * image_size`` or
+        more; 1 (none) with ``decode_scale="full"``, without an ``image_size``, or when the
+        shorter side is under ``2 * REDUCE_KEEP * image_size``.
+        """
+        if self.decode_scale != "reduced" or not image_size:
+            return 1
+        return reduction_factor(height, width, image_size, REDUCE_KEEP)
 
 
 # ---------------------------------------------------------------- size limits
@@ -127,7 +173,7 @@ def decode(item, index: int, policy: DecodePolicy = DecodePolicy(), *, key: byte
     index : int
         Its position in ``X`` (for error messages).
     policy : DecodePolicy
-        Background for transparency and intensity window.
+        Background for transparency, intensity window and decode scale.
     key : bytes, optional
         The item's content key as computed earlier. The item is read once (a file's bytes, a
         snapshot of an array or image), its key recomputed from exactly what is decoded, and
@@ -135,7 +181,9 @@ def decode(item, index: int, policy: DecodePolicy = DecodePolicy(), *, key: byte
         that changed since it was keyed never gives a row under the old key.
     image_size : int, optional
         The network input size: an image whose shorter-side resize to it would exceed
-        :func:`max_resized_pixels` is refused before it is decoded.
+        :func:`max_resized_pixels` is refused before it is decoded; with
+        ``policy.decode_scale="reduced"``, a large image comes back reduced (never under
+        ``REDUCE_KEEP * image_size`` on its shorter side). Without it, nothing is reduced.
 
     Returns
     -------
@@ -162,7 +210,7 @@ def decode(item, index: int, policy: DecodePolicy = DecodePolicy(), *, key: byte
                 snapshot = item.copy()
             _check_key(item, index, key, lambda: pil_key(snapshot, index))
             _check_size(item, index, snapshot.height, snapshot.width, image_size)
-            return _decode_pil(snapshot, item, index, policy)
+            return _decode_pil(snapshot, item, index, policy, image_size)
         raise input_error(item, index, "is not an item from as_items()")
 
 
@@ -190,34 +238,64 @@ def _decode_file(path, index, policy, key, image_size):
     _check_key(path, index, key, lambda: bytes_key(data))
     if data[128:132] == b"DICM" or path.suffix.lower() == ".dcm":
         return decode_dicom(data, describe(path, index), policy,
-                            lambda h, w, limit: _check_size(path, index, h, w, image_size, limit))
+                            lambda h, w, limit: _check_size(path, index, h, w, image_size, limit),
+                            reduce=lambda a: box_reduce(a, policy.reduction(*a.shape[:2],
+                                                                            image_size)))
     with warnings.catch_warnings(), pil_errors(path, index):
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         img = Image.open(io.BytesIO(data))
         _check_size(path, index, img.height, img.width, image_size)
+        if img.format == "JPEG" and policy.reduction(img.height, img.width, image_size) > 1:
+            _draft(img, image_size)
         img.load()  # force full decoding: truncated files fail here
     with img:
-        return _decode_pil(img, path, index, policy)
+        return _decode_pil(img, path, index, policy, image_size)
 
 
-def _decode_pil(img, item, index, policy):
+def _draft(img, image_size):
+    """Have libjpeg decode at the most reduced DCT scale (1/2, 1/4, 1/8) that keeps the shorter
+    side at ``REDUCE_KEEP * image_size`` or more (Pillow's ``draft``; the mode is kept)."""
+    scale = REDUCE_KEEP * image_size / min(img.width, img.height)
+    img.draft(img.mode, (math.ceil(img.width * scale), math.ceil(img.height * scale)))
+
+
+def _decode_pil(img, item, index, policy, image_size=None):
     """Decode a loaded PIL image: EXIF orientation, then mode-specific conversion."""
     with pil_errors(item, index):
         img = ImageOps.exif_transpose(img)
+        factor = policy.reduction(img.height, img.width, image_size)
+        if img.mode in ("I;16", "I") and factor > 1:
+            # Reduced by Pillow in 32-bit integers, scaled by the full image's range: the full
+            # image never becomes an array (other modes go through numpy).
+            lo, hi = img.getextrema()
+            reduced = np.asarray((img if img.mode == "I" else img.convert("I")).reduce(factor))
+            return gray3(scale_intensity(reduced, policy.window, value_range=(lo, hi)))
         if img.mode in _HIGH_DEPTH_MODES:
             kind, arr = "high", np.asarray(img)
         elif img.mode in _ALPHA_MODES or (img.mode in ("P", "L", "RGB")
                                           and img.info.get("transparency") is not None):
             kind, arr = "alpha", np.asarray(img.convert("RGBA"))
         else:
-            kind, arr = "rgb", np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+            if factor > 1 and img.mode in ("L", "RGB"):  # averaging palette indices is wrong
+                img, factor = img.reduce(factor), 1
+            rgb = img if img.mode == "RGB" else img.convert("RGB")
+            kind, arr = "rgb", np.asarray(rgb.reduce(factor) if factor > 1 else rgb)
     if kind == "alpha":
-        return composite(arr[..., :3], arr[..., 3:] / np.float32(255), policy.background)
+        return box_reduce(composite(arr[..., :3], arr[..., 3:] / np.float32(255),
+                                    policy.background), factor)
     if kind == "rgb":
         return np.array(arr, dtype=np.uint8)
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise input_error(item, index, "contains NaN or inf values.")
-    return gray3(scale_intensity(arr, policy.window))
+    return gray3(_scaled(arr, policy, factor))
+
+
+def _scaled(arr, policy, factor):
+    """``scale_intensity`` of ``arr`` box-reduced by ``factor``, with the full image's range."""
+    if factor <= 1:
+        return scale_intensity(arr, policy.window)
+    value_range = None if policy.window is not None else (arr.min(), arr.max())
+    return scale_intensity(box_reduce(arr, factor), policy.window, value_range=value_range)
 
 
 def _decode_array(arr, index, policy, image_size=None):
@@ -227,14 +305,16 @@ def _decode_array(arr, index, policy, image_size=None):
         raise input_error(arr, index, "contains NaN or inf values.",
                           "Replace them before extraction.")
     channels = arr.shape[2] if arr.ndim == 3 else 1
+    factor = policy.reduction(arr.shape[0], arr.shape[1], image_size)
     if arr.dtype == np.uint8:
         if channels == 4:
-            return composite(arr[..., :3], arr[..., 3:] / np.float32(255), policy.background)
-        return gray3(arr)
+            return box_reduce(composite(arr[..., :3], arr[..., 3:] / np.float32(255),
+                                        policy.background), factor)
+        return gray3(box_reduce(arr, factor))
     if channels == 4:
         alpha = arr[..., 3:].astype(np.float32)
         if arr.dtype.kind in "ui":
             alpha = alpha / np.float32(np.iinfo(arr.dtype).max)
-        return composite(scale_intensity(arr[..., :3], policy.window), np.clip(alpha, 0, 1),
-                         policy.background)
-    return gray3(scale_intensity(arr, policy.window))
+        return box_reduce(composite(scale_intensity(arr[..., :3], policy.window),
+                                    np.clip(alpha, 0, 1), policy.background), factor)
+    return gray3(_scaled(arr, policy, factor))

@@ -33,7 +33,7 @@ def _error(where: str, what: str, fix: str = "") -> InputError:
     return InputError(f"{where}: {what}" + (f" {fix}" if fix else ""))
 
 
-def decode_dicom(data: bytes, where: str, policy, check_size) -> np.ndarray:
+def decode_dicom(data: bytes, where: str, policy, check_size, reduce=None) -> np.ndarray:
     """Decode one DICOM file's bytes to an ``(H, W, 3)`` array.
 
     Parameters
@@ -47,6 +47,10 @@ def decode_dicom(data: bytes, where: str, policy, check_size) -> np.ndarray:
     check_size : callable
         ``check_size(height, width, decoded_pixels)`` raises InputError for an image too large
         to decode or resize; called before the pixel data is decoded.
+    reduce : callable, optional
+        ``reduce(image) -> image``, the decode policy's box reduction (``decode_scale``),
+        applied to the windowed image in [0, 1] (or the 8-bit colour image) before MONOCHROME1
+        inversion and grey replication: the modality LUT and VOI see every pixel.
 
     Returns
     -------
@@ -67,7 +71,7 @@ def decode_dicom(data: bytes, where: str, policy, check_size) -> np.ndarray:
     if rows < 1 or columns < 1:
         raise _error(where, f"declares {rows} rows and {columns} columns", "The file is damaged.")
     check_size(rows, columns, Image.MAX_IMAGE_PIXELS)
-    return _to_image(ds, _pixels(ds, where), policy, where)
+    return _to_image(ds, _pixels(ds, where), policy, where, reduce or (lambda image: image))
 
 
 def _read(data, where):
@@ -110,7 +114,7 @@ def _pixels(ds, where):
         raise _error(where, f"DICOM pixel data is truncated or corrupt ({exc})") from exc
 
 
-def _to_image(ds, pixels, policy, where):
+def _to_image(ds, pixels, policy, where, reduce):
     """Modality LUT, VOI (the user's window or the file's), MONOCHROME1 inversion; colour as RGB."""
     from pydicom.pixels import apply_color_lut, apply_modality_lut
 
@@ -119,8 +123,8 @@ def _to_image(ds, pixels, policy, where):
         pixels = apply_color_lut(pixels, ds)
     if pixels.ndim == 3:  # colour (already converted to RGB by pydicom)
         if pixels.dtype == np.uint8 and policy.window is None:
-            return np.ascontiguousarray(pixels)
-        return scale_intensity(pixels, policy.window, keep_unit=False)
+            return np.ascontiguousarray(reduce(pixels))
+        return reduce(scale_intensity(pixels, policy.window, keep_unit=False))
     if pixels.ndim != 2:
         raise ValueError(f"pixel data of shape {pixels.shape}, expected (rows, columns)")
     values = apply_modality_lut(pixels, ds)
@@ -128,6 +132,7 @@ def _to_image(ds, pixels, policy, where):
         out = scale_intensity(values, policy.window, keep_unit=False)
     else:
         out = _file_voi(values, ds, where)
+    out = reduce(out)
     if photometric == "MONOCHROME1":
         out = 1 - out
     return gray3(out)
