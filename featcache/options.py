@@ -21,7 +21,8 @@ from numbers import Integral, Real
 
 from .exceptions import FeatcacheError, InvalidOptionError
 
-__all__ = ["POOLINGS", "PRECISIONS", "ON_ERROR", "VERIFY_INPUTS", "MIN_IMAGE_SIZE", "OPTIONS",
+__all__ = ["POOLINGS", "PRECISIONS", "ON_ERROR", "VERIFY_INPUTS", "DECODE_SCALES",
+           "MIN_IMAGE_SIZE", "OPTIONS",
            "Option", "BACKBONE_OPTIONS", "RUN_OPTIONS", "option_constraints",
            "RunOptions", "run_constraints",
            "validate_run_options", "validate_window", "resolve_run_options", "resolve_device",
@@ -38,6 +39,10 @@ ON_ERROR = ("raise", "skip")
 #: whose identity (size, mtime, ctime, inode) is unchanged and settled; ``"hash"`` re-reads
 #: and hashes every file (for writers through a memory map, whose timestamps may not move).
 VERIFY_INPUTS = ("stat", "hash")
+#: How much of a large image is decoded (``DecodePolicy.decode_scale``): ``"reduced"``, a JPEG
+#: at a reduced DCT scale and other images box-reduced, never under twice the input size;
+#: ``"full"``, every pixel.
+DECODE_SCALES = ("reduced", "full")
 #: Smallest network input side (smaller maps vanish in the networks' downsampling).
 MIN_IMAGE_SIZE = 8
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|mps|xpu)(:\d+)?$")
@@ -96,6 +101,10 @@ OPTIONS = {
     "window": Option("window", none=True,
                      help="intensity window for 16-bit/float/DICOM images (default: the DICOM "
                           "file's own window, else each image's min..max)"),
+    "decode_scale": Option("choice", choices=DECODE_SCALES, default="reduced",
+                           help="reduced: large images decoded at a reduced scale (a JPEG's DCT "
+                                "scale, others box-averaged), never under twice the input size; "
+                                "full: every pixel"),
     "commit_rows": Option("int", low=1, default=4096, help="commit a shard at least every N rows"),
     "commit_seconds": Option("real", low=0, open_low=True, default=30.0,
                              help="commit a shard at least this often"),
@@ -246,7 +255,7 @@ class RunOptions:
     ``device`` and ``precision`` are resolved (``"cpu"``/``"cuda:0"``, ``"fp32"``/``"bf16"``...):
     the value that enters the fingerprint is the value the engine uses. ``decode`` is the
     :class:`~featcache.inputs.DecodePolicy` the engine decodes with and the configurations
-    record, built once from the decode options (``window``). Build it with
+    record, built once from the decode options (``window``, ``decode_scale``). Build it with
     :func:`resolve_run_options`.
     """
 
@@ -352,8 +361,8 @@ def resolve_run_options(caller: str = "featcache", **params) -> RunOptions:
 
 def _decode_policy(params: dict):
     """The DecodePolicy of the decode options in ``params`` (the run options that are fields
-    of :class:`~featcache.inputs.DecodePolicy`: ``window``), its other fields at their
-    defaults."""
+    of :class:`~featcache.inputs.DecodePolicy`: ``window``, ``decode_scale``), its other
+    fields at their defaults."""
     # Imported here: featcache.inputs.decoding imports this module (validate_window), so a
     # top-level import would close a cycle; and the options, a leaf, stay free of numpy/Pillow.
     from .inputs.decoding import DecodePolicy

@@ -170,6 +170,27 @@ def test_dicom_window_changes_the_fingerprint_and_the_features(tmp_path):
         FrozenBackbone(window=(40, -1)).fit([ct])
 
 
+def test_decode_scale_is_an_option_with_its_own_namespace(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    small = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    path = tmp_path / "large.png"
+    small.resize((320, 256), Image.BICUBIC).save(path)  # 256 >= 4 x 32: reduced 4x
+    reduced = FrozenBackbone(image_size=32, cache=tmp_path / "c").fit([path])
+    full = FrozenBackbone(image_size=32, cache=tmp_path / "c", decode_scale="full").fit([path])
+    assert reduced.fingerprint_ != full.fingerprint_
+    assert "decode_scale" in reduced.config_["decode"]
+    assert "decode_scale" not in full.config_["decode"]  # the namespace of earlier versions
+    a, b = reduced.transform([path])[0], full.transform([path])[0]
+    cosine = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+    assert cosine > 0.99 and not np.array_equal(a, b), cosine  # 32 px: see test_decoding
+    assert main(["extract", str(path), "--cache", str(tmp_path / "c"), "--image-size", "32",
+                 "--decode-scale", "full", "--quiet"]) == 0
+    with pytest.raises(Exception, match="decode_scale"):
+        FrozenBackbone(decode_scale="fast").fit([path])
+
+
 def _replace_after_planning(monkeypatch, action):
     """Run ``action`` right after the cache misses are planned (keys computed, nothing decoded)."""
     import featcache.engine.unit_of_work as extract_module

@@ -24,7 +24,7 @@ from ..exceptions import InputChangedError, InputError
 from .errors import as_input_error, describe, input_error, pil_errors
 from .items import check_image
 from .keys import array_key, bytes_key, pil_key, stat_file
-from ..options import validate_window
+from ..options import DECODE_SCALES, validate_window
 from .pixels import box_reduce, composite, gray3, reduction_factor, scale_intensity
 
 __all__ = ["DecodePolicy", "decode", "resized_pixels", "max_resized_pixels",
@@ -39,11 +39,6 @@ __all__ = ["DecodePolicy", "decode", "resized_pixels", "max_resized_pixels",
 RESIZED_PIXELS_LIMIT = 2**24
 
 DECODER_VERSION = "1"
-
-#: How much of a large image is decoded (``DecodePolicy.decode_scale``): ``"reduced"`` decodes
-#: JPEGs at a reduced DCT scale and box-reduces other images, keeping twice the input size;
-#: ``"full"`` decodes every pixel.
-DECODE_SCALES = ("reduced", "full")
 
 #: With ``decode_scale="reduced"``, a large image is decoded or box-reduced to no less than this
 #: many times the network input size on its shorter side, and only then resized (antialiased)
