@@ -277,6 +277,16 @@ def test_extract_validates_its_options_like_frozen_backbone(tmp_path, xray):
             FrozenBackbone(**bad).fit(images[:2])
 
 
+def test_extract_without_a_cache_is_refused_before_any_work(xray, forbid_network):
+    from featcache.exceptions import InvalidOptionError
+
+    images, _ = xray
+    forbid_network()
+    for cache in (False, None):
+        with pytest.raises(InvalidOptionError, match=r"extract\(cache=.*needs one.*cache=False"):
+            extract(images[:2], cache, progress=False)
+
+
 def test_file_names_that_are_not_utf8_are_embedded_committed_and_reported(xray, tmp_path):
     from PIL import Image
 

@@ -16,6 +16,7 @@ from dataclasses import replace
 from ..cache.annotations import check_dataset
 from ..engine.run import resolve_run
 from ..engine.unit_of_work import source_of
+from ..exceptions import InvalidOptionError
 from ..inputs import as_items
 from ..inputs.sources import InputSet, shard_positions
 from ..options import BACKBONE_OPTIONS, RUN_OPTIONS, resolve_run_options, validate_run_options
@@ -40,7 +41,9 @@ def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", lay
         An :class:`~featcache.inputs.sources.InputSet` (from
         :func:`featcache.inputs.sources.collect_inputs`)
         or anything :func:`featcache.inputs.as_items` accepts.
-    cache : str, PathLike or FeatureCache
+    cache : str, PathLike, "auto" or FeatureCache
+        Where the rows go. ``False``/``None`` raise ``InvalidOptionError`` before any work (a
+        batch job needs a cache; ``FrozenBackbone(cache=False)`` keeps rows in memory).
     layers : sequence of (str or None)
         Several layers come from one forward pass; each gets its own namespace, the same one
         ``FrozenBackbone(layer=...)`` reads.
@@ -63,6 +66,11 @@ def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", lay
     Other parameters are those of :class:`featcache.FrozenBackbone`.
     """
     given = dict(locals())  # the options, by their names in featcache.options.OPTIONS
+    if cache is None or cache is False:
+        raise InvalidOptionError(
+            f"extract(cache={cache!r}): a batch job writes its rows into a cache directory, "
+            "so it needs one; pass a directory, a FeatureCache or 'auto' ($FEATCACHE_HOME), or "
+            "use FrozenBackbone(cache=False).fit_transform(X) to get rows in memory only")
     run = {name: given[name] for name in RUN_OPTIONS}
     if dataset is not None:  # the tag travels with the inputs, to every annotate_inputs call
         inputs = replace(_input_set(inputs), dataset=check_dataset(dataset))
