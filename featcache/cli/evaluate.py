@@ -18,7 +18,7 @@ from ..inputs import content_key
 from ..inputs.sources import collect_inputs
 from ..probe.evaluation import AGGREGATES, evaluate
 from ..sharing import load
-from .parsing import add_command, add_json_option, print_json
+from .parsing import add_command, add_json_option, print_report
 
 __all__ = ["add_evaluate", "run_evaluate_command"]
 
@@ -147,11 +147,4 @@ def run_evaluate_command(args) -> int:
     source["metrics_from"] = source["metrics_from"].replace("held_out=True", "--held-out")
     if args.out is not None:
         report.save(args.out)
-    if args.json:
-        print_json({**report.to_dict(), "out": args.out})
-        return 0
-    print(report.to_markdown())
-    if args.out is not None:
-        print(f"\nwrote {pathlib.Path(args.out) / 'report.json'}, predictions.csv, "
-              f"{', '.join(report.plot_files())}")
-    return 0
+    return print_report(report, args)

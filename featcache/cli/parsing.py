@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import re
 
 from ..options import OPTIONS
@@ -60,6 +61,18 @@ def add_option(parser, name, **overrides) -> None:
 def print_json(obj) -> None:
     """Print ``obj`` as indented JSON (anything not JSON-native as its ``str``)."""
     print(json.dumps(obj, indent=2, default=str))
+
+
+def print_report(report, args) -> int:
+    """Print a probe or evaluation report (``--json`` or its table) and what ``--out`` got."""
+    if args.json:
+        print_json({**report.to_dict(), "out": args.out})
+        return 0
+    print(report.to_markdown())
+    if args.out is not None:
+        print(f"\nwrote {pathlib.Path(args.out) / 'report.json'}, predictions.csv, "
+              f"{', '.join(report.plot_files())}")
+    return 0
 
 
 def human_size(n: int) -> str:

@@ -7,12 +7,10 @@
 from __future__ import annotations
 
 import argparse
-import pathlib
 
 from ..probe.from_cache import probe_cache
 from ..probe.heads import HEADS
-from ..probe.report import PLOTS
-from .parsing import add_command, add_json_option, as_option, print_json
+from .parsing import add_command, add_json_option, as_option, print_report
 
 __all__ = ["add_probe", "add_probe_arguments", "run_probe_command"]
 
@@ -84,14 +82,7 @@ def run_probe_command(args) -> int:
                          select_on=args.select_on, group_overlap=args.group_overlap,
                          n_bootstrap=args.n_bootstrap, random_state=args.seed)
     report.info["notes"] = [as_option(note, args) for note in report.info.get("notes", [])]
-    if args.json:
-        print_json({**report.to_dict(), "out": args.out})
-        return 0
-    print(report.to_markdown())
-    if args.out is not None:
-        print(f"\nwrote {pathlib.Path(args.out) / 'report.json'}, predictions.csv, "
-              f"{', '.join(PLOTS)}")
-    return 0
+    return print_report(report, args)
 
 
 def add_probe(sub) -> None:
