@@ -474,26 +474,17 @@ def test_cli_with_a_dask_scheduler_and_two_workers(images, reference, tmp_path):
         assert again.returncode == 0, again.stderr[-3000:]
         assert f"0 computed, {N_IMAGES} from cache" in again.stdout
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in reversed(procs):
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for log in logs:
-            log.close()
+        _stop(procs, logs)
 
 
 #: ``featcache extract`` in a real process whose Dask tasks pause as ``PauseOnce`` says
 #: (argv: MARKER GO EXTRACT_ARGS...).
 _PAUSING_CLI = """\
 import sys
-import featcache.jobs.dask_client as fd
+import featcache.jobs.extraction as fx
 from test_dask_client import BATCH, PauseOnce
-real = fd.extract_on_cluster
-fd.extract_on_cluster = lambda *a, **k: real(
+real = fx.extract_on_cluster  # patched where extract() looks it up
+fx.extract_on_cluster = lambda *a, **k: real(
     *a, **{**k, "commit_rows": BATCH, "on_batch": PauseOnce(sys.argv[1], sys.argv[2])})
 from featcache.cli import main
 sys.exit(main(sys.argv[3:]))
@@ -542,16 +533,7 @@ def test_the_scheduler_killed_mid_job_exits_1_naming_it_and_what_was_committed(i
         assert f"{committed} rows committed" in err and "run the same command again" in err, err
     finally:
         go.touch()
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in reversed(procs):
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for log in logs:
-            log.close()
+        _stop(procs, logs)
 
 
 def _wait_for_glob(folder: Path, pattern: str, what: str, limit=300.0) -> None:
@@ -560,3 +542,17 @@ def _wait_for_glob(folder: Path, pattern: str, what: str, limit=300.0) -> None:
     while not glob.glob(str(folder / pattern)):
         assert time.monotonic() < deadline, f"{what} never happened ({folder / pattern})"
         time.sleep(0.01)
+
+
+def _stop(procs, logs) -> None:
+    """Terminate the started processes (newest first), kill any that hang, close their logs."""
+    for proc in reversed(procs):
+        proc.terminate()
+    for proc in reversed(procs):
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for log in logs:
+        log.close()

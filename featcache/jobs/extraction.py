@@ -66,11 +66,6 @@ def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", lay
     Other parameters are those of :class:`featcache.FrozenBackbone`.
     """
     given = dict(locals())  # the options, by their names in featcache.options.OPTIONS
-    if cache is None or cache is False:
-        raise InvalidOptionError(
-            f"extract(cache={cache!r}): a batch job writes its rows into a cache directory, "
-            "so it needs one; pass a directory, a FeatureCache or 'auto' ($FEATCACHE_HOME), or "
-            "use FrozenBackbone(cache=False).fit_transform(X) to get rows in memory only")
     run = {name: given[name] for name in RUN_OPTIONS}
     if dataset is not None:  # the tag travels with the inputs, to every annotate_inputs call
         inputs = replace(_input_set(inputs), dataset=check_dataset(dataset))
@@ -81,6 +76,11 @@ def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", lay
             pooling=pooling, image_size=image_size, shard=shard, on_batch=on_batch,
             partition_size=partition_size, **run)
 
+    if cache is None or cache is False:
+        raise InvalidOptionError(
+            f"extract(cache={cache!r}): a batch job writes its rows into a cache directory, "
+            "so it needs one; pass a directory, a FeatureCache or 'auto' ($FEATCACHE_HOME), or "
+            "use FrozenBackbone(cache=False).fit_transform(X) to get rows in memory only")
     start = time.perf_counter()
     backbone = {name: given[name] for name in BACKBONE_OPTIONS if name != "layer"}
     options = resolve_run_options("extract", **backbone, **run)
