@@ -281,7 +281,7 @@ def _from_partial(est, method):
         classes = est.classes_
     else:
         _check_method(method, ("auto", "predict"), type(est).__name__)
-        squeeze = bool(est.__dict__.get("_y_1d", True)) and n_out == 1
+        squeeze = est.returns_1d()
         output = Output("affine", squeeze, est.y_scale_, est.y_mean_)
         method, classes = "predict", None
     cam = f"head.stages.{len(head.stages) - 1}" if len(head.stages) else "backbone"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import ClassifierMixin, RegressorMixin, _fit_context
 from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.validation import check_is_fitted
 
 from ..exceptions import InputError, TargetError
 from ..inputs import as_items
@@ -290,7 +291,12 @@ class PartiallyFrozenRegressor(RegressorMixin, PartiallyFrozen):
     def predict(self, X):
         """Predicted targets (NaN for unreadable inputs with ``on_error="skip"``)."""
         out = self._outputs(X).astype(np.float64) * self.y_scale_ + self.y_mean_
-        return out[:, 0] if self.__dict__.get("_y_1d", True) and out.shape[1] == 1 else out
+        return out[:, 0] if self.returns_1d() else out
+
+    def returns_1d(self) -> bool:
+        """Whether :meth:`predict` returns a 1-D array: ``y`` was 1-D at fit, one output."""
+        check_is_fitted(self)
+        return bool(self.__dict__.get("_y_1d", True)) and self.n_outputs_ == 1
 
 
 def _store_parameters(estimator, params: dict) -> None:
