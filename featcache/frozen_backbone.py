@@ -14,7 +14,8 @@ from .backbones.weights import may_remember
 from .engine.run import resolve_run
 from .exceptions import InvalidOptionError
 from .inputs import as_items
-from .options import RUN_OPTIONS, option_constraints, resolve_run_options, validate_run_options
+from .engine.run_options import resolve_run_options
+from .options import RUN_OPTIONS, option_constraints, validate_run_options
 
 __all__ = ["FrozenBackbone"]
 

@@ -24,8 +24,8 @@ from .exceptions import FeatcacheError, InvalidOptionError
 __all__ = ["POOLINGS", "PRECISIONS", "ON_ERROR", "VERIFY_INPUTS", "DECODE_SCALES",
            "MIN_IMAGE_SIZE", "OPTIONS",
            "Option", "BACKBONE_OPTIONS", "RUN_OPTIONS", "option_constraints",
-           "RunOptions", "run_constraints",
-           "validate_run_options", "validate_window", "resolve_run_options", "resolve_device",
+           "run_constraints",
+           "validate_run_options", "validate_window", "resolve_device",
            "resolve_precision", "cuda_possible",
            "is_invalid_parameter"]
 
@@ -248,44 +248,6 @@ def validate_run_options(params: dict, caller: str) -> None:
         _validate_device(known["device"], caller)
 
 
-@dataclasses.dataclass(frozen=True)
-class RunOptions:
-    """How one extraction runs, resolved once and passed whole (picklable, torch-free).
-
-    ``device`` and ``precision`` are resolved (``"cpu"``/``"cuda:0"``, ``"fp32"``/``"bf16"``...):
-    the value that enters the fingerprint is the value the engine uses. ``decode`` is the
-    :class:`~featcache.inputs.DecodePolicy` the engine decodes with and the configurations
-    record, built once from the decode options (``window``, ``decode_scale``). Build it with
-    :func:`resolve_run_options`.
-    """
-
-    batch_size: int = 64
-    device: str = "cpu"
-    precision: str = "fp32"
-    num_workers: int | None = None
-    on_error: str = "raise"
-    retry_failed: bool = False
-    progress: bool | None = None
-    decode: object = None  # featcache.inputs.DecodePolicy; None: the default policy
-    commit_rows: int = 4096
-    commit_seconds: float = 30.0
-    verify_inputs: str = "stat"
-
-    def __post_init__(self):
-        if self.decode is None:
-            object.__setattr__(self, "decode", _decode_policy({}))
-
-    @property
-    def window(self) -> "tuple | None":
-        """The decode policy's intensity window."""
-        return self.decode.window
-
-    def engine_kwargs(self) -> dict:
-        """Keyword arguments of :func:`featcache.engine.batches.run_batches` (all but ``policy``)."""
-        return dict(batch_size=self.batch_size, device=self.device, precision=self.precision,
-                    num_workers=self.num_workers, on_error=self.on_error, progress=self.progress)
-
-
 def resolve_device(device="auto"):
     """``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``."""
     import torch
@@ -337,35 +299,3 @@ def cuda_possible() -> bool:
     if sys.platform.startswith("linux") or sys.platform == "darwin":
         return os.path.exists("/proc/driver/nvidia/version")
     return True
-
-
-def resolve_run_options(caller: str = "featcache", **params) -> RunOptions:
-    """Validate the run options in ``params`` and resolve device and precision once.
-
-    ``device="auto"`` becomes CUDA when available, else the CPU; ``precision="auto"`` fp32 on
-    a CPU and bf16 (or fp16) on a GPU (see :func:`featcache.engine.batches.resolve_device`).
-    """
-    validate_run_options(params, caller)
-    device, precision = params.get("device", "auto"), params.get("precision", "auto")
-    if device == "cpu" or (device == "auto" and not cuda_possible()):
-        params["device"] = "cpu"  # resolved without importing torch (the warm path)
-        params["precision"] = "fp32" if precision == "auto" else precision
-    else:
-        resolved = resolve_device(device)
-        params["device"] = str(resolved)
-        params["precision"] = resolve_precision(precision, resolved)
-    params["decode"] = _decode_policy(params)
-    fields = {f.name for f in dataclasses.fields(RunOptions)}
-    return RunOptions(**{k: v for k, v in params.items() if k in fields})
-
-
-def _decode_policy(params: dict):
-    """The DecodePolicy of the decode options in ``params`` (the run options that are fields
-    of :class:`~featcache.inputs.DecodePolicy`: ``window``, ``decode_scale``), its other
-    fields at their defaults."""
-    # Imported here: featcache.inputs.decoding imports this module (validate_window), so a
-    # top-level import would close a cycle; and the options, a leaf, stay free of numpy/Pillow.
-    from .inputs.decoding import DecodePolicy
-
-    names = {f.name for f in dataclasses.fields(DecodePolicy)} & set(OPTIONS)
-    return DecodePolicy(**{name: params[name] for name in names if params.get(name) is not None})

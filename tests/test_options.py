@@ -7,8 +7,8 @@ import sys
 import pytest
 from featcache.exceptions import InvalidOptionError
 
-from featcache.options import (POOLINGS, RunOptions, cuda_possible, resolve_run_options,
-                               validate_run_options, validate_window)
+from featcache.engine.run_options import RunOptions, resolve_run_options
+from featcache.options import POOLINGS, cuda_possible, validate_run_options, validate_window
 
 
 @pytest.mark.parametrize("params, words", [
@@ -36,7 +36,7 @@ def test_good_options_and_unknown_names_pass():
 
 
 def test_resolved_once_on_a_cpu_without_importing_torch():
-    code = ("import sys; from featcache.options import resolve_run_options as r; "
+    code = ("import sys; from featcache.engine.run_options import resolve_run_options as r; "
             "o = r(device='auto', precision='auto', window=(1, 2)); "
             "print(o.device, o.precision, o.window, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from featcache.inputs import as_items
-from featcache.options import resolve_run_options
+from featcache.engine.run_options import resolve_run_options
 from featcache.partial.activations import prefix_activations
 
 SIZE = 32

@@ -46,7 +46,7 @@ import pytest  # noqa: E402
 
 def _key(model="efficientnet_lite0", weights="DEFAULT"):
     from featcache.engine.unit_of_work import resolution_key
-    from featcache.options import resolve_run_options
+    from featcache.engine.run_options import resolve_run_options
 
     options = resolve_run_options(device="cpu", progress=False)
     return resolution_key(model=model, weights=weights, layers=(None,), pooling="avg",

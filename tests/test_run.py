@@ -7,7 +7,7 @@ import featcache.engine.run as run_module
 from featcache.cache import FeatureCache, MemoryNamespace, Namespace
 from featcache.engine.run import ResolvedRun, changed_since_fit, resolve_run
 from featcache.exceptions import FeatcacheError
-from featcache.options import resolve_run_options
+from featcache.engine.run_options import resolve_run_options
 
 PARAMS = dict(model="efficientnet_lite0", weights="DEFAULT", layers=(None,), pooling="avg",
               image_size=32)

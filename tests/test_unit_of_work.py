@@ -30,7 +30,7 @@ def _embed_twice_broken(tmp_path, cache, read):
     from featcache.cache import MemoryNamespace, resolve_cache
     from featcache.engine.unit_of_work import content_keys, embed, resolve_configs
     from featcache.inputs import as_items
-    from featcache.options import resolve_run_options
+    from featcache.engine.run_options import resolve_run_options
 
     rng = np.random.default_rng(0)
     good = []

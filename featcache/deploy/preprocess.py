@@ -22,7 +22,8 @@ from ..engine.batches import to_model_input, to_unit_float
 from ..exceptions import FeatcacheError
 from ..frozen_backbone import FrozenBackbone
 from ..inputs import DecodePolicy, as_items, decode
-from ..options import OPTIONS, resolve_run_options
+from ..engine.run_options import resolve_run_options
+from ..options import OPTIONS
 from ..partial import PartiallyFrozenClassifier, PartiallyFrozenRegressor
 
 __all__ = ["preprocess", "InputSpec", "input_spec", "decode_policy"]
@@ -53,7 +54,7 @@ class InputSpec:
 
 def decode_policy(estimator) -> DecodePolicy:
     """The :class:`DecodePolicy` the engine decodes ``estimator``'s inputs with: the one
-    :func:`featcache.options.resolve_run_options` builds from its decode options (``window``,
+    :func:`featcache.engine.run_options.resolve_run_options` builds from its decode options (``window``,
     and any other run option that is a field of the policy)."""
     names = {f.name for f in dataclasses.fields(DecodePolicy)} & set(OPTIONS)
     params = {name: getattr(estimator, name) for name in names if hasattr(estimator, name)}

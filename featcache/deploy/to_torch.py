@@ -28,7 +28,7 @@ from torch import nn
 
 from ..backbones import get_backbone, load_backbone, stage_layout
 from ..exceptions import FeatcacheError
-from ..options import resolve_run_options
+from ..engine.run_options import resolve_run_options
 from ..partial import PartiallyFrozenClassifier, PartiallyFrozenRegressor
 from ..partial.activations import memory_budget
 from ..partial.fitted import check_fitted_state, check_tail_state, head_outputs

@@ -21,7 +21,7 @@ from typing import Callable
 from ..backbones.weights import is_weights_path, may_remember, weights_key
 from ..cache import MemoryNamespace, resolve_cache
 from ..exceptions import FeatcacheError
-from ..options import RunOptions
+from .run_options import RunOptions
 from .unit_of_work import EmbedResult, SourcesOf, embed, resolve_configs
 
 __all__ = ["ResolvedRun", "resolve_run", "changed_since_fit"]
@@ -35,7 +35,7 @@ class ResolvedRun:
     ----------
     store : featcache.cache.FeatureCache or None
         The cache; None keeps rows in memory for this run (``cache=False``).
-    options : featcache.options.RunOptions
+    options : featcache.engine.run_options.RunOptions
         Batch size, resolved device and precision, the decode policy, commits...
     configs : dict
         Layer name -> (configuration, fingerprint).
@@ -119,8 +119,8 @@ def resolve_run(*, model, weights, layers, pooling, image_size, cache, options: 
         :func:`featcache.options.validate_run_options`).
     cache : "auto", path, FeatureCache, False or None
         The ``cache=`` parameter (:func:`featcache.cache.resolve_cache`).
-    options : featcache.options.RunOptions
-        From :func:`featcache.options.resolve_run_options`.
+    options : featcache.engine.run_options.RunOptions
+        From :func:`featcache.engine.run_options.resolve_run_options`.
     storage, augment
         Row storage and an augmentation description, both in the configurations
         (:func:`featcache.engine.unit_of_work.namespace_configs`).

@@ -93,7 +93,7 @@ def fill_cache(loaded, items, keys, sources, todo, namespaces, *, options, on_ba
     todo : array of positions to compute
     namespaces : dict
         Layer name -> :class:`featcache.cache.Namespace` (or ``MemoryNamespace``).
-    options : featcache.options.RunOptions
+    options : featcache.engine.run_options.RunOptions
         Batch size, resolved device and precision, workers, on_error, progress, commits.
     on_batch : callable, optional
         Called with each :class:`featcache.engine.batches.Batch` after it is handed to the writers.
@@ -329,7 +329,7 @@ def embed(items, sources, namespaces, *, load, options, read=None, on_keys=None,
     load : callable
         ``load() -> LoadedBackbone``; called only when something must be computed, so a fully
         cached call never loads the network.
-    options : featcache.options.RunOptions
+    options : featcache.engine.run_options.RunOptions
     read : str, optional
         A layer whose rows to return in input order (``EmbedResult.features``).
     on_keys : callable, optional

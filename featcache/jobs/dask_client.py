@@ -212,7 +212,7 @@ def extract_on_cluster(client, inputs, cache, *, model="efficientnet_lite0", wei
     **run
         The run options (:data:`featcache.options.RUN_OPTIONS`: ``batch_size``, ``device``,
         ``precision``, ``window``...), passed to every task as given; each worker resolves
-        them (:func:`featcache.options.resolve_run_options`) for its own hardware.
+        them (:func:`featcache.engine.run_options.resolve_run_options`) for its own hardware.
 
     Returns
     -------

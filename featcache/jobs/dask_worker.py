@@ -31,7 +31,7 @@ from ..cache.files import MARKER
 from ..engine.allocator import reuse_freed_memory
 from ..engine.run import ResolvedRun, resolve_run
 from ..exceptions import FeatcacheError
-from ..options import resolve_run_options
+from ..engine.run_options import resolve_run_options
 from .summary import annotate_inputs
 
 __all__ = ["PARTITION_LINGER", "Job", "PartitionResult", "run_partition", "record_annotations"]

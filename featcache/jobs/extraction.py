@@ -19,7 +19,8 @@ from ..engine.unit_of_work import source_of
 from ..exceptions import InvalidOptionError
 from ..inputs import as_items
 from ..inputs.sources import InputSet, shard_positions
-from ..options import BACKBONE_OPTIONS, RUN_OPTIONS, resolve_run_options, validate_run_options
+from ..engine.run_options import resolve_run_options
+from ..options import BACKBONE_OPTIONS, RUN_OPTIONS, validate_run_options
 from .dask_client import extract_on_cluster
 from .summary import ExtractSummary, annotate_inputs
 

@@ -204,7 +204,7 @@ def prefix_activations(items, *, model, weights, layer, pooling, image_size, opt
         From :func:`featcache.inputs.as_items`.
     model, weights, layer, pooling, image_size
         The frozen prefix: its output at ``layer`` (``pooling="none"`` keeps the feature map).
-    options : featcache.options.RunOptions
+    options : featcache.engine.run_options.RunOptions
     cache : "auto", path, FeatureCache, False or None
         Where the activations are cached; False/None keeps them in memory for this call.
     storage : {"float32", "float16"}

@@ -28,7 +28,8 @@ from ..backbones import get_backbone, stage_layout
 from ..exceptions import InputError, InvalidOptionError, LayerError
 from ..inputs import as_items
 from ..inputs.augment import DEFAULT_POLICY
-from ..options import RUN_OPTIONS, resolve_run_options
+from ..engine.run_options import resolve_run_options
+from ..options import RUN_OPTIONS
 from .activations import memory_budget, prefix_activations
 from .fitted import check_fitted_state, check_tail_state, head_outputs
 from .network import architecture, pretrained_network
