@@ -79,7 +79,8 @@ def to_torch(estimator, *, method="auto"):
         An estimator or pipeline step featcache cannot translate.
     ValueError
         A ``method`` the estimator does not have, or whose output featcache does not reproduce
-        (``predict_proba`` of ``SGDClassifier``).
+        (``predict_proba`` of ``SGDClassifier``), or a partially frozen estimator with
+        ``tta_views > 0`` (test-time augmentation is not exported).
     FeatcacheError
         The backbone loaded now is not the one fitted (its weights changed).
     """
@@ -252,6 +253,14 @@ def _check_method(method, allowed, what):
 # ---------------------------------------------------------------- partial freezing
 def _from_partial(est, method):
     spec_in = input_spec(est)
+    if est._tta_views():
+        raise ValueError(
+            f"{type(est).__name__} has tta_views={est._tta_views()}: its predictions average "
+            "augmented views of each input, each drawn from the input's content key, which a "
+            "deployed module does not compute, so featcache cannot export them exactly. "
+            "Export the single-view model, featcache.to_torch(estimator.set_params("
+            "tta_views=0)) (tta_views only changes predictions: no refit), and average its "
+            "outputs over augmentations of your own if deployment needs them.")
     spec = get_backbone(est.model)
     arch = architecture(spec)
     layout = stage_layout(arch, spec.name)

@@ -58,6 +58,7 @@ class PartiallyFrozen(BaseEstimator):
         "batchnorm": [StrOptions({"frozen", "train"})],
         "augment_views": [Interval(Integral, 0, None, closed="left")],
         "augment_policy": [HasMethods(["apply", "describe"]), None],
+        "tta_views": [Interval(Integral, 0, None, closed="left")],
         "cache_dtype": [StrOptions({"float16", "float32"})],
         "max_memory": [StrOptions({"auto"}), Interval(Integral, 0, None, closed="left")],
         "random_state": ["random_state"],
@@ -205,22 +206,41 @@ class PartiallyFrozen(BaseEstimator):
         return tail
 
     def _outputs(self, X) -> np.ndarray:
-        """Raw outputs of the tail for X; NaN rows for failed inputs (``on_error="skip"``)."""
+        """Outputs of the tail for X, the views combined (:meth:`_combine_views`); NaN rows for
+        failed inputs (``on_error="skip"``).
+
+        With ``tta_views=K`` the prefix rows of the input and of its K augmented views (the
+        policy of ``augment_views``) come from the cache, each computed once; the tail runs
+        on every view and :meth:`_combine_views` averages them.
+        """
         check_is_fitted(self, "tail_state_")
         from .training import predict_outputs  # imports torch
 
         tail = self._fitted_tail()  # a loaded estimator's state is checked before any use
         options = self._run_options()
         items = as_items(X)
-        acts = self._activations(items, options, expected=self.prefix_fingerprint_)
-        out = np.full((len(items), tail.head.out_features), np.nan, dtype=np.float32)
+        acts = self._activations(items, options, views=self._tta_views(),
+                                 expected=self.prefix_fingerprint_)
+        out = np.full((acts.n_views, len(items), tail.head.out_features), np.nan,
+                      dtype=np.float32)
         valid = acts.valid
         if len(valid):
             config = self._training_config(options, 0)
-            out[valid] = predict_outputs(tail, acts.rows_on(config.device), valid, config)
+            rows = acts.rows_on(config.device)
+            for view in range(acts.n_views):
+                out[view, valid] = predict_outputs(tail, _one_view(rows, view), valid, config)
         tail.to("cpu")
         self.failures_ = dict(acts.failures)
-        return out
+        return self._combine_views(out)
+
+    def _tta_views(self) -> int:
+        """``tta_views`` (0 for an estimator pickled before the parameter existed)."""
+        return int(getattr(self, "tta_views", 0))
+
+    def _combine_views(self, outputs: np.ndarray) -> np.ndarray:
+        """One output per input from ``outputs`` of shape (n_views, n, n_outputs): the mean
+        (the regressor's; the classifier averages probabilities instead)."""
+        return outputs[0] if len(outputs) == 1 else outputs.mean(axis=0)
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -234,3 +254,10 @@ class PartiallyFrozen(BaseEstimator):
         tags.input_tags.string = True
         tags.non_deterministic = self.random_state is None
         return tags
+
+
+def _one_view(rows, view: int):
+    """``rows(positions, views)`` restricted to one view, as ``predict_outputs`` reads it."""
+    def view_rows(positions, views=None):
+        return rows(positions, None if view == 0 else np.full(len(positions), view, np.int64))
+    return view_rows

@@ -78,9 +78,20 @@ class PartiallyFrozenClassifier(ClassifierMixin, PartiallyFrozen):
     augment_views : int, default=0
         K seeded augmented views of each training image (:mod:`featcache.inputs.augment`), each
         cached once; each epoch trains on one view per image drawn from the image itself and
-        its K views. Prediction uses the unaugmented input.
+        its K views. Prediction uses the unaugmented input (unless ``tta_views``).
     augment_policy : featcache.inputs.augment.AugmentPolicy or None, default=None
         None uses ``featcache.inputs.augment.DEFAULT_POLICY`` (``"mild-v1"``: no flips).
+    tta_views : int, default=0
+        Test-time augmentation: predictions average over the input and its first K augmented
+        views (the views of ``augment_policy``, the same ones ``augment_views`` trains on),
+        each view's prefix rows computed once and cached, so a second prediction on the same
+        inputs runs no prefix. ``predict_proba`` is the mean of the views' probabilities;
+        ``predict`` its most probable class; ``decision_function`` the log of the mean
+        probabilities (for two classes the log-odds ``log(p1 / p0)``), so its sign agrees
+        with ``predict``. Only predictions read it: it can be set on a fitted estimator
+        (``set_params``) without refitting. ``featcache.to_torch`` refuses ``tta_views > 0``
+        (a view depends on the input's content key, which the deployed module does not
+        compute). 0: the input alone, as trained.
     cache_dtype : {"float16", "float32"}, default="float16"
         Storage of the cached activations (in the fingerprint).
     max_memory : "auto" or int, default="auto"
@@ -137,7 +148,8 @@ class PartiallyFrozenClassifier(ClassifierMixin, PartiallyFrozen):
                  image_size=None, max_epochs=10, batch_size=64, learning_rate=3e-4,
                  head_learning_rate=None, weight_decay=0.01, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=5, tol=1e-4, class_weight=None,
-                 batchnorm="frozen", augment_views=0, augment_policy=None, cache_dtype="float16",
+                 batchnorm="frozen", augment_views=0, augment_policy=None, tta_views=0,
+                 cache_dtype="float16",
                  max_memory="auto", random_state=None, device="auto", precision="auto",
                  cache="auto", num_workers=None, on_error="raise", progress=None, window=None,
                  decode_scale="reduced", retry_failed=False, verify_inputs="stat"):
@@ -190,13 +202,30 @@ class PartiallyFrozenClassifier(ClassifierMixin, PartiallyFrozen):
 
         return self._fit(X, targets, len(self.classes_), loss_fn, score_fn, encoded)
 
+    def _combine_views(self, outputs):
+        """Logits of one view; with ``tta_views`` the log of the views' mean probabilities
+        (whose softmax is that mean)."""
+        if len(outputs) == 1:
+            return outputs[0]
+        logits = outputs.astype(np.float64)
+        logits -= logits.max(axis=2, keepdims=True)
+        proba = np.exp(logits)
+        proba /= proba.sum(axis=2, keepdims=True)
+        with np.errstate(divide="ignore"):  # a probability that underflowed to 0: -inf
+            return np.log(proba.mean(axis=0))
+
     def decision_function(self, X):
-        """Logits, shape (n, n_classes); for two classes the difference (n,), as scikit-learn."""
+        """Logits, shape (n, n_classes); for two classes the difference (n,), as scikit-learn.
+
+        With ``tta_views`` the log of the views' mean probabilities instead of logits (their
+        differences are log-odds).
+        """
         out = self._outputs(X)
         return out[:, 1] - out[:, 0] if len(self.classes_) == 2 else out
 
     def predict_proba(self, X):
-        """Class probabilities (softmax of the logits); NaN rows for unreadable inputs."""
+        """Class probabilities (softmax of the logits; with ``tta_views``, the mean of the
+        views' probabilities); NaN rows for unreadable inputs."""
         out = self._outputs(X).astype(np.float64)
         out -= out.max(axis=1, keepdims=True)
         np.exp(out, out=out)
@@ -229,7 +258,9 @@ class PartiallyFrozenRegressor(RegressorMixin, PartiallyFrozen):
         Training loss on standardised targets (``huber`` with delta 1, in standard deviations).
 
     Targets are standardised for training (mean 0, standard deviation 1 per output) and
-    predictions brought back to their scale; early stopping scores R^2.
+    predictions brought back to their scale; early stopping scores R^2. With
+    ``tta_views=K``, :meth:`predict` is the mean of the predictions for the input and its K
+    augmented views.
 
     Attributes
     ----------
@@ -240,7 +271,8 @@ class PartiallyFrozenRegressor(RegressorMixin, PartiallyFrozen):
                  image_size=None, max_epochs=10, batch_size=64, learning_rate=3e-4,
                  head_learning_rate=None, weight_decay=0.01, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=5, tol=1e-4, loss="squared_error",
-                 batchnorm="frozen", augment_views=0, augment_policy=None, cache_dtype="float16",
+                 batchnorm="frozen", augment_views=0, augment_policy=None, tta_views=0,
+                 cache_dtype="float16",
                  max_memory="auto", random_state=None, device="auto", precision="auto",
                  cache="auto", num_workers=None, on_error="raise", progress=None, window=None,
                  decode_scale="reduced", retry_failed=False, verify_inputs="stat"):
