@@ -282,6 +282,19 @@ def test_partially_frozen_regressor(tmp_path):
         assert got.shape == want.shape and np.abs(got - want).max() < TOL
 
 
+def test_test_time_augmentation_is_refused_with_the_fix(tmp_path):
+    X, y = _partial_toy()
+    clf = PartiallyFrozenClassifier(trainable_blocks=0, image_size=32, max_epochs=1,
+                                    batch_size=16, cache=tmp_path / "c", random_state=0,
+                                    tta_views=1, progress=False).fit(X, y)
+    with pytest.raises(ValueError, match=r"tta_views=1: .*content key.*"
+                                         r"to_torch\(estimator\.set_params\(tta_views=0\)\)"):
+        featcache.to_torch(clf)
+    module = featcache.to_torch(clf.set_params(tta_views=0))  # no refit: the single view
+    want = clf.predict_proba(X)
+    assert np.abs(_run(module, featcache.preprocess(X, clf)) - want).max() < TOL
+
+
 def test_what_cannot_be_deployed_says_so(xray, cache_dir):
     images, labels = xray
     with pytest.raises(NotFittedError):

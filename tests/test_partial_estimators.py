@@ -119,6 +119,8 @@ def test_clone_and_params(tmp_path):
     ({"cache_dtype": "int8"}, "cache_dtype"),
     ({"device": "gpu"}, "device"),
     ({"verify_inputs": "mtime"}, "verify_inputs"),
+    ({"tta_views": -1}, r"'tta_views' parameter .* must be an int in the range \[0, inf\)"),
+    ({"tta_views": 1.5}, "tta_views"),
 ])
 def test_invalid_parameters_are_named(tmp_path, toy, params, match):
     X, y = toy
@@ -203,6 +205,94 @@ def test_augment_views_are_cached_once_each(tmp_path, toy, monkeypatch):
     np.testing.assert_array_equal(again.predict_proba(X), clf.predict_proba(X))
     plain = _clf(tmp_path, trainable_blocks=1).fit(X, y)
     assert not np.array_equal(plain.predict_proba(X), clf.predict_proba(X))
+
+
+def _per_view_outputs(est, X, views):
+    """The tail's outputs for each of the ``views + 1`` views of X, shape (views + 1, n, out),
+    from the cached prefix rows (each must be cached already) through the fitted tail."""
+    import torch
+
+    from featcache.inputs import as_items
+
+    acts = est._activations(as_items(X), est._run_options(), views=views)
+    assert acts.computed == 0 and acts.n_views == views + 1
+    tail = est._fitted_tail().eval()
+    out = []
+    with torch.no_grad():
+        for v in range(views + 1):
+            rows = acts.rows(np.arange(len(X)), np.full(len(X), v))
+            out.append(tail(torch.from_numpy(rows)).numpy())
+    return np.stack(out)
+
+
+def test_tta_views_average_the_probabilities_of_the_cached_views(tmp_path, toy, monkeypatch):
+    import featcache.engine.batches as engine
+
+    X, y = toy
+    clf = _clf(tmp_path, trainable_blocks=1).fit(X, y)
+    plain = clf.predict_proba(X)
+    counted = []
+    real = engine.run_batches
+    monkeypatch.setattr(engine, "run_batches", lambda extractor, items, positions, **kw:
+                        counted.append(len(positions)) or real(extractor, items, positions, **kw))
+    tta = clf.set_params(tta_views=2).predict_proba(X)
+    assert sum(counted) == 2 * 48  # views 1 and 2 of each image; view 0 was cached by fit
+    views = {i["config"].get("augment", {}).get("view", 0)
+             for i in FeatureCache(tmp_path / "cache").info()}
+    assert views == {0, 1, 2}
+    logits = _per_view_outputs(clf, X, 2)
+    assert not np.allclose(logits[1], logits[0], atol=1e-3)  # the views differ
+    proba = np.exp(logits - logits.max(axis=2, keepdims=True))
+    proba /= proba.sum(axis=2, keepdims=True)
+    np.testing.assert_allclose(tta, proba.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(plain, proba[0], atol=1e-5)
+    assert np.abs(tta - plain).max() > 1e-3  # averaging over views changed the probabilities
+    decision = clf.decision_function(X)
+    np.testing.assert_allclose(decision, np.log(tta[:, 1] / tta[:, 0]), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(clf.predict(X), clf.classes_[(decision > 0).astype(int)])
+    # Every view is cached now: predicting again computes nothing, with the same numbers.
+    monkeypatch.setattr(engine, "run_batches", lambda *a, **k: pytest.fail("prefix ran again"))
+    np.testing.assert_array_equal(clf.predict_proba(X), tta)
+    np.testing.assert_array_equal(clf.set_params(tta_views=0).predict_proba(X), plain)
+
+
+def test_tta_views_of_a_multiclass_classifier_and_a_regressor(tmp_path, toy):
+    X, _ = toy
+    y3 = np.arange(48) % 3
+    clf = _clf(tmp_path, trainable_blocks=0, tta_views=1).fit(X, y3)
+    tta = clf.predict_proba(X)  # computes and caches view 1 (fit cached view 0)
+    logits = _per_view_outputs(clf, X, 1)
+    proba = np.exp(logits - logits.max(axis=2, keepdims=True))
+    proba /= proba.sum(axis=2, keepdims=True)
+    np.testing.assert_allclose(tta, proba.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(clf.decision_function(X), np.log(proba.mean(axis=0)), atol=1e-5)
+    target = X[:, :10].mean(axis=(1, 2, 3)) / 255.0
+    reg = PartiallyFrozenRegressor(trainable_blocks=1, image_size=SIZE, max_epochs=2,
+                                   batch_size=16, cache=tmp_path / "cache", random_state=0,
+                                   tta_views=2, progress=False).fit(X, target)
+    pred = reg.predict(X)
+    outs = _per_view_outputs(reg, X, 2)[:, :, 0] * reg.y_scale_[0] + reg.y_mean_[0]
+    assert pred.shape == (48,) and np.abs(outs[1] - outs[0]).max() > 1e-4
+    np.testing.assert_allclose(pred, outs.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(reg.set_params(tta_views=0).predict(X), outs[0], rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_tta_views_survive_pickle_and_skops(tmp_path, toy):
+    from featcache import sharing
+
+    X, y = toy
+    clf = _clf(tmp_path, trainable_blocks=1, tta_views=2).fit(X, y)
+    want = clf.predict_proba(X)
+    restored = pickle.loads(pickle.dumps(clf))
+    assert restored.tta_views == 2 and "_tail" not in restored.__dict__
+    np.testing.assert_array_equal(restored.predict_proba(X), want)
+    sio = pytest.importorskip("skops.io")
+    sharing.dump(clf, tmp_path / "clf.skops")
+    assert set(sio.get_untrusted_types(file=tmp_path / "clf.skops")) <= set(sharing.TRUSTED_TYPES)
+    loaded = sharing.load(tmp_path / "clf.skops")
+    assert loaded.tta_views == 2
+    np.testing.assert_array_equal(loaded.predict_proba(X), want)
 
 
 def test_unreadable_inputs_with_skip(tmp_path, toy):
@@ -425,3 +515,37 @@ def test_the_new_errors_are_public_featcache_errors():
         error = getattr(featcache, name)
         assert error is getattr(exceptions, name) and name in exceptions.__all__
         assert issubclass(error, exceptions.FeatcacheError) and name in featcache.__all__
+
+
+def test_fit_stats_keep_loading_apart_and_a_batch_log_sees_every_step(tmp_path, toy, monkeypatch,
+                                                                       capsys):
+    """stderr under pytest is no terminal: lines, here one per update (interval 0)."""
+    from collections import OrderedDict
+
+    import featcache.backbones.loading as loading
+    import featcache.partial.network as network
+
+    X, y = toy
+    for memo in (network, "_MEMO"), (loading, "_NETWORKS"), (loading, "_LOADED"):
+        monkeypatch.setattr(*memo, OrderedDict())  # this process loads both networks anew
+    monkeypatch.setenv("FEATCACHE_PROGRESS_INTERVAL", "0")
+    cold = _clf(tmp_path, trainable_blocks=1, progress=None).fit(X, y)
+    stats = cold.fit_stats_
+    assert stats["computed"] == 48 and stats["load_seconds"] > 0 and stats["prefix_seconds"] > 0
+    parts = stats["load_seconds"] + stats["prefix_seconds"] + sum(stats["epoch_seconds"])
+    assert parts <= stats["seconds"]
+    err = capsys.readouterr().err.splitlines()
+    loaded = [line for line in err if line.startswith("featcache: loaded efficientnet_lite0 ")]
+    assert len(loaded) == 2, err  # the tail's source network, and the prefix's folded one
+    assert "featcache (0 cached): 48/48 img (100%)" in "\n".join(err)
+    training = [line for line in err if line.startswith("featcache training: ")]
+    assert [line.split(" (")[0] for line in training[:-1]] == [
+        f"featcache training: {n}/6 batch" for n in range(1, 7)]
+    assert training[0].endswith("epoch=1/2") and "epoch=2/2, loss=" in training[3]
+    assert training[-1].startswith("featcache training: done 6/6 batch in ")
+
+    warm = _clf(tmp_path, trainable_blocks=1, progress=None).fit(X, y)
+    assert warm.fit_stats_["computed"] == 0 and warm.fit_stats_["load_seconds"] == 0
+    assert "loaded" not in capsys.readouterr().err  # held by this process: nothing loaded
+    _clf(tmp_path, trainable_blocks=1, progress=False).fit(X, y)
+    assert capsys.readouterr().err == ""
