@@ -1,5 +1,6 @@
 """Tests for featcache.backbones: registry, loading, layers and pooling, fingerprint."""
 
+import re
 import urllib.error
 import warnings
 
@@ -179,3 +180,26 @@ def test_fingerprint_is_canonical_and_ignores_file_locations():
     loaded = load_backbone(image_size=64)
     assert loaded.config["preprocessing"]["image_size"] == 64
     assert np.isclose(loaded.config["preprocessing"]["mean"][0], 0.5)
+
+
+def test_loading_a_network_says_what_where_and_how_long(capsys, caplog):
+    """stderr under pytest is no terminal: a batch job's log, where the line is printed."""
+    import logging
+
+    from featcache.backbones.loading import LoadTimer, build_network
+
+    spec = get_backbone("efficientnet_lite0")
+    with LoadTimer() as outer:
+        with LoadTimer() as inner:
+            network, label, _ = build_network(spec, "DEFAULT")
+        build_network(spec, "DEFAULT", progress=False)  # logged, never printed
+    (line,) = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(r"featcache: loaded efficientnet_lite0 \(weights IMAGENET1K via "
+                        r"featcache\) on cpu in \d+\.\d s", line), line
+    assert 0 < inner.seconds < outer.seconds  # each open timer counts the loads in it
+    with caplog.at_level(logging.INFO, logger="featcache"):
+        build_network(spec, "DEFAULT")
+    assert capsys.readouterr().err == ""  # the application's logging shows it instead
+    (record,) = [r for r in caplog.records if r.name == "featcache.backbones.loading"]
+    assert record.levelno == logging.INFO and record.getMessage().startswith(
+        "loaded efficientnet_lite0 (weights IMAGENET1K via featcache) on cpu in ")

@@ -395,3 +395,32 @@ def test_extract_dataset_split_column_json_and_a_fully_cached_rerun(xray_pngs, t
     assert "n_train=45, n_val=15" in capsys.readouterr().out
     assert cli_main(run[:-1] + ["nope", "--split-column", "stage"]) == 1
     assert "has no split column 'stage'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- a batch job's log
+def test_extract_in_a_batch_job_prints_progress_lines_to_its_log(xray_pngs, tmp_path):
+    """stderr to a file, as SLURM and nohup give it: lines (here one per batch), no bar."""
+    paths, _ = xray_pngs
+    log = tmp_path / "job.err"
+    command = [sys.executable, "-m", "featcache.cli", "extract", *paths[:12], "--cache",
+               str(tmp_path / "c"), "--image-size", "32", "--batch-size", "4", "--device", "cpu",
+               "--workers", "0"]
+    env = {**os.environ, "FEATCACHE_PROGRESS_INTERVAL": "0"}
+    with open(log, "w") as stderr:
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                              cwd=ROOT, timeout=300, env=env)
+    assert done.returncode == 0 and "12 inputs: 12 computed" in done.stdout, log.read_text()
+    lines = log.read_text().splitlines()
+    assert re.fullmatch(r"featcache: loaded efficientnet_lite0 \(weights IMAGENET1K via "
+                        r"featcache\) on cpu in \d+\.\d s", lines[0]), lines
+    assert [line.split(" img ")[0] + " img" for line in lines[1:4]] == [
+        "featcache (0 cached): 4/12 img", "featcache (0 cached): 8/12 img",
+        "featcache (0 cached): 12/12 img"], lines
+    assert re.fullmatch(r"featcache \(0 cached\): 12/12 img \(100%\) in \d+s, [\d.]+ img/s, "
+                        r"ETA 0s", lines[3]), lines[3]
+    assert lines[4].startswith("featcache (0 cached): done 12/12 img in ") and len(lines) == 5
+    with open(log, "w") as stderr:  # --quiet: nothing at all, even at interval 0
+        done = subprocess.run([*command, "--quiet", "--cache", str(tmp_path / "c2")],
+                              stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=ROOT,
+                              timeout=300, env=env)
+    assert done.returncode == 0 and log.read_text() == ""

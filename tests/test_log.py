@@ -1,5 +1,6 @@
 """Tests for featcache.log: the `featcache` logger is quiet by default and says what happened."""
 
+import io
 import logging
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 from featcache import FrozenBackbone
 from featcache.cache import FeatureCache, clear_memo, shards
 from featcache.exceptions import CorruptShardWarning
-from featcache.log import LOGGER_NAME, get_logger
+from featcache.log import LOGGER_NAME, get_logger, progress_lines, status
 
 FP = "log-test"
 
@@ -101,3 +102,27 @@ def _pngs(images, folder):
         paths.append(folder / f"{i}.png")
         Image.fromarray(image).save(paths[-1])
     return paths
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+
+@pytest.mark.parametrize("tty, progress, printed", [
+    (False, None, True), (False, True, True), (False, False, False), (True, None, False)])
+def test_a_status_line_is_printed_only_in_a_batch_job_log(tty, progress, printed, monkeypatch,
+                                                          caplog):
+    monkeypatch.setattr(sys, "stderr", _Stream(tty))
+    logger = get_logger("featcache.status-test")
+    status(logger, "loaded a network in 1.0 s", progress)
+    assert sys.stderr.getvalue() == ("featcache: loaded a network in 1.0 s\n" if printed else "")
+    assert progress_lines(progress) is printed
+    with caplog.at_level(logging.INFO, logger=LOGGER_NAME):  # logging configured: logged once
+        status(logger, "loaded again", progress)
+    assert "loaded again" not in sys.stderr.getvalue()
+    assert [r.getMessage() for r in caplog.records] == ["loaded again"]

@@ -20,11 +20,36 @@ class _Stream(io.StringIO):
 
 @pytest.mark.parametrize("tty, kernel, expected", [
     (True, False, True), (False, False, False), (False, True, True)])
-def test_none_shows_on_a_terminal_or_in_a_kernel(tty, kernel, expected, monkeypatch):
+def test_a_bar_shows_on_a_terminal_or_in_a_kernel(tty, kernel, expected, monkeypatch):
     monkeypatch.setattr(sys, "stderr", _Stream(tty))
     monkeypatch.setattr(progress, "in_jupyter_kernel", lambda: kernel)
     assert progress.show_progress(None) is expected
-    assert progress.show_progress(True) is True and progress.show_progress(False) is False
+    assert progress.show_progress(True) is expected and progress.show_progress(False) is False
+
+
+@pytest.mark.parametrize("given", [None, True])
+def test_a_batch_job_log_gets_lines_not_a_bar(given, monkeypatch):
+    monkeypatch.setattr(sys, "stderr", _Stream(False))
+    monkeypatch.setattr(progress, "in_jupyter_kernel", lambda: False)
+    monkeypatch.setenv(progress.INTERVAL_VARIABLE, "0")
+    bar = progress.progress_bar(4, "featcache", given)
+    assert isinstance(bar, progress.ProgressLines) and bar.interval == 0
+    bar.update(4)
+    bar.close()
+    lines = sys.stderr.getvalue().splitlines()
+    assert lines[0].startswith("featcache: 4/4 img (100%) in 0s") and len(lines) == 2
+    assert lines[1].startswith("featcache: done 4/4 img in 0s")
+
+
+def test_a_terminal_still_gets_the_tqdm_bar(monkeypatch):
+    from tqdm.std import tqdm as text_bar
+
+    monkeypatch.setattr(sys, "stderr", _Stream(True))
+    bar = progress.progress_bar(3, "featcache", True)
+    try:
+        assert isinstance(bar, text_bar) and not bar.disable
+    finally:
+        bar.close()
 
 
 def test_no_kernel_outside_jupyter():
@@ -57,3 +82,92 @@ def test_off_gives_a_disabled_bar_that_still_counts(monkeypatch):
     bar.update(2)
     bar.close()
     assert bar.disable and sys.stderr.getvalue() == ""
+
+
+class _Clock:
+    """A fake monotonic clock the test moves by hand (no sleeping, no timing race)."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_lines_come_once_per_interval_with_rate_and_eta():
+    clock, out = _Clock(), io.StringIO()
+    bar = progress.ProgressLines(1000, "featcache (10 cached)", interval=30, clock=clock,
+                                 stream=out)
+    for _ in range(10):  # 100 images every 10 s: 10 img/s
+        clock.now += 10
+        bar.update(100)
+    assert bar.n == 1000
+    bar.set_postfix(failed=2, refresh=False)
+    bar.close()
+    bar.close()  # a second close prints nothing more
+    assert out.getvalue().splitlines() == [
+        "featcache (10 cached): 300/1000 img (30%) in 30s, 10.0 img/s, ETA 1m10s",
+        "featcache (10 cached): 600/1000 img (60%) in 1m00s, 10.0 img/s, ETA 40s",
+        "featcache (10 cached): 900/1000 img (90%) in 1m30s, 10.0 img/s, ETA 10s",
+        "featcache (10 cached): done 1000/1000 img in 1m40s, 10.0 img/s, failed=2",
+    ]
+
+
+def test_the_interval_counts_from_the_last_line_not_the_last_update():
+    clock, out = _Clock(), io.StringIO()
+    bar = progress.ProgressLines(10, "training", unit="batch", interval=30, clock=clock,
+                                 stream=out)
+    for seconds in (29, 2, 20, 20, 50):  # lines at 31 s (>= 30 after start) and 71 s and 121 s
+        clock.now += seconds
+        bar.update(1)
+    assert [line.split(" in ")[1].split(",")[0] for line in out.getvalue().splitlines()] == \
+        ["31s", "1m11s", "2m01s"]
+    bar.set_postfix(epoch="1/2")
+    bar.close()  # stopped early (early stopping): it says so, with the postfix
+    assert out.getvalue().splitlines()[-1] == \
+        "training: stopped at 5/10 batch in 2m01s, 0.0 batch/s, epoch=1/2"
+
+
+def test_a_run_shorter_than_the_interval_prints_nothing():
+    clock, out = _Clock(), io.StringIO()
+    bar = progress.ProgressLines(3, "featcache", interval=30, clock=clock, stream=out)
+    clock.now += 29.9
+    bar.update(3)
+    bar.close()
+    assert out.getvalue() == "" and bar.lines == 0
+
+
+def test_rate_and_eta_unknown_before_time_has_passed():
+    out = io.StringIO()
+    bar = progress.ProgressLines(5, "featcache", interval=0, clock=_Clock(), stream=out)
+    bar.update(0)
+    assert out.getvalue() == "featcache: 0/5 img (0%) in 0s, ETA ?\n"
+
+
+@pytest.mark.parametrize("value, seconds", [(None, 30.0), ("", 30.0), ("0", 0.0), ("2.5", 2.5)])
+def test_the_interval_comes_from_the_environment(value, seconds, monkeypatch):
+    if value is None:
+        monkeypatch.delenv(progress.INTERVAL_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(progress.INTERVAL_VARIABLE, value)
+    assert progress.progress_interval() == seconds
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan", "inf"])
+def test_a_bad_interval_is_refused_by_name(value, monkeypatch):
+    from featcache.exceptions import InvalidOptionError
+
+    monkeypatch.setenv(progress.INTERVAL_VARIABLE, value)
+    with pytest.raises(InvalidOptionError,
+                       match=rf"FEATCACHE_PROGRESS_INTERVAL='{value}' is not a number of seconds "
+                             r">= 0.*Set it to e.g. 30 \(the default\), 0 for a line per batch"):
+        progress.progress_interval()
+
+
+def test_off_prints_no_lines_where_nobody_watches(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", _Stream(False))
+    monkeypatch.setenv(progress.INTERVAL_VARIABLE, "0")
+    bar = progress.progress_bar(3, "featcache", False)
+    bar.update(3)
+    bar.close()
+    assert not isinstance(bar, progress.ProgressLines) and sys.stderr.getvalue() == ""

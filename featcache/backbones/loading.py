@@ -10,16 +10,47 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..formats import FORMAT_VERSION
+from ..log import get_logger, status
 from .registry import BackboneSpec, Preprocessing, get_backbone, seeded, warn_random
 from .weights import (is_weights_path, load_local_checkpoint, may_remember, state_dict_digest,
                       weights_key)
 
-__all__ = ["LoadedBackbone", "load_backbone", "layer_names", "build_network"]
+__all__ = ["LoadedBackbone", "load_backbone", "layer_names", "build_network", "LoadTimer"]
+
+_log = get_logger(__name__)
+#: The :class:`LoadTimer` of each thread, while one is open.
+_TIMERS = threading.local()
+
+
+class LoadTimer:
+    """Seconds this thread spends in :func:`build_network` while the timer is open.
+
+    ``with LoadTimer() as loads: ...`` then ``loads.seconds``: what a fit reports as
+    ``load_seconds``, apart from the time spent computing (timers nest; each counts).
+    """
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __enter__(self):
+        stack = getattr(_TIMERS, "stack", None)
+        _TIMERS.stack = [*(stack or ()), self]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _TIMERS.stack = [t for t in _TIMERS.stack if t is not self]
+
+
+def _weights_source(spec, weights, label) -> str:
+    if is_weights_path(weights):
+        return f"weights file {weights}"
+    return f"weights {label or weights} via {spec.source}"
 
 
 @dataclass
@@ -47,14 +78,31 @@ class LoadedBackbone:
         return {**self.config, "layer": layer, "dim": self.dims[layer], **shape, **extra}
 
 
-def build_network(spec: BackboneSpec, weights):
+def build_network(spec: BackboneSpec, weights, *, progress=None):
     """``(network, weights label, weights identity)`` of ``spec`` with ``weights``.
 
     ``None``: random weights (seeded; warns). A path: a local checkpoint, loaded into the
     architecture by the one loader for every backbone
     (:func:`~featcache.backbones.weights.load_local_checkpoint`). Otherwise a named weights
-    tag of the backbone's library (``"DEFAULT"`` ...).
+    tag of the backbone's library (``"DEFAULT"`` ...). Pretrained weights are announced
+    once loaded, with the seconds it took (:func:`featcache.log.status`: logged at INFO,
+    and printed in a batch job's log unless ``progress=False``); the open
+    :class:`LoadTimer` objects of this thread count those seconds.
     """
+    start = time.perf_counter()
+    try:
+        built = _build(spec, weights)
+    finally:
+        seconds = time.perf_counter() - start
+        for timer in getattr(_TIMERS, "stack", None) or ():
+            timer.seconds += seconds
+    if weights is not None:  # random weights are for tests, built in no time
+        status(_log, f"loaded {spec.name} ({_weights_source(spec, weights, built[1])}) on cpu "
+                     f"in {seconds:.1f} s", progress)
+    return built
+
+
+def _build(spec, weights):
     if weights is None or is_weights_path(weights):
         with seeded():
             model = spec.architecture()
@@ -122,7 +170,7 @@ def _memo_lookup(memo, key):
         return None, _BUILDING.setdefault((id(memo), key), threading.Lock())
 
 
-def _network(spec, weights, wkey):
+def _network(spec, weights, wkey, progress=None):
     """(network, weights label, weights digest, BN folded?), built once per process and configuration.
 
     The network is shared by every thread and extractor of its configuration, so it is
@@ -137,7 +185,7 @@ def _network(spec, weights, wkey):
     def make():
         import torch
 
-        network, label, memo_key = build_network(spec, weights)
+        network, label, memo_key = build_network(spec, weights, progress=progress)
         digest = state_dict_digest(network, memo_key)  # of the weights as loaded
         network.eval()
         folded = fold_batchnorm(network, check_size=spec.preprocessing.image_size)
@@ -148,7 +196,7 @@ def _network(spec, weights, wkey):
 
 
 def load_backbone(model="efficientnet_lite0", *, weights="DEFAULT", layers=(None,),
-                  pooling="avg", image_size=None) -> LoadedBackbone:
+                  pooling="avg", image_size=None, progress=None) -> LoadedBackbone:
     """Build (or reuse) a frozen feature extractor.
 
     Loaded backbones are kept in a small per-process memo, so clones of an estimator and
@@ -165,11 +213,14 @@ def load_backbone(model="efficientnet_lite0", *, weights="DEFAULT", layers=(None
     pooling : {"avg", "max", "gem", "cls", "none"}
     image_size : int, optional
         Input side length; defaults to the backbone's.
+    progress : bool or None
+        False: loading the network is only logged, never printed (see :func:`build_network`).
     """
     spec = get_backbone(model)
     wkey = weights_key(weights)  # taken before any read, so a rewrite during it is noticed
     key = _memo_key((spec.name, wkey, tuple(layers), pooling, image_size), wkey)
-    return _memo_get(_LOADED, key, lambda: _load(spec, weights, wkey, list(layers), pooling, image_size))
+    return _memo_get(_LOADED, key, lambda: _load(spec, weights, wkey, list(layers), pooling,
+                                                  image_size, progress))
 
 
 def _memo_key(key, wkey):
@@ -177,12 +228,12 @@ def _memo_key(key, wkey):
     return key if may_remember(wkey) else None
 
 
-def _load(spec, weights, wkey, layers, pooling, image_size) -> LoadedBackbone:
+def _load(spec, weights, wkey, layers, pooling, image_size, progress=None) -> LoadedBackbone:
     import torch
 
     from .capture import FeatureExtractor  # imports torch
 
-    network, weights_label, digest, folded = _network(spec, weights, wkey)
+    network, weights_label, digest, folded = _network(spec, weights, wkey, progress)
     pre = spec.preprocessing
     if image_size is not None:
         pre = dataclasses.replace(pre, image_size=int(image_size))

@@ -253,7 +253,7 @@ def resolve_configs(store, *, model, weights, layers, pooling, image_size, optio
 
     def load_checked(expected=None):
         loaded = load_backbone(model, weights=weights, layers=tuple(layers), pooling=pooling,
-                               image_size=image_size)
+                               image_size=image_size, progress=options.progress)
         found = namespace_configs(loaded, options, storage=storage, augment=augment)
         if expected is not None and {k: fp for k, (_, fp) in found.items()} != expected:
             if store is not None and key is not None:

@@ -40,6 +40,7 @@ from ..cache import FeatureCache
 from ..cache.files import list_shards, open_read
 from ..cache.store import default_cache_dir
 from ..engine.interrupts import raise_if_interrupted
+from ..engine.progress import progress_bar
 from ..exceptions import CacheValueError, FeatcacheError, InvalidOptionError, SchedulerLostError
 from ..inputs.sources import shard_positions
 from ..options import validate_run_options
@@ -280,7 +281,6 @@ class _Run:
 
     def run(self, progress) -> None:
         from distributed import as_completed
-        from tqdm.auto import tqdm
 
         for i, positions in enumerate(self.parts):
             future = self.client.submit(run_partition, self.job, self.inputs.subset(positions),
@@ -288,8 +288,7 @@ class _Run:
                                         key=f"featcache-extract-{self.run_id}-{i:06d}")
             self.submitted[future] = i
         pending = as_completed(self.futures(), loop=self.client.loop)  # this client's
-        bar = tqdm(total=self.summary.inputs, unit="img", desc="featcache (dask)", leave=False,
-                   disable=None if progress is None else not progress)
+        bar = progress_bar(self.summary.inputs, "featcache (dask)", progress)
         wake = threading.Event()
         try:
             while not pending.is_empty():

@@ -25,6 +25,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, InvalidParamet
 from sklearn.utils.validation import check_is_fitted
 
 from ..backbones import get_backbone, stage_layout
+from ..backbones.loading import LoadTimer
 from ..exceptions import InputError, InvalidOptionError, LayerError
 from ..inputs import as_items
 from ..inputs.augment import DEFAULT_POLICY
@@ -74,10 +75,10 @@ class PartiallyFrozen(BaseEstimator):
         except InvalidOptionError as exc:  # scikit-learn's convention for estimators
             raise InvalidParameterError(str(exc)) from exc
 
-    def _network(self):
+    def _network(self, progress=None):
         """(spec, pretrained unfolded network, stage layout), memoised per process."""
         spec = get_backbone(self.model)
-        network = pretrained_network(spec, self.weights)
+        network = pretrained_network(spec, self.weights, progress)
         return spec, network, stage_layout(network, spec.name)
 
     def _activations(self, items, options, *, views=0, expected=None):
@@ -109,7 +110,9 @@ class PartiallyFrozen(BaseEstimator):
         items = as_items(X)
         self._check_split(len(items))
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
-        spec, network, layout = self._network()
+        loads = LoadTimer()  # loading the network, apart from computing the prefix's rows
+        with loads:
+            spec, network, layout = self._network(options.progress)
         try:
             layout.check_trainable(self.trainable_blocks, spec.name)
         except LayerError as exc:
@@ -117,7 +120,10 @@ class PartiallyFrozen(BaseEstimator):
         self.n_stages_ = layout.n_stages
         self.stages_ = [s.name for s in layout.stages]
         self.cut_layer_, self.pool_ = layout.cut_layer(self.trainable_blocks), layout.pool
-        acts = self._activations(items, options, views=self.augment_views)
+        prefix_start, loaded = time.perf_counter(), loads.seconds
+        with loads:
+            acts = self._activations(items, options, views=self.augment_views)
+        prefix_seconds = time.perf_counter() - prefix_start - (loads.seconds - loaded)
         positions = self._usable(acts, len(items))
         acts.check_finite(positions, "training")
         self._check_split(len(positions), "readable ")
@@ -127,7 +133,6 @@ class PartiallyFrozen(BaseEstimator):
                           self.row_shape_, n_outputs, batchnorm=self.batchnorm, seed=seed)
         train_idx, val_idx = self._split(positions, stratify, seed)
         config = self._training_config(options, seed)
-        extracted = time.perf_counter() - start
         result = train_tail(tail, acts.rows_on(config.device), targets, train_idx, val_idx,
                             loss_fn=loss_fn, score_fn=score_fn, config=config,
                             n_views=acts.n_views)
@@ -140,7 +145,8 @@ class PartiallyFrozen(BaseEstimator):
         self.n_iter_ = result.n_iter
         self.fit_stats_ = {"computed": acts.computed, "cached": acts.cached,
                            "failed": len(acts.failures), "in_memory": acts.in_memory,
-                           "prefix_seconds": extracted, "epoch_seconds": result.epoch_seconds,
+                           "load_seconds": loads.seconds, "prefix_seconds": prefix_seconds,
+                           "epoch_seconds": result.epoch_seconds,
                            "seconds": time.perf_counter() - start}
         return self
 

@@ -128,7 +128,11 @@ class PartiallyFrozenClassifier(ClassifierMixin, PartiallyFrozen):
     n_iter_ : int
         Epochs run.
     fit_stats_ : dict
-        Rows computed and cached, seconds for the prefix and per epoch.
+        ``computed`` and ``cached`` prefix rows, ``failed`` inputs, ``in_memory`` (the
+        rows held in memory while training), ``load_seconds`` (resolving and loading the
+        network: about 0 once this process holds it), ``prefix_seconds`` (computing or
+        reading the prefix's rows, loading excluded), ``epoch_seconds`` (one per epoch) and
+        ``seconds`` (the whole fit).
 
     Notes
     -----

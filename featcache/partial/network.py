@@ -24,18 +24,20 @@ _MEMO_SIZE = 2
 _LOCK = threading.Lock()
 
 
-def pretrained_network(spec, weights):
-    """``spec``'s network with ``weights`` (BatchNorm not folded), in evaluation mode."""
+def pretrained_network(spec, weights, progress=None):
+    """``spec``'s network with ``weights`` (BatchNorm not folded), in evaluation mode
+    (its loading announced unless ``progress=False``, see
+    :func:`featcache.backbones.loading.build_network`)."""
     wkey = weights_key(weights)
     if not may_remember(wkey):  # a weights file changed within the racily-clean window
-        network, _, _ = build_network(spec, weights)
+        network, _, _ = build_network(spec, weights, progress=progress)
         return network.eval()
     key = (spec.name, wkey)
     with _LOCK:
         if key in _MEMO:
             _MEMO.move_to_end(key)
             return _MEMO[key]
-        network, _, _ = build_network(spec, weights)
+        network, _, _ = build_network(spec, weights, progress=progress)
         network.eval()
         _MEMO[key] = network
         while len(_MEMO) > _MEMO_SIZE:

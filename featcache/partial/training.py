@@ -129,7 +129,8 @@ def train_tail(tail, inputs, targets, train_idx, val_idx=None, *, loss_fn, score
     on_device = targets.to(device)
     result = TrainingResult(validation_scores=[] if val_idx is not None else None)
     best_state, best_score, stale = None, -np.inf, 0
-    bar = progress_bar(config.max_epochs, "featcache training", config.progress, unit="epoch")
+    # Counted in batches (a long epoch is no silent stretch in a batch job's log).
+    bar = progress_bar(steps, "featcache training", config.progress, unit="batch")
     # The caller's random state (the CUDA device's too, when training there) is left as it was.
     forked = [] if device.type != "cuda" else [
         device.index if device.index is not None else torch.cuda.current_device()]
@@ -142,6 +143,8 @@ def train_tail(tail, inputs, targets, train_idx, val_idx=None, *, loss_fn, score
                 order = rng.permutation(np.asarray(train_idx))
                 views = rng.integers(0, n_views, len(order)) if n_views > 1 else None
                 tail.train()
+                last = {"loss": f"{result.loss_curve[-1]:.4g}"} if result.loss_curve else {}
+                bar.set_postfix(epoch=f"{epoch + 1}/{config.max_epochs}", **last, refresh=False)
                 # Summed on the device: a float() per step would wait for the GPU every step.
                 total = torch.zeros((), dtype=torch.float64, device=device)
                 for lo in range(0, len(order), config.batch_size):
@@ -157,6 +160,7 @@ def train_tail(tail, inputs, targets, train_idx, val_idx=None, *, loss_fn, score
                     scaler.update()
                     schedule.step()
                     total += loss.detach().double() * len(pos)
+                    bar.update(1)
                 result.loss_curve.append(float(total) / max(1, len(order)))
                 if not np.isfinite(result.loss_curve[-1]):
                     raise NonFiniteError(
@@ -165,7 +169,6 @@ def train_tail(tail, inputs, targets, train_idx, val_idx=None, *, loss_fn, score
                         "head_learning_rate), or train with precision='fp32'.")
                 result.epoch_seconds.append(time.perf_counter() - start)
                 result.n_iter = epoch + 1
-                bar.update(1)
                 if val_idx is None:
                     result.best_epoch = epoch + 1
                     continue
