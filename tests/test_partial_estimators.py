@@ -543,6 +543,7 @@ def test_fit_stats_keep_loading_apart_and_a_batch_log_sees_every_step(tmp_path, 
         f"featcache training: {n}/6 batch" for n in range(1, 7)]
     assert training[0].endswith("epoch=1/2") and "epoch=2/2, loss=" in training[3]
     assert training[-1].startswith("featcache training: done 6/6 batch in ")
+    assert training[-1].endswith(f", epoch=2/2, loss={cold.loss_curve_[-1]:.4g}")  # the last
 
     warm = _clf(tmp_path, trainable_blocks=1, progress=None).fit(X, y)
     assert warm.fit_stats_["computed"] == 0 and warm.fit_stats_["load_seconds"] == 0

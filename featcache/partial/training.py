@@ -169,6 +169,8 @@ def train_tail(tail, inputs, targets, train_idx, val_idx=None, *, loss_fn, score
                         "head_learning_rate), or train with precision='fp32'.")
                 result.epoch_seconds.append(time.perf_counter() - start)
                 result.n_iter = epoch + 1
+                bar.set_postfix(epoch=f"{epoch + 1}/{config.max_epochs}",
+                                loss=f"{result.loss_curve[-1]:.4g}", refresh=False)
                 if val_idx is None:
                     result.best_epoch = epoch + 1
                     continue
