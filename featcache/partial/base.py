@@ -240,8 +240,8 @@ class PartiallyFrozen(BaseEstimator):
         return self._combine_views(out)
 
     def _tta_views(self) -> int:
-        """``tta_views`` (0 for an estimator pickled before the parameter existed)."""
-        return int(getattr(self, "tta_views", 0))
+        """How many augmented views predictions average besides the input (``tta_views``)."""
+        return int(self.tta_views)
 
     def _combine_views(self, outputs: np.ndarray) -> np.ndarray:
         """One output per input from ``outputs`` of shape (n_views, n, n_outputs): the mean
