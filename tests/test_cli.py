@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -424,3 +425,58 @@ def test_extract_in_a_batch_job_prints_progress_lines_to_its_log(xray_pngs, tmp_
                               stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=ROOT,
                               timeout=300, env=env)
     assert done.returncode == 0 and log.read_text() == ""
+
+
+# ---------------------------------------------------------------- a namespace by what it is
+def test_export_chooses_a_namespace_by_what_it_is(xray_pngs, tmp_path, capsys):
+    paths, _ = xray_pngs
+    cache = str(tmp_path / "c")
+    for size in ("32", "48"):  # two real namespaces: efficientnet_lite0's pooled output
+        assert cli_main(["extract", *paths[:4], "--cache", cache, "--image-size", size,
+                         "--quiet"]) == 0
+    fingerprints = {e["config"]["preprocessing"]["image_size"]: e["fingerprint"]
+                    for e in FeatureCache(cache).info()}
+    capsys.readouterr()
+    out = str(tmp_path / "e.npz")
+    assert cli_main(["export", cache, out, "--image-size", "48", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["namespace"] == fingerprints[48]
+    assert np.load(out)["features"].shape == (4, 1280)
+    assert cli_main(["export", cache, out, "--model", "efficientnet_lite0", "--layer", "default",
+                     "--image-size", "32"]) == 0
+    assert fingerprints[32] in capsys.readouterr().out
+
+    assert cli_main(["export", cache, out, "--model", "efficientnet_lite0", "--layer",
+                     "default"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"featcache export: error: 2 namespaces of cache {cache} are --model "
+                          "efficientnet_lite0, --layer default: ") and err.count("\n") == 1, err
+    for size in (32, 48):
+        assert f"{fingerprints[size][:8]} (efficientnet_lite0, layer default, {size} px)" in err
+    assert "pass --namespace FINGERPRINT (the short form shown is enough), or choose by what " \
+           "it is with --model NAME, --layer NAME, --image-size PIXELS" in err
+    assert "=" not in err.split(": ", 1)[1]  # every criterion in the command line's words
+    assert cli_main(["export", cache, out, "--layer", "blocks.4"]) == 1
+    assert f"no namespace is --layer blocks.4 of cache {cache}; it holds: " in \
+        capsys.readouterr().err
+    assert cli_main(["export", cache, out, "--namespace", fingerprints[32][:8], "--image-size",
+                     "32", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["namespace"] == fingerprints[32]
+
+
+def test_probe_chooses_a_namespace_by_image_size_and_groups_come_from_the_labels_csv(
+        tmp_path, capsys):
+    d = _probe_cache(tmp_path)
+    config = {"model": "toy", "layer": "default", "preprocessing": {"image_size": 16}}
+    with FeatureCache(d).namespace("fp_big", config).writer() as writer:
+        writer.add([bytes([i]) * 16 for i in range(80)], np.zeros((80, 6)), ["x"] * 80)
+    assert cli_main(["probe", d, "--n-bootstrap", "10", "--image-size", "8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["info"]["namespace"] == "fp_toy"
+    assert cli_main(["probe", d, "--n-bootstrap", "10"]) == 1
+    err = capsys.readouterr().err
+    assert f"cache {d} holds 2 namespaces: fp_big (toy, layer default, 16 px); fp_toy (toy, " \
+           "layer default, 8 px); pass --namespace FINGERPRINT" in err
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["probe"]
+                         .format_help().split())
+    assert "--groups COLUMN|from-cache|none group (patient) of each row, kept within one " \
+           "fold: COLUMN of the --labels CSV, or from-cache" in help_text
+    assert "--image-size PIXELS the input side length" in help_text

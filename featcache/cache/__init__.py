@@ -31,7 +31,8 @@ Modules: :mod:`~featcache.cache.contract`, :mod:`~featcache.cache.store` (:class
 (the ``cache=False`` backend), :mod:`~featcache.cache.shards` (the file format),
 :mod:`~featcache.cache.checks`, :mod:`~featcache.cache.keyindex`, :mod:`~featcache.cache.memo`,
 :mod:`~featcache.cache.files`, :mod:`~featcache.cache.maintenance` (verify, compact, index),
-:mod:`~featcache.cache.export` (one namespace, or one dataset of it, to a plain file) and
+:mod:`~featcache.cache.export` (one namespace, or one dataset of it, to a plain file),
+:mod:`~featcache.cache.selection` (a namespace chosen by model, layer and image size) and
 :mod:`~featcache.cache.annotations` (labels, groups, splits, sources and dataset tags).
 """
 

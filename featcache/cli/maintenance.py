@@ -10,7 +10,8 @@ import sys
 
 from ..cache import FeatureCache
 from ..cache.export import export_facts
-from .parsing import add_command, add_json_option, human_size, print_json
+from .parsing import (add_command, add_json_option, add_namespace_options, chosen_namespace,
+                      human_size, print_json)
 
 __all__ = ["add_info", "add_verify", "add_compact", "add_export"]
 
@@ -112,8 +113,7 @@ def add_export(sub) -> None:
                                 "is recorded.")
     p.add_argument("dir", metavar="DIR", help="cache directory")
     p.add_argument("out", metavar="OUT", help="output file (.h5 or .npz)")
-    p.add_argument("--namespace", metavar="FINGERPRINT",
-                   help="fingerprint to export (needed when the cache holds several)")
+    add_namespace_options(p)
     p.add_argument("--dataset", metavar="NAME",
                    help="only the rows tagged NAME by `featcache extract --dataset NAME` "
                         "(default: every row, with a warning when they belong to several)")
@@ -122,8 +122,8 @@ def add_export(sub) -> None:
 
 
 def _run_export(args) -> int:
-    out = FeatureCache(args.dir, create=False).export(args.out, args.namespace,
-                                                      dataset=args.dataset)
+    cache = FeatureCache(args.dir, create=False)
+    out = cache.export(args.out, chosen_namespace(cache, args), dataset=args.dataset)
     facts = {"path": str(out), **export_facts(out), "dataset": args.dataset}
     if args.json:
         print_json(facts)

@@ -3,8 +3,9 @@ parameter names turned into the command line's option names.
 
 :mod:`featcache.cli` declares and runs the subcommands; this module holds the pieces they have
 in common, so that each fact (how a default is shown, how ``--json`` prints, how
-``val=None`` reads on the command line, how a run option is declared) has one home. Standard
-library and :mod:`featcache.options` (itself cheap to import) only.
+``val=None`` reads on the command line, how a run option is declared, how a command names a
+namespace) has one home. Standard library, :mod:`featcache.options` and
+:mod:`featcache.cache.selection` (both cheap to import) only.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import json
 import pathlib
 import re
 
+from ..cache.selection import select_namespace
 from ..options import OPTIONS
 
 __all__ = ["HelpFormatter", "add_command", "add_json_option", "add_option", "print_json",
-           "as_option",
+           "as_option", "add_namespace_options", "chosen_namespace",
            "human_size", "OPTION_NAMES"]
 
 
@@ -56,6 +58,33 @@ def add_option(parser, name, **overrides) -> None:
         kwargs["type"] = int if option.kind == "int" else float
     kwargs.update(overrides)
     parser.add_argument(_option(name), **kwargs)
+
+
+def add_namespace_options(parser) -> None:
+    """Declare how a command on a cache DIR chooses its namespace: by what it is (``--model``,
+    ``--layer``, ``--image-size``) or by fingerprint (``--namespace``); see
+    :func:`chosen_namespace`."""
+    group = parser.add_argument_group(
+        "choosing the namespace",
+        "A cache holds one namespace per configuration (`featcache info DIR` lists them). "
+        "Name it by what it is; a fingerprint is only needed when those leave several.")
+    group.add_argument("--model", metavar="NAME", default=None,
+                       help="the backbone (e.g. efficientnet_lite0, resnet18)")
+    group.add_argument("--layer", metavar="NAME", default=None,
+                       help="the layer (e.g. blocks.4; 'default' for the pooled output)")
+    group.add_argument("--image-size", type=int, metavar="PIXELS", default=None,
+                       help="the input side length the features were extracted at")
+    group.add_argument("--namespace", metavar="FINGERPRINT", default=None,
+                       help="the fingerprint `featcache info` lists, or a prefix of it "
+                            "that names one namespace (the errors show the shortest)")
+
+
+def chosen_namespace(cache, args) -> str:
+    """The fingerprint of the namespace of ``cache`` the options of
+    :func:`add_namespace_options` choose (:func:`featcache.cache.selection.select_namespace`:
+    none, or several, matching is an error that lists the candidates)."""
+    return select_namespace(cache, args.namespace, model=args.model, layer=args.layer,
+                            image_size=args.image_size)
 
 
 def print_json(obj) -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..cache import FeatureCache
 from ..probe.from_cache import probe_cache
 from ..probe.heads import HEADS
-from .parsing import add_command, add_json_option, as_option, print_report
+from .parsing import (add_command, add_json_option, add_namespace_options, as_option,
+                      chosen_namespace, print_report)
 
 __all__ = ["add_probe", "add_probe_arguments", "run_probe_command"]
 
@@ -30,9 +32,7 @@ def _parse_val(text):
 def add_probe_arguments(parser):
     """Declare the arguments of ``featcache probe`` on an argparse parser; returns it."""
     parser.add_argument("cache_dir", metavar="CACHE_DIR", help="featcache cache directory")
-    parser.add_argument("--namespace", metavar="N", default=None,
-                        help="fingerprint (or unique prefix) of the namespace to probe; needed "
-                             "when the cache holds several (see `featcache info`)")
+    add_namespace_options(parser)
     parser.add_argument("--dataset", metavar="NAME", default=None,
                         help="only the rows tagged NAME by `featcache extract --dataset NAME`, "
                              "with that dataset's labels and splits")
@@ -43,8 +43,9 @@ def add_probe_arguments(parser):
                         help="labels recorded in the cache, or a CSV with columns "
                              "path,label[,group][,split] (only its rows are used)")
     parser.add_argument("--groups", metavar="COLUMN|from-cache|none", default=None,
-                        help="group (patient) of each row, kept within one fold: a CSV column "
-                             "or the cache's group annotation (default: none)")
+                        help="group (patient) of each row, kept within one fold: COLUMN of "
+                             "the --labels CSV, or from-cache: the group recorded in the cache "
+                             "(default: none)")
     parser.add_argument("--val", metavar="auto|NAME|FRACTION|none", type=_parse_val,
                         default="auto",
                         help="validation split: auto (rows of split 'val', else "
@@ -76,7 +77,8 @@ def add_probe_arguments(parser):
 def run_probe_command(args) -> int:
     """Run ``featcache probe`` from parsed arguments: print the table, write ``--out``."""
     groups = {"from-cache": True, "none": None}.get(args.groups, args.groups)
-    report = probe_cache(args.cache_dir, args.namespace, dataset=args.dataset,
+    namespace = chosen_namespace(FeatureCache(args.cache_dir, create=False), args)
+    report = probe_cache(args.cache_dir, namespace, dataset=args.dataset,
                          manifest=args.manifest, labels=args.labels, groups=groups, val=args.val,
                          out_dir=args.out, head=args.head, cv=args.cv, nested=args.nested,
                          select_on=args.select_on, group_overlap=args.group_overlap,

@@ -18,6 +18,7 @@ import numpy as np
 from ..cache import FeatureCache
 from ..cache.annotations import find_leaks, select_dataset, select_records, warn_leaks
 from ..cache.export import namespace_rows
+from ..cache.selection import select_namespace
 from ..exceptions import ProbeError
 from ..inputs import content_key
 from ..inputs.sources import collect_inputs
@@ -100,7 +101,7 @@ def probe_cache(cache_dir, namespace=None, *, dataset=None, manifest=None, label
     names is one sample without a label.
     """
     cache = FeatureCache(cache_dir, create=False)
-    fingerprint = _pick_namespace(cache, namespace)
+    fingerprint = select_namespace(cache, namespace, error=ProbeError)
     rows = _load_rows(cache, fingerprint, dataset, manifest, labels, groups)
     used = rows["selected"] & ~rows["failed"] & ~rows["unlabelled"]
     leaks = find_leaks([rows["records"][i] for i in np.flatnonzero(used)])
@@ -208,30 +209,6 @@ def _notes(rows, groups, val, keep) -> list:
         notes.append("the cache records groups but the split ignores them; pass "
                      "groups='from-cache' to keep each patient on one side")
     return notes
-
-
-def _pick_namespace(cache, namespace) -> str:
-    names = cache.namespaces()
-
-    def listing():
-        out = []
-        for fp in names:
-            cfg = cache.namespace(fp).config
-            out.append(f"{fp} ({cfg.get('model')}, layer {cfg.get('layer')}, "
-                       f"{cfg.get('preprocessing', {}).get('image_size')} px)")
-        return "; ".join(out) or "none"
-
-    if namespace is None:
-        if len(names) == 1:
-            return names[0]
-        raise ProbeError(f"cache {cache.path} holds {len(names)} namespaces: {listing()}; pass "
-                         "namespace=FINGERPRINT with one of them")
-    matches = [fp for fp in names if fp.startswith(str(namespace))]
-    if len(matches) != 1:
-        what = "matches no" if not matches else "is a prefix of several"
-        raise ProbeError(f"namespace {namespace!r} {what} namespace of cache {cache.path}; "
-                         f"it holds: {listing()}")
-    return matches[0]
 
 
 def _resolve_val(val, split) -> tuple:
