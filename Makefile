@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all install clean bench
+.PHONY: demo test test-all install clean bench notebooks
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/cpu_speed.py
+
+# Rerun the notebooks committed with outputs at full size, in place (notebooks/run_full.py).
+notebooks: $(STAMP)
+	$(PY) notebooks/run_full.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
