@@ -295,6 +295,32 @@ def test_test_time_augmentation_is_refused_with_the_fix(tmp_path):
     assert np.abs(_run(module, featcache.preprocess(X, clf)) - want).max() < TOL
 
 
+def test_a_prefix_whose_weights_changed_since_fit_is_refused(tmp_path):
+    from featcache.backbones import get_backbone
+    from featcache.backbones.loading import build_network
+
+    network, _, _ = build_network(get_backbone("efficientnet_lite0"), "DEFAULT", progress=False)
+    state = {k: v.clone() for k, v in network.state_dict().items()}
+    weights = tmp_path / "lite0.pt"
+    torch.save(state, weights)
+    X, y = _partial_toy()
+    clf = PartiallyFrozenClassifier(weights=str(weights), trainable_blocks=1, image_size=32,
+                                    max_epochs=1, batch_size=16, cache=tmp_path / "c",
+                                    random_state=0, progress=False).fit(X, y)
+    module = featcache.to_torch(clf)  # the same file: deployed, equal to the estimator
+    want = clf.predict_proba(X)
+    assert np.abs(_run(module, featcache.preprocess(X, clf)) - want).max() < TOL
+    state["conv_stem.weight"] *= 1.01  # a prefix layer: other weights under the same name
+    torch.save(state, weights)
+    with pytest.raises(featcache.FeatcacheError,
+                       match=r"the frozen prefix loaded now differs from the one "
+                             r"PartiallyFrozenClassifier was fitted with \(fingerprint "
+                             rf"{clf.prefix_fingerprint_} at fit, \w+ now; weights digest now "
+                             r"\w+\): its weights file .* changed since fit.*Refit before "
+                             r"deploying"):
+        featcache.to_torch(clf)
+
+
 def test_what_cannot_be_deployed_says_so(xray, cache_dir):
     images, labels = xray
     with pytest.raises(NotFittedError):

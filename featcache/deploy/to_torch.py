@@ -13,6 +13,7 @@ TorchScript, exports with ``torch.export`` and to ONNX.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import warnings
 
@@ -28,7 +29,7 @@ from torch import nn
 
 from ..backbones import get_backbone, load_backbone, stage_layout
 from ..exceptions import FeatcacheError
-from ..engine.run_options import resolve_run_options
+from ..engine.unit_of_work import namespace_configs
 from ..partial import PartiallyFrozenClassifier, PartiallyFrozenRegressor
 from ..partial.activations import memory_budget
 from ..partial.fitted import check_fitted_state, check_tail_state, head_outputs
@@ -144,6 +145,31 @@ def _check_same_backbone(loaded, config):
                 f"the backbone loaded now differs from the one fitted ({entry}: {then!r} at "
                 f"fit, {now!r} now): its weights file or a library changed since fit. Refit "
                 "before deploying.")
+
+
+def _check_same_prefix(est, loaded) -> str:
+    """The frozen prefix loaded now is the fitted one: it gives ``est.prefix_fingerprint_``
+    (weights digest, folding, preprocessing, decoding, storage) under ``est``'s parameters.
+
+    The precision the prefix ran in at fit enters that fingerprint but is not recorded apart
+    (``"auto"`` resolves per device; the deployed module computes in float32 anyway), so each
+    is tried; returns the one that gives the fitted fingerprint.
+    """
+    options = est._run_options()
+    now = None
+    for precision in ("fp32", "bf16", "fp16"):
+        configs = namespace_configs(loaded, dataclasses.replace(options, precision=precision),
+                                    storage=est.cache_dtype)
+        ((config, fp),) = configs.values()
+        if fp == est.prefix_fingerprint_:
+            return precision
+        now = now or (config, fp)
+    config, fp = now
+    raise FeatcacheError(
+        f"the frozen prefix loaded now differs from the one {type(est).__name__} was fitted "
+        f"with (fingerprint {est.prefix_fingerprint_} at fit, {fp} now; weights digest now "
+        f"{config.get('weights_digest')}): its weights file or a library changed since fit, or "
+        "a parameter was set without refitting. Refit before deploying.")
 
 
 def _warn_precision(precision):
@@ -275,9 +301,8 @@ def _from_partial(est, method):
     head = TailHead(list(tail.stages), tail.pool or "identity", tail.head)
     loaded = load_backbone(est.model, weights=est.weights, layers=(est.cut_layer_,),
                            pooling="none" if k else est.pool_, image_size=est.image_size)
+    _warn_precision(_check_same_prefix(est, loaded))
     net, _ = _backbone(loaded, est.cut_layer_)
-    options = resolve_run_options(type(est).__name__, device=est.device, precision=est.precision)
-    _warn_precision(options.precision)
     if is_classifier(est):
         binary = n_out == 2
         if method in ("auto", "predict_proba"):
