@@ -10,7 +10,8 @@
   model -> pooled features), imports torch;
 - :mod:`~featcache.engine.allocator`: glibc malloc tuning while a CPU extracts;
 - :mod:`~featcache.engine.interrupts`: SIGINT/SIGTERM deferred to batch boundaries;
-- :mod:`~featcache.engine.progress`: the progress bar (terminal, Jupyter widget or text).
+- :mod:`~featcache.engine.progress`: the progress bar (terminal, Jupyter widget or text), or
+  plain progress lines where stderr is no terminal (a batch job's log).
 
 May import: :mod:`featcache.inputs`, :mod:`featcache.cache`, :mod:`featcache.backbones`, the
 leaf modules (``exceptions``, ``options``, ``formats``, ``log``). Importing this package does
