@@ -32,6 +32,7 @@ _PUBLIC = {
     "InputError": "exceptions",
     "InvalidOptionError": "exceptions",
     "InputChangedError": "exceptions",
+    "DecoderUnavailableError": "exceptions",
     "CacheError": "exceptions",
     "CacheCorruptError": "exceptions",
     "CacheMissError": "exceptions",

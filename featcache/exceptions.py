@@ -11,6 +11,7 @@ __all__ = [
     "InvalidOptionError",
     "InputError",
     "InputChangedError",
+    "DecoderUnavailableError",
     "CacheError",
     "CacheCorruptError",
     "CacheMissError",
@@ -60,6 +61,12 @@ class InputChangedError(InputError):
 
     Never recorded in the cache as a failure (the input itself may be fine): a rerun reads it
     again.
+    """
+
+
+class DecoderUnavailableError(FeatcacheError):
+    """``decoder="device"`` on a device whose JPEG decoder is missing (a torchvision without
+    ``decode_jpeg``, or built without nvJPEG for a GPU); nothing is decoded.
     """
 
 

@@ -81,6 +81,14 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         ``image_size``, then resized as usual: about half the decoding time of large images,
         rows within cosine 0.999 of ``"full"``, which decodes every pixel (the rows of
         featcache before this option, in their namespace). Part of the fingerprint.
+    decoder : {"pillow", "device"}, default="pillow"
+        ``"pillow"``: every input is decoded by Pillow on the CPU. ``"device"``: baseline and
+        progressive 8-bit JPEG files (grayscale or colour, no EXIF rotation) are decoded in
+        batches on ``device`` by ``torchvision.io.decode_jpeg`` (nvJPEG on a GPU) at full
+        size and resized there; every other input, and a JPEG the device fails to decode, by
+        Pillow in the same run. Its own namespace: part of the fingerprint (rows differ
+        slightly from Pillow's, see the FAQ). A device without a JPEG decoder raises
+        :class:`~featcache.exceptions.DecoderUnavailableError`.
     retry_failed : bool, default=False
         Inputs whose failure is recorded in the cache (``on_error="skip"``) are not decoded
         again unless this is True; with ``on_error="raise"`` a recorded failure raises.
@@ -126,7 +134,7 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     def __init__(self, model="efficientnet_lite0", *, weights="DEFAULT", layer=None, pooling="avg",
                  image_size=None, batch_size=64, device="auto", precision="auto", cache="auto",
                  num_workers=None, on_error="raise", progress=None, retry_failed=False,
-                 window=None, decode_scale="reduced", verify_inputs="stat"):
+                 window=None, decode_scale="reduced", decoder="pillow", verify_inputs="stat"):
         self.model = model
         self.weights = weights
         self.layer = layer
@@ -142,6 +150,7 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         self.retry_failed = retry_failed
         self.window = window
         self.decode_scale = decode_scale
+        self.decoder = decoder
         self.verify_inputs = verify_inputs
 
     # The options' constraints come from featcache.options (OPTIONS), the one validation.

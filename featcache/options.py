@@ -21,7 +21,7 @@ from numbers import Integral, Real
 
 from .exceptions import FeatcacheError, InvalidOptionError
 
-__all__ = ["POOLINGS", "PRECISIONS", "ON_ERROR", "VERIFY_INPUTS", "DECODE_SCALES",
+__all__ = ["POOLINGS", "PRECISIONS", "ON_ERROR", "VERIFY_INPUTS", "DECODE_SCALES", "DECODERS",
            "MIN_IMAGE_SIZE", "OPTIONS",
            "Option", "BACKBONE_OPTIONS", "RUN_OPTIONS", "option_constraints",
            "run_constraints",
@@ -43,6 +43,10 @@ VERIFY_INPUTS = ("stat", "hash")
 #: at a reduced DCT scale and other images box-reduced, never under twice the input size;
 #: ``"full"``, every pixel.
 DECODE_SCALES = ("reduced", "full")
+#: Who decodes JPEG files (``DecodePolicy.decoder``): ``"pillow"``, every input on the CPU;
+#: ``"device"``, the JPEGs a GPU decoder takes decoded in batches on the run device by
+#: ``torchvision.io.decode_jpeg`` (nvJPEG on a GPU), every other input by Pillow.
+DECODERS = ("pillow", "device")
 #: Smallest network input side (smaller maps vanish in the networks' downsampling).
 MIN_IMAGE_SIZE = 8
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|mps|xpu)(:\d+)?$")
@@ -105,6 +109,10 @@ OPTIONS = {
                            help="reduced: large images decoded at a reduced scale (a JPEG's DCT "
                                 "scale, others box-averaged), never under twice the input size; "
                                 "full: every pixel"),
+    "decoder": Option("choice", choices=DECODERS, default="pillow",
+                      help="pillow: every input decoded on the CPU; device: baseline/progressive "
+                           "8-bit JPEGs decoded in batches on the run device (nvJPEG on a GPU), "
+                           "other inputs by Pillow"),
     "commit_rows": Option("int", low=1, default=4096, help="commit a shard at least every N rows"),
     "commit_seconds": Option("real", low=0, open_low=True, default=30.0,
                              help="commit a shard at least this often"),

@@ -209,3 +209,113 @@ def test_decode_workers_in_a_spawning_process_give_the_same_rows(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and "same rows" in done.stdout, done.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- decoder="device"
+def _mixed_files(folder):
+    """Colour, progressive and grayscale JPEGs, a PNG, a truncated JPEG and a CMYK JPEG."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    smooth = [np.asarray(Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+                         .resize((w, h), Image.BICUBIC)) for h, w in [(96, 128), (120, 90)]]
+    files = {"a.jpg": (smooth[0], {"quality": 90}), "b.jpg": (smooth[1], {"progressive": True}),
+             "c.jpg": (smooth[0][..., 1], {}), "d.png": (smooth[1], {}),
+             "f.jpg": (smooth[1], {"quality": 80}), "g.jpg": (smooth[0], {"quality": 95})}
+    paths = []
+    for name, (arr, save) in files.items():
+        paths.append(folder / name)
+        Image.fromarray(arr).save(paths[-1], **save)
+    truncated = folder / "e.jpg"
+    truncated.write_bytes(paths[0].read_bytes()[:2000])  # its headers whole, half its data
+    cmyk = folder / "h.jpg"
+    Image.fromarray(smooth[0]).convert("CMYK").save(cmyk)
+    return paths[:4] + [truncated] + paths[4:] + [cmyk]
+
+
+def _rows(loaded, items, policy, device="cpu", **kwargs):
+    rows, failures = {}, {}
+    for batch in run_batches(loaded.extractor, items, range(len(items)), image_size=32,
+                             policy=policy, batch_size=4, on_error="skip", progress=False,
+                             device=device, **kwargs):
+        rows.update(zip(batch.positions.tolist(), batch.features["default"]))
+        failures.update(batch.failures)
+    return rows, failures
+
+
+def test_the_device_decoder_decodes_jpegs_in_batches_and_falls_back_per_input(tmp_path,
+                                                                               monkeypatch):
+    from featcache.engine import batches
+    from featcache.inputs import DecodePolicy
+
+    items = _mixed_files(tmp_path)
+    loaded = load_backbone(image_size=32)
+    decoded_on_device = []
+    real = batches.decode_jpegs
+
+    def one_refused(datas, device):  # the device refuses f.jpg (Pillow then decodes it)
+        decoded_on_device.extend(len(d) for d in datas)
+        out = real(datas, device)
+        return [None if len(d) == items[5].stat().st_size else image
+                for d, image in zip(datas, out)]
+
+    monkeypatch.setattr(batches, "decode_jpegs", one_refused)
+    device, device_failures = _rows(loaded, items, DecodePolicy(decoder="device"))
+    # Batches of 4 inputs: a, b, c go to the device (d.png and the rest to Pillow), then e
+    # (truncated: the device and Pillow both fail), f, g; h is CMYK (Pillow's).
+    assert sorted(decoded_on_device) == sorted(items[i].stat().st_size for i in (0, 1, 2, 4, 5, 6))
+    assert list(device_failures) == [4] and "e.jpg" in device_failures[4]
+    assert sorted(device) == [0, 1, 2, 3, 5, 6, 7]
+    # Measured: on a CPU, decode_jpeg is libjpeg-turbo, as Pillow; these images are under 4x
+    # the input size (no reduced decode): the rows equal Pillow's exactly.
+    pillow, pillow_failures = _rows(loaded, items, DecodePolicy())
+    assert list(pillow_failures) == [4]
+    for pos in device:
+        np.testing.assert_array_equal(device[pos], pillow[pos], err_msg=str(items[pos]))
+
+
+def test_device_decoded_batches_keep_the_planned_order_and_augment(tmp_path):
+    from featcache.inputs import DecodePolicy
+    from featcache.inputs.augment import DEFAULT_POLICY, AugmentView
+    from featcache.inputs.keys import content_key
+
+    items = _mixed_files(tmp_path)
+    positions = [7, 3, 0, 6, 1, 2]
+    loaded = load_backbone(image_size=32)
+    keys = [content_key(item, i) for i, item in enumerate(items)]
+    got = {}
+    for decoder in ("pillow", "device"):
+        batches = list(run_batches(loaded.extractor, items, positions, image_size=32,
+                                   policy=DecodePolicy(decoder=decoder), batch_size=3,
+                                   keys=keys, augment=AugmentView(DEFAULT_POLICY, 1),
+                                   progress=False))
+        assert [p for b in batches for p in b.positions.tolist()] == positions
+        got[decoder] = np.concatenate([b.features["default"] for b in batches])
+    np.testing.assert_allclose(got["device"], got["pillow"], atol=1e-5)
+
+
+def test_a_device_without_a_jpeg_decoder_stops_before_decoding(tmp_path, monkeypatch):
+    from featcache.engine import device_decode
+    from featcache.exceptions import DecoderUnavailableError
+    from featcache.inputs import DecodePolicy
+
+    monkeypatch.setattr(device_decode, "_torchvision_decoder", lambda: None)
+    loaded = load_backbone(image_size=32)
+    with pytest.raises(DecoderUnavailableError, match="decoder='pillow'"):
+        _rows(loaded, _mixed_files(tmp_path), DecodePolicy(decoder="device"))
+    assert _rows(loaded, _items(2), DecodePolicy())[0]  # the default decoder needs none
+
+
+@pytest.mark.gpu
+def test_the_device_decoder_on_the_gpu_gives_rows_close_to_pillows(tmp_path):
+    from featcache.inputs import DecodePolicy
+
+    items = _mixed_files(tmp_path)
+    loaded = load_backbone(image_size=32)
+    device, failures = _rows(loaded, items, DecodePolicy(decoder="device"), device="cuda",
+                             precision="fp32")
+    pillow, _ = _rows(loaded, items, DecodePolicy(), device="cuda", precision="fp32")
+    assert list(failures) == [4] and sorted(device) == sorted(pillow) == [0, 1, 2, 3, 5, 6, 7]
+    for pos in device:  # nvJPEG is not libjpeg-turbo: close, not equal (not measured yet)
+        a, b = device[pos], pillow[pos]
+        assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.995, items[pos]

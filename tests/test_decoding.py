@@ -158,3 +158,69 @@ def test_a_strip_and_a_lying_header_still_give_named_errors(tmp_path):
     for policy in (REDUCED, FULL):
         with pytest.raises(InputError, match=r"input 3 .*lying\.jpg"):
             decode(lying, 3, policy, image_size=224)
+
+
+# ---------------------------------------------------------------- decoder="device"
+DEVICE = DecodePolicy(decoder="device")
+
+
+def test_the_device_decoder_enters_the_fingerprint_only_when_chosen():
+    assert DecodePolicy().decoder == "pillow"  # the default: every cache keeps its namespace
+    assert "decoder" not in REDUCED.to_dict() and "decoder" not in FULL.to_dict()
+    device = DEVICE.to_dict()
+    assert device["decoder"] == decoding.DEVICE_JPEG_RULE and json.loads(json.dumps(device))
+    assert {k: v for k, v in device.items() if k != "decoder"} == REDUCED.to_dict()
+    assert "decode_scale" not in DecodePolicy(decoder="device", decode_scale="full").to_dict()
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        DecodePolicy(decoder="nvjpeg")
+
+
+def _jpeg_bytes(arr, **save) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(arr).save(buffer, "JPEG", **save)
+    return buffer.getvalue()
+
+
+def test_which_jpeg_frames_the_device_decodes():
+    photo = (_photo(40, 56) * 255).astype(np.uint8)
+    for save in ({}, {"progressive": True}, {"subsampling": 0}, {"quality": 30}):
+        assert decoding.device_jpeg_frame(_jpeg_bytes(photo, **save)), save
+    assert decoding.device_jpeg_frame(_jpeg_bytes(photo[..., 0]))  # grayscale
+    cmyk = io.BytesIO()
+    Image.fromarray(photo).convert("CMYK").save(cmyk, "JPEG")
+    assert not decoding.device_jpeg_frame(cmyk.getvalue())  # 4 components
+    png = io.BytesIO()
+    Image.fromarray(photo).save(png, "PNG")
+    assert not decoding.device_jpeg_frame(png.getvalue())
+    data = _jpeg_bytes(photo)
+    sof = data.index(b"\xff\xc0")
+    assert not decoding.device_jpeg_frame(data[:sof])  # no frame header before the end
+    for marker in (b"\xff\xc3", b"\xff\xc9"):  # lossless; arithmetic coding: left to Pillow
+        assert not decoding.device_jpeg_frame(data[:sof] + marker + data[sof + 2:])
+    twelve_bit = bytearray(data)
+    twelve_bit[sof + 4] = 12
+    assert not decoding.device_jpeg_frame(bytes(twelve_bit))
+
+
+def test_jpeg_bytes_hands_over_only_the_jpegs_the_device_decodes(tmp_path):
+    from featcache.exceptions import InputChangedError
+    from featcache.inputs.keys import bytes_key
+
+    photo = (_photo(60, 80) * 255).astype(np.uint8)
+    jpeg = _file(tmp_path, "a.jpg", photo, quality=90)
+    data = jpeg.read_bytes()
+    assert decode(jpeg, 0, DEVICE, jpeg_bytes=True, key=bytes_key(data)) == data
+    assert isinstance(decode(jpeg, 0, DEVICE), np.ndarray)  # without jpeg_bytes: Pillow
+    assert isinstance(decode(jpeg, 0, REDUCED, jpeg_bytes=True), np.ndarray)  # decoder="pillow"
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: the device decoder would not apply it
+    Image.fromarray(photo).save(rotated, exif=exif)
+    assert decode(rotated, 0, DEVICE, jpeg_bytes=True).shape == (80, 60, 3)
+    for other in (_file(tmp_path, "p.png", photo), photo):
+        assert isinstance(decode(other, 0, DEVICE, jpeg_bytes=True), np.ndarray)
+    with pytest.raises(InputChangedError, match="changed while featcache was reading it"):
+        decode(jpeg, 0, DEVICE, jpeg_bytes=True, key=b"\x00" * 16)
+    strip = _file(tmp_path, "strip.jpg", np.zeros((8, 30_000), np.uint8))
+    with pytest.raises(InputError, match=r"strip\.jpg.*over the limit"):
+        decode(strip, 0, DEVICE, jpeg_bytes=True, image_size=2000)

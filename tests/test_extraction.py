@@ -13,6 +13,7 @@ from featcache.cli import main
 from featcache.exceptions import InputError
 from featcache.jobs.extraction import extract
 from featcache.inputs import content_key
+from featcache.inputs.decoding import DEVICE_JPEG_RULE
 from featcache.inputs.sources import collect_inputs
 
 CLI = [sys.executable, "-m", "featcache.cli"]
@@ -189,6 +190,30 @@ def test_decode_scale_is_an_option_with_its_own_namespace(tmp_path):
                  "--decode-scale", "full", "--quiet"]) == 0
     with pytest.raises(Exception, match="decode_scale"):
         FrozenBackbone(decode_scale="fast").fit([path])
+
+
+def test_the_device_decoder_is_an_option_with_its_own_namespace(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    small = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    jpeg, png = tmp_path / "photo.jpg", tmp_path / "scan.png"
+    small.resize((96, 64), Image.BICUBIC).save(jpeg, quality=90)
+    small.resize((64, 80), Image.BICUBIC).save(png)
+    cache = tmp_path / "c"
+    pillow = FrozenBackbone(image_size=32, cache=cache, device="cpu").fit([jpeg, png])
+    device = FrozenBackbone(image_size=32, cache=cache, device="cpu", decoder="device")
+    device.fit([jpeg, png])
+    assert device.fingerprint_ != pillow.fingerprint_ and "decoder" not in pillow.config_["decode"]
+    assert device.config_["decode"]["decoder"] == DEVICE_JPEG_RULE  # the namespace says how
+    # On a CPU, decode_jpeg is libjpeg-turbo, as Pillow (and 96x64 is not reduced at 32 px).
+    np.testing.assert_array_equal(device.transform([jpeg, png]), pillow.transform([jpeg, png]))
+    assert main(["extract", str(jpeg), str(png), "--cache", str(cache), "--image-size", "32",
+                 "--device", "cpu", "--decoder", "device", "--quiet"]) == 0
+    assert sorted(FeatureCache(cache).namespaces()) == sorted(
+        [pillow.fingerprint_, device.fingerprint_])  # the CLI run found the device's rows
+    with pytest.raises(Exception, match="decoder"):
+        FrozenBackbone(decoder="nvjpeg").fit([jpeg])
 
 
 def _replace_after_planning(monkeypatch, action):

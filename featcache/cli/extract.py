@@ -40,6 +40,7 @@ def add_extract(sub) -> None:
     add_option(p, "image_size", metavar="S")
     add_option(p, "window", metavar="CENTER,WIDTH")
     add_option(p, "decode_scale")
+    add_option(p, "decoder")
     add_option(p, "precision")
     add_option(p, "batch_size", metavar="B")
     add_option(p, "device", metavar="D")
@@ -129,7 +130,8 @@ def _extract_with(args, raise_if_interrupted, client):
         device=args.device, precision=args.precision, num_workers=args.workers, shard=shard,
         on_error=args.on_error, retry_failed=args.retry_failed,
         progress=False if args.quiet else True, commit_seconds=args.commit_seconds,
-        window=window, decode_scale=args.decode_scale, dataset=args.dataset, client=client,
+        window=window, decode_scale=args.decode_scale,
+        decoder=args.decoder, dataset=args.dataset, client=client,
         partition_size=args.partition_size,
         verify_inputs="hash" if args.rehash else "stat")
 

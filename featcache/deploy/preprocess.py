@@ -143,8 +143,18 @@ def preprocess(images, estimator):
     spec = input_spec(estimator)
     items = as_items(images)
     size = spec.image_size
-    tensors = [to_unit_float(to_model_input(decode(item, i, spec.decode, image_size=size), size))
+    tensors = [to_unit_float(to_model_input(_decoded(item, i, spec.decode, size), size))
                for i, item in enumerate(items)]
     if not tensors:
         return torch.zeros((0, 3, spec.image_size, spec.image_size), dtype=torch.float32)
     return torch.stack(tensors).contiguous()
+
+
+def _decoded(item, index, policy: DecodePolicy, size):
+    """``decode`` as the engine decodes under ``policy``: with ``decoder="device"``, a JPEG the
+    device would decode is decoded at full size (libjpeg-turbo's pixels, as on a CPU device)."""
+    image = decode(item, index, policy, image_size=size, jpeg_bytes=True)
+    if isinstance(image, bytes):
+        image = decode(item, index, dataclasses.replace(policy, decode_scale="full"),
+                       image_size=size)
+    return image

@@ -2,7 +2,9 @@
 
 :func:`run_batches` takes the items to compute (the cache's misses), decodes and resizes them
 (in DataLoader workers sized to the usable cores on GPU, and on CPU for large jobs of files;
-else in the main process), runs the frozen extractor under
+else in the main process; with ``decoder="device"`` the workers read JPEG files and the run
+device decodes and resizes them in batches, :mod:`featcache.engine.device_decode`), runs the
+frozen extractor under
 ``torch.inference_mode`` in channels-last layout with optional bf16/fp16 autocast, and
 yields one :class:`Batch` of features per step, so a caller can commit each batch to the
 cache as soon as it exists.
@@ -11,6 +13,7 @@ cache as soon as it exists.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import multiprocessing
 import os
@@ -22,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .allocator import reuse_freed_memory
+from .device_decode import check_device_decoder, decode_jpegs
 from ..exceptions import InputChangedError, InputError
 from ..inputs import DecodePolicy, decode, describe
 from ..inputs.keys import forget
@@ -119,17 +123,18 @@ def resize_and_crop(t: torch.Tensor, size: int) -> torch.Tensor:
     """A (C, H, W) uint8 or float tensor, on any device -> (C, size, size).
 
     The shorter side is resized to ``size`` (bilinear, antialiased), then the centre square
-    is cropped; a square image is simply resized.
+    is cropped; a square image is simply resized. A batch ``(N, C, H, W)`` of images of one
+    size is resized in one call, each image exactly as alone.
     """
     from torchvision.transforms.v2 import functional as TF
 
-    h, w = t.shape[1:]
+    h, w = t.shape[-2:]
     if (h, w) != (size, size):
         scale = size / min(h, w)
         new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
         t = TF.resize(t, [new_h, new_w], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
         top, left = (new_h - size) // 2, (new_w - size) // 2
-        t = t[:, top:top + size, left:left + size]
+        t = t[..., top:top + size, left:left + size]
     return t
 
 
@@ -143,7 +148,8 @@ class _DecodeDataset(Dataset):
 
     With ``keys``, each item is checked to still have the content key it was planned under.
     With ``augment`` (``augment(image, key) -> image``, a :class:`featcache.inputs.augment.AugmentView`),
-    each resized input is replaced by its augmented view.
+    each resized input is replaced by its augmented view. With ``policy.decoder="device"``, a
+    JPEG file the device decodes comes back as its bytes (a 1-D uint8 tensor) instead.
     """
 
     def __init__(self, items, positions, policy: DecodePolicy, size: int, keys=None, augment=None):
@@ -154,32 +160,48 @@ class _DecodeDataset(Dataset):
         return len(self.positions)
 
     def __getitem__(self, i):
-        pos = int(self.positions[i])
+        return self.sample(int(self.positions[i]), self.policy, jpeg_bytes=True)
+
+    def on_the_cpu(self, pos: int):
+        """``(pos, tensor, error)`` of a JPEG the device could not decode: Pillow's decode at
+        full size (what the device would have decoded), resized and augmented as usual."""
+        return self.sample(pos, dataclasses.replace(self.policy, decode_scale="full"),
+                           jpeg_bytes=False)
+
+    def augmented(self, pos: int, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor``, the resized input at ``pos``, or its augmented view."""
+        return tensor if self.augment is None else self.augment(tensor, self.keys[pos])
+
+    def sample(self, pos: int, policy: DecodePolicy, jpeg_bytes: bool):
+        """``(pos, tensor, error)`` of the input at ``pos``: the resized (augmented) image, or
+        the bytes of a JPEG for the device (``jpeg_bytes`` under ``decoder="device"``)."""
         item = self.items[pos]
         try:
-            image = decode(item, pos, self.policy, image_size=self.size,
+            image = decode(item, pos, policy, image_size=self.size, jpeg_bytes=jpeg_bytes,
                            key=None if self.keys is None else self.keys[pos])
         except InputError as exc:
             return pos, None, exc
+        if isinstance(image, bytes):  # for the device to decode
+            return pos, torch.frombuffer(bytearray(image), dtype=torch.uint8), None
         try:
-            tensor = to_model_input(image, self.size)
-            if self.augment is not None:
-                tensor = self.augment(tensor, self.keys[pos])
-            return pos, tensor, None
+            return pos, self.augmented(pos, to_model_input(image, self.size)), None
         except Exception as exc:  # any failure of one input is that input's error
             return pos, None, InputError(f"{describe(item, pos)}: cannot be resized to "
                                          f"{self.size} px ({type(exc).__name__}: {exc}).")
 
 
 def _collate(samples):
-    good = [(p, t) for p, t, _ in samples if t is not None]
+    """Samples -> ``(positions, images, errors, jpegs)``: the decoded images stacked, the
+    failures, and ``(position, bytes)`` of the JPEGs left to the device."""
+    good = [(p, t) for p, t, _ in samples if t is not None and t.ndim == 3]
+    jpegs = [(p, t) for p, t, _ in samples if t is not None and t.ndim == 1]
     errors = [(p, error) for p, _, error in samples if error is not None]
     positions = np.array([p for p, _ in good], dtype=np.int64)
     tensors = [t for _, t in good]
     if any(t.dtype != torch.uint8 for t in tensors):  # a mixed batch travels as float
         tensors = [to_unit_float(t) for t in tensors]
     images = torch.stack(tensors) if tensors else None
-    return positions, images, errors
+    return positions, images, errors, jpegs
 
 
 def decode_batch_size(batch_size: int, workers: int) -> int:
@@ -196,14 +218,15 @@ def decode_batch_size(batch_size: int, workers: int) -> int:
 
 
 def _full_batches(loader, batch_size: int, device):
-    """Consecutive decode batches of ``loader`` joined into ``(positions, images, errors)``
-    batches of about ``batch_size`` inputs, in order; images move to ``device`` as they come
-    (non-blocking from pinned memory), and a batch that mixes 8-bit and float images is float.
+    """Consecutive decode batches of ``loader`` joined into ``(positions, images, errors,
+    jpegs)`` batches of about ``batch_size`` inputs, in order; images move to ``device`` as
+    they come (non-blocking from pinned memory), and a batch that mixes 8-bit and float images
+    is float.
     """
     parts, count = [], 0
     for part in loader:
         parts.append(part)
-        count += len(part[0]) + len(part[2])
+        count += len(part[0]) + len(part[2]) + len(part[3])
         if count >= batch_size:
             yield _join(parts, device)
             parts, count = [], 0
@@ -214,13 +237,68 @@ def _full_batches(loader, batch_size: int, device):
 def _join(parts, device):
     if len(parts) == 1:
         return parts[0]
-    positions = np.concatenate([p for p, _, _ in parts])
-    errors = [e for _, _, errs in parts for e in errs]
+    positions = np.concatenate([p for p, _, _, _ in parts])
+    errors = [e for _, _, errs, _ in parts for e in errs]
     images = [im if device.type == "cpu" else im.to(device, non_blocking=True)
-              for _, im, _ in parts if im is not None]
+              for _, im, _, _ in parts if im is not None]
     if any(im.dtype != torch.uint8 for im in images):
         images = [to_unit_float(im) for im in images]
-    return positions, (torch.cat(images) if images else None), errors
+    jpegs = [j for _, _, _, js in parts for j in js]
+    return positions, (torch.cat(images) if images else None), errors, jpegs
+
+
+def _on_device(batch, dataset: _DecodeDataset, device, planned):
+    """A joined batch -> ``(positions, images, errors)``, its JPEG bytes decoded on ``device``.
+
+    The JPEGs are decoded in one batch (:func:`~featcache.engine.device_decode.decode_jpegs`)
+    and resized in one call per image size; those the device cannot decode are decoded by
+    Pillow at full size (:meth:`_DecodeDataset.on_the_cpu`), and fail only if Pillow fails
+    too. The batch's images keep the order of ``planned`` (the positions the batch covers, in
+    the order they were asked for). Without JPEG bytes (``decoder="pillow"``), the batch is
+    returned as it came.
+    """
+    positions, images, errors, jpegs = batch
+    if not jpegs:
+        return positions, images, errors
+    decoded = decode_jpegs([data for _, data in jpegs], device)
+    done = [(pos, image) for (pos, _), image in zip(jpegs, decoded) if image is not None]
+    redo = [dataset.on_the_cpu(pos) for (pos, _), image in zip(jpegs, decoded) if image is None]
+    if redo:
+        _log.info("%d of %d JPEGs not decoded on %s: decoded by Pillow", len(redo), len(jpegs),
+                  device)
+    errors = errors + [(pos, error) for pos, _, error in redo if error is not None]
+    redo = [(pos, tensor) for pos, tensor, _ in redo if tensor is not None]
+    resized = _resized_by_size([image for _, image in done], dataset.size)
+    parts = [(positions, images)] if images is not None else []
+    if done:
+        parts.append((np.array([pos for pos, _ in done], dtype=np.int64),
+                      torch.stack([dataset.augmented(pos, image)
+                                   for (pos, _), image in zip(done, resized)])))
+    if redo:  # resized and augmented already
+        parts.append((np.array([pos for pos, _ in redo], dtype=np.int64),
+                      torch.stack([tensor for _, tensor in redo])))
+    if not parts:
+        return np.zeros(0, dtype=np.int64), None, errors
+    tensors = [t.to(device, non_blocking=True) for _, t in parts]
+    if any(t.dtype != torch.uint8 for t in tensors):
+        tensors = [to_unit_float(t) for t in tensors]
+    positions = np.concatenate([p for p, _ in parts])
+    rank = {int(pos): i for i, pos in enumerate(planned)}
+    order = np.argsort([rank[int(pos)] for pos in positions], kind="stable")
+    return positions[order], torch.cat(tensors)[torch.from_numpy(order).to(device)], errors
+
+
+def _resized_by_size(images: list, size: int) -> list:
+    """``resize_and_crop`` of each (3, H, W) image, in one batched call per distinct (H, W)."""
+    out = [None] * len(images)
+    groups: dict = {}
+    for i, image in enumerate(images):
+        groups.setdefault(tuple(image.shape), []).append(i)
+    for members in groups.values():
+        batch = resize_and_crop(torch.stack([images[i] for i in members]), size)
+        for i, image in zip(members, batch):
+            out[i] = image
+    return out
 
 
 #: On a CPU, the forward pass runs in chunks of about this many input pixels: small chunks keep
@@ -325,10 +403,14 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     dtype = _PRECISIONS[resolve_precision(precision, device)]
     workers = resolve_num_workers(num_workers, device, items, positions)
+    policy = policy or DecodePolicy()
+    if policy.decoder == "device":
+        check_device_decoder(device)
     extractor.to(device=device, memory_format=torch.channels_last)
+    dataset = _DecodeDataset(items, np.asarray(positions, dtype=np.int64), policy, image_size,
+                             keys, augment)
     loader = DataLoader(
-        _DecodeDataset(items, np.asarray(positions, dtype=np.int64), policy or DecodePolicy(),
-                       image_size, keys, augment),
+        dataset,
         batch_size=decode_batch_size(batch_size, workers), shuffle=False, num_workers=workers,
         collate_fn=_collate,
         pin_memory=device.type == "cuda", persistent_workers=False,
@@ -347,7 +429,12 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
     allocator = reuse_freed_memory() if device.type == "cpu" else contextlib.nullcontext()
     try:
         with allocator:
-            for batch_positions, images, errors in _full_batches(loader, batch_size, device):
+            done = 0  # inputs the loader has handed over
+            for joined in _full_batches(loader, batch_size, device):
+                size = len(joined[0]) + len(joined[2]) + len(joined[3])
+                batch_positions, images, errors = _on_device(
+                    joined, dataset, device, dataset.positions[done:done + size])
+                done += size
                 for pos, error in errors:
                     if isinstance(error, InputChangedError):  # a memoised key proved wrong:
                         forget(items[pos])  # the file is hashed again next time, not refused

@@ -24,12 +24,12 @@ from ..exceptions import InputChangedError, InputError
 from .errors import as_input_error, describe, input_error, pil_errors
 from .items import check_image
 from .keys import array_key, bytes_key, pil_key, stat_file
-from ..options import DECODE_SCALES, validate_window
+from ..options import DECODE_SCALES, DECODERS, validate_window
 from .pixels import box_reduce, composite, gray3, reduction_factor, scale_intensity
 
 __all__ = ["DecodePolicy", "decode", "resized_pixels", "max_resized_pixels",
            "RESIZED_PIXELS_LIMIT", "DECODER_VERSION", "REDUCE_KEEP", "REDUCTION_RULE",
-           "DECODE_SCALES"]
+           "DECODE_SCALES", "DECODERS", "DEVICE_JPEG_RULE", "device_jpeg_frame"]
 
 #: Default largest image, in pixels, that the shorter-side resize may produce before the centre
 #: crop (a 1x100000 image at 224 px would need 224 x 22.4 million): 2**24 pixels, about 200 MB
@@ -50,6 +50,17 @@ REDUCE_KEEP = 2
 #: other images box-averaged by an integer factor (``Image.reduce``), the shorter side kept at
 #: ``REDUCE_KEEP`` times the input size or more.
 REDUCTION_RULE = f"jpeg-dct-draft+box-reduce/shorter-side>={REDUCE_KEEP}x-input"
+#: What ``decoder="device"`` does, recorded in the decode policy (and so in the fingerprint):
+#: a JPEG file whose frame is baseline, extended or progressive Huffman (SOF0-2), 8 bits, 1 or
+#: 3 components, without an EXIF rotation (:func:`device_jpeg_frame`), is decoded at full
+#: size to RGB by ``torchvision.io.decode_jpeg`` on the run device (nvJPEG on a GPU,
+#: libjpeg-turbo on a CPU); every other input by Pillow, as ``decoder="pillow"`` would. The
+#: choice depends on the file's bytes only, never on the machine. A JPEG the device then
+#: fails to decode is decoded by Pillow at full size: the same libjpeg-turbo pixels that
+#: ``decode_jpeg`` gives on a CPU.
+DEVICE_JPEG_RULE = "decode_jpeg/sof0-2,8-bit,1|3-components,no-exif-rotation,full-size;else-pillow"
+_DEVICE_SOF = {0xC0, 0xC1, 0xC2}
+_ANY_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
@@ -77,11 +88,18 @@ class DecodePolicy:
         :data:`REDUCE_KEEP` (2) times ``image_size`` or more; the antialiased resize then
         finishes. Rows stay within cosine 0.999 of ``"full"`` (``benchmarks/cpu_decode.py``). ``"full"``: every pixel is decoded, then resized (the rows of featcache
         before this option, in the same namespace).
+    decoder : {"pillow", "device"}, default "pillow"
+        ``"pillow"``: every input is decoded by Pillow on the CPU. ``"device"``: the JPEG files
+        that :func:`device_jpeg_frame` accepts are decoded at full size in batches on the run
+        device (:data:`DEVICE_JPEG_RULE`; ``decode_scale`` does not apply to them), every
+        other input as with ``"pillow"``. Only the engine's batch loop decodes on the device
+        (:func:`decode` with ``jpeg_bytes=True`` hands it the bytes).
     """
 
     background: tuple[int, int, int] = (0, 0, 0)
     window: tuple[float, float] | None = None
     decode_scale: str = "reduced"
+    decoder: str = "pillow"
 
     def __post_init__(self):
         bg = tuple(self.background)
@@ -92,6 +110,8 @@ class DecodePolicy:
         if self.decode_scale not in DECODE_SCALES:
             raise ValueError(f"decode_scale must be one of {DECODE_SCALES}, got "
                              f"{self.decode_scale!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
 
     def to_dict(self) -> dict:
         """Return everything that changes the decoded pixels, JSON-serialisable.
@@ -100,13 +120,15 @@ class DecodePolicy:
         :data:`featcache.inputs.dicom.DICOM_VOI_RULE`), so rows decoded by an earlier rule are never
         served for this one. ``decode_scale`` (:data:`REDUCTION_RULE`) is there only when
         ``"reduced"``: ``"full"`` decodes as featcache always did, so its rows keep their
-        namespace.
+        namespace. ``decoder`` (:data:`DEVICE_JPEG_RULE`) likewise only when ``"device"``.
         """
         out = {"decoder_version": DECODER_VERSION, "background": list(self.background),
                "window": None if self.window is None else list(self.window),
                "exif_orientation": True, "grayscale": "replicate", "dicom_voi": DICOM_VOI_RULE}
         if self.decode_scale == "reduced":
             out["decode_scale"] = REDUCTION_RULE
+        if self.decoder == "device":
+            out["decoder"] = DEVICE_JPEG_RULE
         return out
 
     def reduction(self, height: int, width: int, image_size: int | None) -> int:
@@ -158,7 +180,7 @@ def _check_size(item, index, height, width, image_size, decoded_limit=None):
 
 # ---------------------------------------------------------------- decoding
 def decode(item, index: int, policy: DecodePolicy = DecodePolicy(), *, key: bytes | None = None,
-           image_size: int | None = None) -> np.ndarray:
+           image_size: int | None = None, jpeg_bytes: bool = False) -> "np.ndarray | bytes":
     """Decode one item to an ``(H, W, 3)`` array.
 
     Parameters
@@ -179,12 +201,18 @@ def decode(item, index: int, policy: DecodePolicy = DecodePolicy(), *, key: byte
         :func:`max_resized_pixels` is refused before it is decoded; with
         ``policy.decode_scale="reduced"``, a large image comes back reduced (never under
         ``REDUCE_KEEP * image_size`` on its shorter side). Without it, nothing is reduced.
+    jpeg_bytes : bool, default False
+        With ``policy.decoder="device"``: a JPEG file that the device decodes
+        (:func:`device_jpeg_frame`, no EXIF rotation) comes back as its ``bytes``, undecoded
+        but checked like any file (its key, Pillow's decompression-bomb limit and
+        :func:`max_resized_pixels`), for the engine to decode on the device.
 
     Returns
     -------
-    ndarray
+    ndarray or bytes
         ``uint8`` for 8-bit sources (8-bit files, uint8 arrays, 8-bit RGB DICOM); ``float32``
         in [0, 1] for all else (16/32-bit, float, grayscale DICOM); never clipped to 255.
+        ``bytes`` only with ``jpeg_bytes`` (above).
 
     Raises
     ------
@@ -194,7 +222,8 @@ def decode(item, index: int, policy: DecodePolicy = DecodePolicy(), *, key: byte
     """
     with as_input_error(item, index, "cannot be decoded"):
         if isinstance(item, (str, os.PathLike)):
-            return _decode_file(Path(item), index, policy, key, image_size)
+            return _decode_file(Path(item), index, policy, key, image_size,
+                                jpeg_bytes and policy.decoder == "device")
         if isinstance(item, np.ndarray):
             snapshot = np.array(item, copy=True)
             _check_key(item, index, key, lambda: array_key(snapshot))
@@ -228,7 +257,7 @@ def _read_file(path, index) -> bytes:
         raise input_error(path, index, f"cannot be read ({exc.strerror or exc}).") from None
 
 
-def _decode_file(path, index, policy, key, image_size):
+def _decode_file(path, index, policy, key, image_size, jpeg_bytes=False):
     data = _read_file(path, index)  # read once: the key is checked on what is decoded
     _check_key(path, index, key, lambda: bytes_key(data))
     if data[128:132] == b"DICM" or path.suffix.lower() == ".dcm":
@@ -240,11 +269,52 @@ def _decode_file(path, index, policy, key, image_size):
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         img = Image.open(io.BytesIO(data))
         _check_size(path, index, img.height, img.width, image_size)
+        if jpeg_bytes and img.format == "JPEG" and _device_decodes(img, data):
+            return data
         if img.format == "JPEG" and policy.reduction(img.height, img.width, image_size) > 1:
             _draft(img, image_size)
         img.load()  # force full decoding: truncated files fail here
     with img:
         return _decode_pil(img, path, index, policy, image_size)
+
+
+def device_jpeg_frame(data: bytes) -> bool:
+    """Whether ``data`` is a JPEG whose frame ``decoder="device"`` decodes on the device.
+
+    The first frame header (SOF) must be baseline, extended or progressive Huffman (SOF0,
+    SOF1, SOF2: what nvJPEG and libjpeg-turbo both decode), 8 bits per sample, with 1
+    (grayscale) or 3 (YCbCr or RGB) components. Lossless, arithmetic-coded, hierarchical and
+    12-bit frames, CMYK/YCCK, and anything that is not a JPEG are left to Pillow. Reads the
+    marker segments only (no decoding).
+    """
+    if data[:2] != b"\xff\xd8":
+        return False
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # segments without a length
+            i += 2
+            continue
+        if marker in _ANY_SOF:
+            return (marker in _DEVICE_SOF and i + 10 <= n and data[i + 4] == 8
+                    and data[i + 9] in (1, 3))
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker in (0xD9, 0xDA) or length < 2:  # no frame before the scan or the end
+            return False
+        i += 2 + length
+    return False
+
+
+def _device_decodes(img, data) -> bool:
+    """A JPEG file for the device: its frame (:func:`device_jpeg_frame`), no EXIF rotation
+    (which :func:`decode` applies and the device decoder does not)."""
+    return (img.mode in ("L", "RGB") and img.getexif().get(0x0112, 1) not in range(2, 9)
+            and device_jpeg_frame(data))
 
 
 def _draft(img, image_size):

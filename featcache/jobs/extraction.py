@@ -31,7 +31,7 @@ def extract(inputs, cache, *, model="efficientnet_lite0", weights="DEFAULT", lay
             pooling="avg", image_size=None, batch_size=64, device="auto", precision="auto",
             num_workers=None, shard=(0, 1), on_error="raise", retry_failed=False, progress=None,
             commit_rows=4096, commit_seconds=30.0, on_batch=None, window=None,
-            decode_scale="reduced",
+            decode_scale="reduced", decoder="pillow",
             client=None, dataset=None, partition_size=None,
             verify_inputs="stat") -> ExtractSummary:
     """Embed every input into the cache (the library behind ``featcache extract``).

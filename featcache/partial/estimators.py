@@ -101,7 +101,7 @@ class PartiallyFrozenClassifier(ClassifierMixin, PartiallyFrozen):
     random_state : int, RandomState or None, default=None
         Seeds the head, the shuffling, the augmentation draws and the validation split: the
         same seed on the same machine gives identical predictions.
-    device, precision, cache, num_workers, on_error, progress, window, decode_scale, retry_failed, verify_inputs
+    device, precision, cache, num_workers, on_error, progress, window, decode_scale, decoder, retry_failed, verify_inputs
         As in :class:`~featcache.FrozenBackbone`; ``precision`` also sets the autocast of
         training (bf16/fp16 on a GPU). With ``on_error="skip"`` unreadable training inputs
         are left out (with a warning), and unreadable inputs get NaN probabilities.
@@ -156,7 +156,8 @@ class PartiallyFrozenClassifier(ClassifierMixin, PartiallyFrozen):
                  cache_dtype="float16",
                  max_memory="auto", random_state=None, device="auto", precision="auto",
                  cache="auto", num_workers=None, on_error="raise", progress=None, window=None,
-                 decode_scale="reduced", retry_failed=False, verify_inputs="stat"):
+                 decode_scale="reduced", decoder="pillow", retry_failed=False,
+                 verify_inputs="stat"):
         _store_parameters(self, locals())
 
     # The options' constraints come from featcache.options (OPTIONS), the one validation.
@@ -279,7 +280,8 @@ class PartiallyFrozenRegressor(RegressorMixin, PartiallyFrozen):
                  cache_dtype="float16",
                  max_memory="auto", random_state=None, device="auto", precision="auto",
                  cache="auto", num_workers=None, on_error="raise", progress=None, window=None,
-                 decode_scale="reduced", retry_failed=False, verify_inputs="stat"):
+                 decode_scale="reduced", decoder="pillow", retry_failed=False,
+                 verify_inputs="stat"):
         _store_parameters(self, locals())
 
     # The options' constraints come from featcache.options (OPTIONS), the one validation.
