@@ -1,21 +1,30 @@
-"""ResNet-50 bf16 from JPEG files on a GPU: featcache extract, model only, and what bounds it.
+"""JPEG files -> rows on one GPU: featcache extract (Pillow or device decode) against its anchors.
 
 Writes N distinct JPEG files of ImageNet size (640x427, circularly shifted copies of
-scikit-learn's two sample photographs, quality 90), then measures, in one run, images/s of:
+scikit-learn's two sample photographs, quality 90), then measures, in one run, images/s of
+each pipeline below for each model (EfficientNet-Lite0 with its packaged weights, ResNet-50
+with random weights: the speed does not depend on them), bf16 autocast, channels-last,
+224 px. Files are read by DataLoader workers (``--workers``) in every pipeline but DALI's,
+which reads with its own threads.
 
-- model only: ResNet-50 (random weights; the speed does not depend on them) in bf16 autocast,
-  channels-last, on pre-decoded, pre-resized uint8 tensors already on the device;
-- CPU decode only: featcache's decoding and resizing in DataLoader workers, no network;
-- GPU decode only: ``torchvision.io.decode_jpeg(..., device="cuda")`` on file bytes read in
-  workers, then an antialiased bilinear resize on the GPU;
-- featcache extract from the JPEG files (CPU decode in workers, pinned memory, bf16), into a
-  fresh cache;
-- GPU decode + model: the same files decoded on the GPU and fed to the same network, the
-  ceiling of a pipeline that decoded on the device.
+- model only: pre-decoded, pre-resized uint8 tensors already on the device;
+- NVIDIA DALI: file reader -> ``fn.decoders.image(device="mixed")`` -> GPU resize (shorter
+  side, antialiased) and centre crop -> the same network ("not installed" without
+  ``nvidia-dali-cuda*``);
+- nvImageCodec: batched nvJPEG decode of the file bytes -> the engine's batched resize on the
+  GPU -> the network ("not installed" without ``nvidia-nvimgcodec-cu*``);
+- torchvision: ``torchvision.io.decode_jpeg(list, device="cuda")`` -> the same resize -> the
+  network;
+- **featcache extract**, ``decoder="pillow"`` (CPU decode in workers) and ``decoder="device"``
+  (JPEG bytes read in workers, decoded and resized in batches on the device), into a fresh
+  cache each.
 
-Every pipeline first runs two full batches (not timed). The slowest of model-only and
-CPU-decode-only is what bounds ``featcache extract``; if GPU
-decode + model beats extract by a wide margin, decoding on the device would pay.
+and, once, decode + resize without a network: featcache's CPU decode in workers, and
+``decode_jpeg`` on the device. Every pipeline first runs two full batches (not timed: CUDA
+context, nvJPEG, the kernels for the batch shape). A pipeline that fails prints its error
+in its row, so one run always prints every row. The targets (issue 25 item 1) are checked at
+the end: EfficientNet-Lite0 extract with the device decoder >= 5,000 images/s and >= 0.9x
+DALI's rate; ResNet-50's >= 0.5x its model-only rate.
 
     .venv/bin/python benchmarks/gpu_throughput.py [--n 4096] [--batch-size 256] [--workers 8]
     .venv/bin/python benchmarks/gpu_throughput.py --device cpu --n 64 --batch-size 16  # smoke run
@@ -24,9 +33,11 @@ decode + model beats extract by a wide margin, decoding on the device would pay.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -35,7 +46,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from featcache.backbones import load_backbone
-from featcache.engine.batches import _DecodeDataset, _collate, resize_and_crop, to_unit_float
+from featcache.engine.batches import (_DecodeDataset, _collate, _resized_by_size,
+                                      to_unit_float)
 from featcache import extract
 from featcache.inputs import DecodePolicy
 from featcache.inputs.sources import collect_inputs
@@ -44,7 +56,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_cluster import write_jpegs  # noqa: E402  (the same files as gpu_cluster.py)
 
 SIZE = 224
-MODEL = "resnet50"
+#: Model -> weights: EfficientNet-Lite0's ship with featcache (offline); ResNet-50 random.
+MODELS = {"efficientnet_lite0": "DEFAULT", "resnet50": None}
 
 
 def synced(device):
@@ -53,10 +66,10 @@ def synced(device):
     return time.perf_counter()
 
 
-def network(device):
+def network(model, device):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        extractor = load_backbone(MODEL, weights=None, image_size=SIZE).extractor
+        extractor = load_backbone(model, weights=MODELS[model], image_size=SIZE).extractor
     return extractor.to(device=device, memory_format=torch.channels_last)
 
 
@@ -64,15 +77,19 @@ def autocast(device):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def model_only(device, n, batch_size) -> float:
-    extractor = network(device)
+def run_network(extractor, batch):
+    extractor(to_unit_float(batch).contiguous(memory_format=torch.channels_last))
+
+
+def model_only(model, device, n, batch_size) -> float:
+    extractor = network(model, device)
     batch = torch.randint(0, 256, (batch_size, 3, SIZE, SIZE), dtype=torch.uint8, device=device)
     steps = max(1, n // batch_size)
     with torch.inference_mode(), autocast(device):
-        extractor(to_unit_float(batch).contiguous(memory_format=torch.channels_last))
+        run_network(extractor, batch)
         start = synced(device)
         for _ in range(steps):
-            extractor(to_unit_float(batch).contiguous(memory_format=torch.channels_last))
+            run_network(extractor, batch)
         seconds = synced(device) - start
     return steps * batch_size / seconds
 
@@ -81,7 +98,7 @@ def cpu_decode_only(paths, batch_size, workers) -> float:
     dataset = _DecodeDataset([Path(p) for p in paths], np.arange(len(paths)), DecodePolicy(), SIZE)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
     start = time.perf_counter()
-    count = sum(len(positions) for positions, _, _ in loader)
+    count = sum(len(positions) for positions, _, _, _ in loader)
     return count / (time.perf_counter() - start)
 
 
@@ -96,41 +113,150 @@ class _FileBytes(Dataset):
         return torch.frombuffer(bytearray(Path(self.paths[i]).read_bytes()), dtype=torch.uint8)
 
 
-def _gpu_decoded_batches(paths, device, batch_size, workers):
+def _file_bytes(paths, batch_size, workers, device):
+    return DataLoader(_FileBytes(paths), batch_size=batch_size, num_workers=workers,
+                      collate_fn=list, pin_memory=device.type == "cuda")
+
+
+def torchvision_batches(paths, device, batch_size, workers):
+    """``decode_jpeg`` of each batch of file bytes on the device, resized as the engine does."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    loader = DataLoader(_FileBytes(paths), batch_size=batch_size, num_workers=workers,
-                        collate_fn=list)
-    for data in loader:
+    for data in _file_bytes(paths, batch_size, workers, device):
         images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-        yield torch.stack([resize_and_crop(img, SIZE) for img in images])  # as featcache does
+        yield torch.stack(_resized_by_size(images, SIZE))
 
 
-def gpu_decode_only(paths, device, batch_size, workers) -> float:
+def nvimgcodec_batches(paths, device, batch_size, workers):
+    """nvImageCodec's batched decode (nvJPEG) of each batch of file bytes, then the engine's
+    batched resize on the device."""
+    from nvidia import nvimgcodec
+
+    decoder = nvimgcodec.Decoder(device_id=device.index or 0)
+    for data in _file_bytes(paths, batch_size, workers, torch.device("cpu")):
+        images = decoder.decode([d.numpy().tobytes() for d in data])
+        tensors = [torch.as_tensor(image, device=device).permute(2, 0, 1) for image in images]
+        yield torch.stack(_resized_by_size(tensors, SIZE))
+
+
+def dali_batches(paths, device, batch_size, workers):
+    """DALI: file reader -> mixed (nvJPEG) decode -> shorter-side antialiased resize and centre
+    crop on the GPU, as uint8 NCHW torch tensors."""
+    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+    @pipeline_def(batch_size=batch_size, num_threads=workers, device_id=device.index or 0)
+    def pipeline():
+        jpegs, _ = fn.readers.file(files=[str(p) for p in paths], name="reader")
+        images = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB)
+        images = fn.resize(images, resize_shorter=SIZE, antialias=True,
+                           interp_type=types.INTERP_LINEAR)
+        return fn.crop_mirror_normalize(images, crop=(SIZE, SIZE), dtype=types.UINT8,
+                                        output_layout="CHW")
+
+    pipe = pipeline()
+    pipe.build()
+    for data in DALIGenericIterator([pipe], ["images"], reader_name="reader",
+                                    last_batch_policy=LastBatchPolicy.PARTIAL):
+        yield data[0]["images"]
+
+
+DECODERS = {"NVIDIA DALI (mixed decode + GPU resize)": ("nvidia.dali", dali_batches),
+            "nvImageCodec batched nvJPEG + engine resize": ("nvidia.nvimgcodec",
+                                                           nvimgcodec_batches),
+            "torchvision decode_jpeg on the device + engine resize": ("torchvision",
+                                                                       torchvision_batches)}
+
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def decode_only(batches, paths, device, batch_size, workers) -> float:
     start = synced(device)
-    count = sum(len(b) for b in _gpu_decoded_batches(paths, device, batch_size, workers))
+    count = sum(len(b) for b in batches(paths, device, batch_size, workers))
     return count / (synced(device) - start)
 
 
-def gpu_decode_and_model(paths, device, batch_size, workers) -> float:
-    extractor = network(device)
+def decode_and_model(batches, extractor, paths, device, batch_size, workers) -> float:
     start = synced(device)
+    count = 0
     with torch.inference_mode(), autocast(device):
-        for batch in _gpu_decoded_batches(paths, device, batch_size, workers):
-            extractor(to_unit_float(batch).contiguous(memory_format=torch.channels_last))
-    return len(paths) / (synced(device) - start)
+        for batch in batches(paths, device, batch_size, workers):
+            run_network(extractor, batch)
+            count += len(batch)
+    return count / (synced(device) - start)
 
 
-def featcache_extract(folder, cache, device, batch_size, workers) -> float:
+def featcache_extract(model, folder, cache, device, batch_size, workers, decoder) -> float:
     inputs = collect_inputs([folder])
-    network(device)  # loading is not throughput
+    network(model, device)  # loading is not throughput
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        summary = extract(inputs, cache, model=MODEL, weights=None, batch_size=batch_size,
-                          device=str(device), precision="bf16", num_workers=workers,
-                          progress=False)
+        summary = extract(inputs, cache, model=model, weights=MODELS[model],
+                          batch_size=batch_size, device=str(device), precision="bf16",
+                          num_workers=workers, decoder=decoder, progress=False)
     assert summary.computed == len(inputs), summary.line()
     return len(inputs) / summary.seconds
+
+
+def measured(what, rows, label, function, *args):
+    """Append ``(label, images/s or why not)``; a failure is reported, never raised."""
+    try:
+        rows.append((label, function(*args)))
+    except Exception as exc:  # one pipeline failing must not lose the others' rows
+        traceback.print_exc()
+        rows.append((label, f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"))
+    print(f"  {what}: {label}: {rows[-1][1]}", file=sys.stderr, flush=True)
+
+
+def model_rows(model, paths, warm, folder, tmp, device, b, w) -> list:
+    rows = []
+    measured(model, rows, "model only, pre-decoded uint8 tensors on the device", model_only,
+             model, device, len(paths), b)
+    extractor = network(model, device)
+    for label, (module, batches) in DECODERS.items():
+        if device.type != "cuda":
+            rows.append((label + " + model", "needs CUDA"))
+        elif not installed(module):
+            rows.append((label + " + model", f"not installed ({module})"))
+        else:
+            measured(model, rows, label + " + model", lambda: (
+                decode_and_model(batches, extractor, warm, device, b, w),
+                decode_and_model(batches, extractor, paths, device, b, w))[1])
+    for decoder in ("pillow", "device"):
+        where = "CPU decode in workers" if decoder == "pillow" else "JPEGs decoded on the device"
+        measured(model, rows, f"**featcache extract, decoder={decoder!r}** ({where})", lambda: (
+            featcache_extract(model, warm[0].parent, tmp / f"warm-{model}-{decoder}", device, b,
+                              w, decoder),
+            featcache_extract(model, folder, tmp / f"cache-{model}-{decoder}", device, b, w,
+                              decoder))[1])
+    return rows
+
+
+def rate(rows, start) -> "float | None":
+    for label, value in rows:
+        if label.startswith(start) and isinstance(value, float):
+            return value
+    return None
+
+
+def targets(model, rows) -> list:
+    ours = rate(rows, "**featcache extract, decoder='device'")
+    out = []
+    if model == "efficientnet_lite0":
+        out.append((">= 5,000 images/s end to end", ours, None if ours is None else ours >= 5000))
+        dali = rate(rows, "NVIDIA DALI")
+        ratio = None if ours is None or dali is None else ours / dali
+        out.append((">= 0.9x DALI's rate", ratio, None if ratio is None else ratio >= 0.9))
+    if model == "resnet50":
+        model_rate = rate(rows, "model only")
+        ratio = None if ours is None or model_rate is None else ours / model_rate
+        out.append((">= 0.5x the model-only rate", ratio, None if ratio is None else ratio >= 0.5))
+    return out
 
 
 def main():
@@ -139,38 +265,54 @@ def main():
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--models", default=",".join(MODELS))
     args = parser.parse_args()
     device = torch.device(args.device)
-    rows = []
+    models = args.models.split(",")
+    b, w = args.batch_size, args.workers
+    common, per_model = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        folder = write_jpegs(Path(tmp) / "jpegs", 0, args.n)
+        tmp = Path(tmp)
+        folder = write_jpegs(tmp / "jpegs", 0, args.n)
         paths = sorted(folder.glob("*.jpg"))
-        b, w = args.batch_size, args.workers
-        # Warm-up, two full batches through every pipeline (CUDA context, nvJPEG, the
-        # kernels for the batch shape): a process's first full-size job ran at about 0.55x.
-        warm = sorted(write_jpegs(Path(tmp) / "warm", args.n, min(args.n, 2 * b)).glob("*.jpg"))
-        cpu_decode_only(warm, b, w)
-        gpu_decode_and_model(warm, device, b, w)
-        featcache_extract(Path(tmp) / "warm", Path(tmp) / "warm-cache", device, b, w)
-        rows.append(("model only, pre-decoded uint8 tensors on the device",
-                     model_only(device, args.n, b)))
-        rows.append((f"CPU decode + resize only ({w} workers)", cpu_decode_only(paths, b, w)))
-        rows.append(("decode_jpeg on the device + resize only", gpu_decode_only(paths, device, b, w)))
-        rows.append((f"**featcache extract from JPEG files** (CPU decode, {w} workers)",
-                     featcache_extract(folder, Path(tmp) / "cache", device, b, w)))
-        rows.append(("decode_jpeg on the device + model", gpu_decode_and_model(paths, device, b, w)))
+        warm = sorted(write_jpegs(tmp / "warm", args.n, min(args.n, 2 * b)).glob("*.jpg"))
+        measured("decode", common, f"featcache CPU decode + resize only ({w} workers)",
+                 lambda: (cpu_decode_only(warm, b, w), cpu_decode_only(paths, b, w))[1])
+        if device.type == "cuda":
+            measured("decode", common, "decode_jpeg on the device + batched resize only",
+                     lambda: (decode_only(torchvision_batches, warm, device, b, w),
+                              decode_only(torchvision_batches, paths, device, b, w))[1])
+        for model in models:
+            per_model[model] = model_rows(model, paths, warm, folder, tmp, device, b, w)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"{args.n} JPEG files (640x427, quality 90) -> {MODEL} bf16 at {SIZE} px, batch {b}, "
-          f"{name}\n")
-    print("| pipeline | images/s |")
-    print("|---|---:|")
-    for label, rate in rows:
-        print(f"| {label} | {rate:.0f} |")
-    model, cpu_decode, gpu_decode, ours, ceiling = (rate for _, rate in rows)
-    bound = "the CPU decode" if cpu_decode < model else "the model"
-    print(f"\nfeatcache extract runs at {ours / min(model, cpu_decode):.2f}x its bound, {bound} "
-          f"({min(model, cpu_decode):.0f} images/s); decoding on the device would reach "
-          f"{ceiling / ours:.2f}x today's extract.")
+    print(f"{args.n} JPEG files (640x427, quality 90) -> bf16 at {SIZE} px, batch {b}, "
+          f"{w} workers, {name}\n")
+    print("| model | pipeline | images/s |")
+    print("|---|---|---:|")
+    for label, value in common:
+        print(f"| (none) | {label} | {_cell(value)} |")
+    for model, rows in per_model.items():
+        for label, value in rows:
+            print(f"| {model} | {label} | {_cell(value)} |")
+    print("\n| model | target | measured | met? |")
+    print("|---|---|---:|---|")
+    for model, rows in per_model.items():
+        for target, value, met in targets(model, rows):
+            shown = "-" if value is None else (f"{value:.0f}" if value > 10 else f"{value:.2f}x")
+            print(f"| {model} | {target} | {shown} | "
+                  f"{'not measured' if met is None else 'yes' if met else 'no'} |")
+    for model, rows in per_model.items():
+        model_rate, ours = rate(rows, "model only"), rate(rows, "**featcache extract, decoder='pillow'")
+        cpu = rate(common, "featcache CPU decode")
+        if None not in (model_rate, ours, cpu):
+            bound = "the CPU decode" if cpu < model_rate else "the model"
+            print(f"\n{model}: featcache extract (decoder='pillow') runs at "
+                  f"{ours / min(model_rate, cpu):.2f}x its bound, {bound} "
+                  f"({min(model_rate, cpu):.0f} images/s).")
+
+
+def _cell(value) -> str:
+    return f"{value:.0f}" if isinstance(value, float) else str(value)
 
 
 if __name__ == "__main__":

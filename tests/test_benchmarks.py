@@ -33,7 +33,11 @@ def test_cpu_decode_benchmark_times_both_decode_scales():
 def test_gpu_throughput_runs_on_a_cpu():
     out = _run("gpu_throughput.py", "--device", "cpu", "--n", "16", "--batch-size", "8",
                "--workers", "1")
-    assert "featcache extract from JPEG files" in out and "its bound" in out
+    for model in ("efficientnet_lite0", "resnet50"):
+        for decoder in ("pillow", "device"):
+            assert f"| {model} | **featcache extract, decoder='{decoder}'**" in out
+        assert f"| {model} | NVIDIA DALI (mixed decode + GPU resize) + model | needs CUDA |" in out
+    assert "| efficientnet_lite0 | >= 5,000 images/s end to end |" in out and "its bound" in out
 
 
 @pytest.mark.slow
@@ -54,7 +58,8 @@ def test_decode_start_benchmark_prints_its_table():
 def test_gpu_throughput_on_the_gpu():
     out = _run("gpu_throughput.py", "--n", "1024")
     print(out)
-    assert "decode_jpeg on the device + model" in out
+    assert "| resnet50 | torchvision decode_jpeg on the device + engine resize + model |" in out
+    assert "| resnet50 | >= 0.5x the model-only rate |" in out
 
 
 def test_key_memo_benchmark_prints_its_table():
