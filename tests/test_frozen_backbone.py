@@ -440,7 +440,8 @@ def test_threads_sharing_one_network_get_their_own_layers_and_build_it_once(xray
     monkeypatch.setattr(loading, "_LOADED", OrderedDict())
     builds = []
     build = loading.build_network
-    monkeypatch.setattr(loading, "build_network", lambda *a: builds.append(a) or build(*a))
+    monkeypatch.setattr(loading, "build_network",
+                        lambda *a, **k: builds.append(a) or build(*a, **k))
     barrier = threading.Barrier(len(layers))
     results, errors = [], []
 
