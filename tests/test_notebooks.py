@@ -12,7 +12,8 @@ full-size parameters it ran with and a digest of every code cell's source. The t
 checks that those outputs are true to the committed source (``run_full.problems``): the digest
 matches the current code cells (editing code without rerunning fails), the parameters are
 ``run_full.FULL_SIZE``'s, every code cell ran once in order without an error, and the
-markdown states those parameters. To strip a notebook instead, clear all outputs in Jupyter and save, or run from the repository root::
+markdown states those parameters. Every notebook in ``FULL_SIZE`` must carry outputs. To strip
+a notebook instead, clear all outputs in Jupyter and save, or run from the repository root::
 
     .venv/bin/python - <<'EOF'
     import pathlib, nbformat
@@ -75,6 +76,10 @@ def test_committed_outputs_are_true_to_the_source(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     assert run_full.problems(nb, path.name) == []
+    if path.name in run_full.FULL_SIZE:
+        assert not run_full.is_stripped(nb), (
+            f"{path.name} is committed stripped, but notebooks/run_full.py FULL_SIZE lists it: "
+            f"run .venv/bin/python notebooks/run_full.py {path.name} and commit the result")
 
 
 def test_every_full_size_notebook_exists():
