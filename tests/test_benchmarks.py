@@ -88,6 +88,22 @@ def test_partial_freezing_benchmark_prints_its_table():
 
 
 @pytest.mark.slow
+def test_pneumoniamnist_prevalence_study_and_refit_run_small(tmp_path):
+    # 60 train and 60 val images, 32 px, one epoch: every candidate of the study, then
+    # best_pipeline() fitted on the 120 images.
+    common = ("--limit", "60", "--n-bootstrap", "20", "--cache", str(tmp_path / "c"))
+    out = _run("pneumoniamnist.py", "--prevalence", "--partial-size", "32", "--partial-epochs",
+               "1", "--tta", "1", *common)
+    assert "| candidate | threshold | val AUC [95% CI] |" in out
+    for row in ("| BEST, tta_views=1 |", "| soft vote: BEST seeds 0 and 1 + 2 trainable |",
+                "(CalibratedClassifierCV) |", "| frozen probe: 96 px blocks.4 + logistic"):
+        assert row in out, row
+    assert "best (highest val AUC to 3 decimals, then balanced accuracy):" in out
+    out = _run("pneumoniamnist.py", "--refit", *common)
+    assert "best_pipeline() fitted on train + val (120 images)" in out
+
+
+@pytest.mark.slow
 def test_distributed_benchmark_runs_small():
     out = _run("distributed.py", "--n", "16", "--image-size", "32", "--batch-size", "4",
                "--overhead-n", "16", "--overhead-image-size", "32", "--repeats", "1",
