@@ -79,7 +79,7 @@ class FrozenBackbone(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         ``"reduced"``: an image at least 4x ``image_size`` on its shorter side is decoded at a
         reduced scale (a JPEG at a reduced DCT scale, others box-averaged), never under 2x
         ``image_size``, then resized as usual: about half the decoding time of large images,
-        rows within cosine 0.999 of ``"full"``, which decodes every pixel (the rows of
+        rows within cosine 0.9995 of ``"full"`` (0.997 on 8-bit X-ray JPEGs), which decodes every pixel (the rows of
         featcache before this option, in their namespace). Part of the fingerprint.
     decoder : {"pillow", "device"}, default="pillow"
         ``"pillow"``: every input is decoded by Pillow on the CPU. ``"device"``: baseline and

@@ -42,8 +42,8 @@ DECODER_VERSION = "1"
 
 #: With ``decode_scale="reduced"``, a large image is decoded or box-reduced to no less than this
 #: many times the network input size on its shorter side, and only then resized (antialiased)
-#: to the input size: 2 keeps rows within cosine 0.999 of the full decode (see
-#: benchmarks/README.md), 1 would not leave the final resize anything to average.
+#: to the input size: 2 keeps rows within cosine 0.9995 of the full decode on photos and 16-bit
+#: X-rays, 0.997 on 8-bit X-ray JPEGs (see docs/concepts.md), 1 would not leave the final resize anything to average.
 REDUCE_KEEP = 2
 #: What ``decode_scale="reduced"`` does, recorded in the decode policy (and so in the
 #: fingerprint): JPEGs decoded at a reduced DCT scale (Pillow's ``draft``, 1/2, 1/4 or 1/8),
@@ -86,7 +86,8 @@ class DecodePolicy:
         (1/2, 1/4 or 1/8), any other image (PNG, TIFF, 16-bit, float, DICOM, arrays) is
         box-averaged by an integer factor, in both cases keeping the shorter side at
         :data:`REDUCE_KEEP` (2) times ``image_size`` or more; the antialiased resize then
-        finishes. Rows stay within cosine 0.999 of ``"full"`` (``benchmarks/cpu_decode.py``). ``"full"``: every pixel is decoded, then resized (the rows of featcache
+        finishes. Rows stay within cosine 0.9995 of ``"full"`` on photos and 16-bit X-rays, 0.997
+        on 8-bit X-ray JPEGs (docs/concepts.md, "The decoding policy"). ``"full"``: every pixel is decoded, then resized (the rows of featcache
         before this option, in the same namespace).
     decoder : {"pillow", "device"}, default "pillow"
         ``"pillow"``: every input is decoded by Pillow on the CPU. ``"device"``: the JPEG files
