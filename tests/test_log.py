@@ -1,8 +1,8 @@
 """Tests for featcache.log: the `featcache` logger is quiet by default and says what happened."""
 
-import io
 import logging
 import subprocess
+import pathlib
 import sys
 import warnings
 
@@ -13,6 +13,9 @@ from featcache import FrozenBackbone
 from featcache.cache import FeatureCache, clear_memo, shards
 from featcache.exceptions import CorruptShardWarning
 from featcache.log import LOGGER_NAME, get_logger, progress_lines, status
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from fake_streams import TtyStream  # noqa: E402
 
 FP = "log-test"
 
@@ -104,20 +107,11 @@ def _pngs(images, folder):
     return paths
 
 
-class _Stream(io.StringIO):
-    def __init__(self, tty):
-        super().__init__()
-        self.tty = tty
-
-    def isatty(self):
-        return self.tty
-
-
 @pytest.mark.parametrize("tty, progress, printed", [
     (False, None, True), (False, True, True), (False, False, False), (True, None, False)])
 def test_a_status_line_is_printed_only_in_a_batch_job_log(tty, progress, printed, monkeypatch,
                                                           caplog):
-    monkeypatch.setattr(sys, "stderr", _Stream(tty))
+    monkeypatch.setattr(sys, "stderr", TtyStream(tty))
     logger = get_logger("featcache.status-test")
     status(logger, "loaded a network in 1.0 s", progress)
     assert sys.stderr.getvalue() == ("featcache: loaded a network in 1.0 s\n" if printed else "")

@@ -2,26 +2,21 @@
 tests/test_notebooks.py, which executes a real kernel)."""
 
 import io
+import pathlib
 import sys
 
 import pytest
 
 from featcache.engine import progress
 
-
-class _Stream(io.StringIO):
-    def __init__(self, tty):
-        super().__init__()
-        self.tty = tty
-
-    def isatty(self):
-        return self.tty
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from fake_streams import TtyStream  # noqa: E402
 
 
 @pytest.mark.parametrize("tty, kernel, expected", [
     (True, False, True), (False, False, False), (False, True, True)])
 def test_a_bar_shows_on_a_terminal_or_in_a_kernel(tty, kernel, expected, monkeypatch):
-    monkeypatch.setattr(sys, "stderr", _Stream(tty))
+    monkeypatch.setattr(sys, "stderr", TtyStream(tty))
     monkeypatch.setattr(progress, "in_jupyter_kernel", lambda: kernel)
     assert progress.show_progress(None) is expected
     assert progress.show_progress(True) is expected and progress.show_progress(False) is False
@@ -29,7 +24,7 @@ def test_a_bar_shows_on_a_terminal_or_in_a_kernel(tty, kernel, expected, monkeyp
 
 @pytest.mark.parametrize("given", [None, True])
 def test_a_batch_job_log_gets_lines_not_a_bar(given, monkeypatch):
-    monkeypatch.setattr(sys, "stderr", _Stream(False))
+    monkeypatch.setattr(sys, "stderr", TtyStream(False))
     monkeypatch.setattr(progress, "in_jupyter_kernel", lambda: False)
     monkeypatch.setenv(progress.INTERVAL_VARIABLE, "0")
     bar = progress.progress_bar(4, "featcache", given)
@@ -44,7 +39,7 @@ def test_a_batch_job_log_gets_lines_not_a_bar(given, monkeypatch):
 def test_a_terminal_still_gets_the_tqdm_bar(monkeypatch):
     from tqdm.std import tqdm as text_bar
 
-    monkeypatch.setattr(sys, "stderr", _Stream(True))
+    monkeypatch.setattr(sys, "stderr", TtyStream(True))
     bar = progress.progress_bar(3, "featcache", True)
     try:
         assert isinstance(bar, text_bar) and not bar.disable
@@ -60,7 +55,7 @@ def test_no_kernel_outside_jupyter():
 def test_a_kernel_gets_a_widget_bar_or_else_a_text_bar_that_stays(widgets, monkeypatch):
     from tqdm.std import tqdm as text_bar
 
-    monkeypatch.setattr(sys, "stderr", _Stream(False))
+    monkeypatch.setattr(sys, "stderr", TtyStream(False))
     monkeypatch.setattr(progress, "in_jupyter_kernel", lambda: True)
     monkeypatch.setattr(progress, "_widgets_available", lambda: widgets)
     if widgets:
@@ -77,7 +72,7 @@ def test_a_kernel_gets_a_widget_bar_or_else_a_text_bar_that_stays(widgets, monke
 
 
 def test_off_gives_a_disabled_bar_that_still_counts(monkeypatch):
-    monkeypatch.setattr(sys, "stderr", _Stream(True))
+    monkeypatch.setattr(sys, "stderr", TtyStream(True))
     bar = progress.progress_bar(3, "featcache", False)
     bar.update(2)
     bar.close()
@@ -165,7 +160,7 @@ def test_a_bad_interval_is_refused_by_name(value, monkeypatch):
 
 
 def test_off_prints_no_lines_where_nobody_watches(monkeypatch):
-    monkeypatch.setattr(sys, "stderr", _Stream(False))
+    monkeypatch.setattr(sys, "stderr", TtyStream(False))
     monkeypatch.setenv(progress.INTERVAL_VARIABLE, "0")
     bar = progress.progress_bar(3, "featcache", False)
     bar.update(3)
