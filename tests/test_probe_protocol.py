@@ -225,6 +225,7 @@ def test_best_pipeline_is_the_unfitted_winner_and_fits_the_28px_arrays(xray, tmp
     """Whatever kind wins (a probe Pipeline or a PartiallyFrozenClassifier), best_pipeline()
     returns it unfitted, and it fits and predicts the bundled 28x28 arrays (at a small size)."""
     from sklearn.exceptions import NotFittedError
+    from sklearn.model_selection import FixedThresholdClassifier
 
     from featcache import PartiallyFrozenClassifier
 
@@ -233,11 +234,17 @@ def test_best_pipeline_is_the_unfitted_winner_and_fits_the_28px_arrays(xray, tmp
     images, labels = xray
     images, labels = images[10:50], labels[10:50]
     if module.BEST["kind"] == "partial":
-        assert isinstance(pipe, PartiallyFrozenClassifier)
-        assert pipe.get_params()["trainable_blocks"] == module.BEST["trainable_blocks"]
+        model, prefix = pipe, ""
+        if "threshold" in module.BEST:  # the winner at a fixed decision threshold
+            assert isinstance(pipe, FixedThresholdClassifier)
+            assert pipe.threshold == module.BEST["threshold"]
+            model, prefix = pipe.estimator, "estimator__"
+        assert isinstance(model, PartiallyFrozenClassifier)
+        assert model.get_params()["trainable_blocks"] == module.BEST["trainable_blocks"]
         with pytest.raises(NotFittedError):
             pipe.predict_proba(images)
-        pipe.set_params(image_size=32, max_epochs=1, cache=tmp_path, progress=False)
+        pipe.set_params(**{prefix + k: v for k, v in dict(
+            image_size=32, max_epochs=1, cache=tmp_path, progress=False).items()})
     else:
         assert isinstance(pipe, Pipeline) and isinstance(pipe.steps[0][1], FrozenBackbone)
         assert not hasattr(pipe.steps[0][1], "fingerprint_")
