@@ -4,6 +4,7 @@ tests/test_notebooks.py, which executes a real kernel)."""
 import io
 import pathlib
 import sys
+import threading
 
 import pytest
 
@@ -92,7 +93,7 @@ class _Clock:
 def test_lines_come_once_per_interval_with_rate_and_eta():
     clock, out = _Clock(), io.StringIO()
     bar = progress.ProgressLines(1000, "featcache (10 cached)", interval=30, clock=clock,
-                                 stream=out)
+                                 stream=out, heartbeat=False)
     for _ in range(10):  # 100 images every 10 s: 10 img/s
         clock.now += 10
         bar.update(100)
@@ -111,7 +112,7 @@ def test_lines_come_once_per_interval_with_rate_and_eta():
 def test_the_interval_counts_from_the_last_line_not_the_last_update():
     clock, out = _Clock(), io.StringIO()
     bar = progress.ProgressLines(10, "training", unit="batch", interval=30, clock=clock,
-                                 stream=out)
+                                 stream=out, heartbeat=False)
     for seconds in (29, 2, 20, 20, 50):  # lines at 31 s (>= 30 after start) and 71 s and 121 s
         clock.now += seconds
         bar.update(1)
@@ -125,7 +126,8 @@ def test_the_interval_counts_from_the_last_line_not_the_last_update():
 
 def test_a_run_shorter_than_the_interval_prints_nothing():
     clock, out = _Clock(), io.StringIO()
-    bar = progress.ProgressLines(3, "featcache", interval=30, clock=clock, stream=out)
+    bar = progress.ProgressLines(3, "featcache", interval=30, clock=clock, stream=out,
+                                 heartbeat=False)
     clock.now += 29.9
     bar.update(3)
     bar.close()
@@ -137,6 +139,59 @@ def test_rate_and_eta_unknown_before_time_has_passed():
     bar = progress.ProgressLines(5, "featcache", interval=0, clock=_Clock(), stream=out)
     bar.update(0)
     assert out.getvalue() == "featcache: 0/5 img (0%) in 0s, ETA ?\n"
+
+
+def test_a_heartbeat_prints_the_line_when_no_update_came_for_an_interval():
+    clock, out = _Clock(), io.StringIO()
+    bar = progress.ProgressLines(100, "featcache", interval=30, clock=clock, stream=out,
+                                 heartbeat=False)
+    clock.now += 10
+    bar.update(10)
+    clock.now += 15  # 25 s since the start: not yet
+    bar.heartbeat()
+    assert out.getvalue() == ""
+    clock.now += 5  # one slow batch: 30 s with no update
+    bar.heartbeat()
+    assert out.getvalue() == "featcache: 10/100 img (10%) in 30s, 0.3 img/s, ETA 4m30s\n"
+    bar.heartbeat()  # the interval counts from that line again
+    assert bar.lines == 1
+    bar.close()
+    bar.heartbeat()  # after close: nothing
+    assert out.getvalue().splitlines()[-1] == "featcache: stopped at 10/100 img in 30s, 0.3 img/s"
+
+
+class _SignallingStream(io.StringIO):
+    """A stream that sets an event at each line (the test waits on what was written)."""
+
+    def __init__(self):
+        super().__init__()
+        self.wrote = threading.Event()
+
+    def write(self, text):
+        written = super().write(text)
+        if text.endswith("\n"):
+            self.wrote.set()
+        return written
+
+
+def test_the_heartbeat_thread_starts_at_the_first_update_and_stops_at_close():
+    out = _SignallingStream()
+    bar = progress.ProgressLines(10, "featcache", interval=0.05, stream=out)
+    assert bar._thread is None  # no thread before the first update (no fork with a thread)
+    bar.update(0)  # then no update comes: only the thread can print the next line
+    out.wrote.clear()
+    assert out.wrote.wait(timeout=60), "the heartbeat printed nothing while no update came"
+    assert bar.n == 0 and bar.lines >= 1
+    bar.close()
+    assert not bar._thread.is_alive()  # joined: nothing can print after the final line
+    assert out.getvalue().splitlines()[-1].startswith("featcache: stopped at 0/10 img in ")
+
+
+def test_no_heartbeat_thread_at_interval_zero():
+    bar = progress.ProgressLines(2, "featcache", interval=0, stream=io.StringIO())
+    bar.update(1)
+    bar.close()
+    assert bar._thread is None
 
 
 @pytest.mark.parametrize("value, seconds", [(None, 30.0), ("", 30.0), ("0", 0.0), ("2.5", 2.5)])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 import time
 
 from ..exceptions import InvalidOptionError
@@ -76,7 +77,11 @@ class ProgressLines:
 
     Counts like a tqdm bar (``update``, ``set_postfix``, ``close``, ``n``); prints a line at
     the first update at least ``interval`` seconds after the previous line (or the start),
-    and on :meth:`close` a final line when any was printed.
+    and on :meth:`close` a final line when any was printed. From the first update on, a
+    daemon thread also prints the line whenever ``interval`` passes with no line (one batch
+    slower than the interval is no silent stretch); :meth:`close` stops it. It starts at the
+    first update, not before, so that no thread runs while the extraction's loader forks
+    its decode workers (they start when the first batch is asked for).
 
     Parameters
     ----------
@@ -92,12 +97,16 @@ class ProgressLines:
         Seconds, monotonic (:func:`time.monotonic`; tests pass a fake).
     stream : file, optional
         Where lines go (default: ``sys.stderr`` as it is when each line is written).
+    heartbeat : bool
+        Whether the thread prints lines between updates (tests with a fake ``clock`` turn it
+        off and call :meth:`heartbeat` themselves). Never with ``interval`` 0.
     """
 
     disable = False
 
     def __init__(self, total: int, desc: str = LOGGER_NAME, unit: str = "img", *,
-                 interval: float = DEFAULT_INTERVAL, clock=time.monotonic, stream=None):
+                 interval: float = DEFAULT_INTERVAL, clock=time.monotonic, stream=None,
+                 heartbeat: bool = True):
         self.total, self.desc, self.unit, self.interval = int(total), desc, unit, interval
         self.n = 0
         self.lines = 0
@@ -105,14 +114,42 @@ class ProgressLines:
         self._start = self._last = clock()
         self._postfix: dict = {}
         self._closed = False
+        self._lock = threading.Lock()  # update (the job's thread) and the heartbeat thread
+        self._stop = threading.Event()
+        self._thread = None
+        self._beats = heartbeat and interval > 0
 
     def update(self, n: int = 1) -> None:
         """Count ``n`` more units; print a line when ``interval`` has passed since the last."""
-        self.n += n
+        with self._lock:
+            self.n += n
+            self._line_if_due()
+            start = self._beats and self._thread is None and not self._closed
+            if start:
+                self._thread = threading.Thread(target=self._beat, daemon=True,
+                                                name="featcache-progress-lines")
+        if start:
+            self._thread.start()
+
+    def heartbeat(self) -> None:
+        """Print the line when ``interval`` has passed since the last, without counting."""
+        with self._lock:
+            if not self._closed:
+                self._line_if_due()
+
+    def _line_if_due(self) -> None:
         now = self._clock()
         if now - self._last >= self.interval:
             self._last = now
             self._write(self._line(now))
+
+    def _beat(self) -> None:
+        while True:
+            with self._lock:
+                wait = self._last + self.interval - self._clock()
+            if self._stop.wait(max(wait, 0.01)):
+                return
+            self.heartbeat()
 
     def set_postfix(self, ordered_dict=None, refresh=True, **kwargs) -> None:
         """What the next lines end with (``failed=3``, ``epoch=2/10``), as tqdm's postfix."""
@@ -120,15 +157,20 @@ class ProgressLines:
 
     def close(self) -> None:
         """Print the final line (when any line was printed); later calls do nothing."""
-        if self._closed:
-            return
-        self._closed = True
-        if self.lines:
-            now = self._clock()
-            elapsed = now - self._start
-            verb = "done" if self.n >= self.total else "stopped at"
-            self._write(f"{verb} {self.n}/{self.total} {self.unit} in {_duration(elapsed)}"
-                        f"{self._rate(elapsed)}{self._suffix()}")
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._stop.set()
+            thread = self._thread
+            if self.lines:
+                now = self._clock()
+                elapsed = now - self._start
+                verb = "done" if self.n >= self.total else "stopped at"
+                self._write(f"{verb} {self.n}/{self.total} {self.unit} in {_duration(elapsed)}"
+                            f"{self._rate(elapsed)}{self._suffix()}")
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
 
     def __enter__(self):
         return self
