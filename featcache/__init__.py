@@ -18,6 +18,7 @@ _PUBLIC = {
     "FrozenBackbone": "frozen_backbone",
     "extract": "jobs",
     "evaluate": "probe.evaluation",
+    "PriorShiftClassifier": "probe.prior_shift",
     "PartiallyFrozenClassifier": "partial",
     "PartiallyFrozenRegressor": "partial",
     "FeatureCache": "cache",

@@ -10,12 +10,17 @@
   dataset of it (the library behind ``featcache probe``);
 - :mod:`~featcache.probe.evaluation`: :func:`evaluate` (``featcache.evaluate``), the report of
   any fitted classifier with calibration and an operating point; :func:`tuned_threshold`,
-  :func:`fixed_threshold` and :func:`constrained_scorer` choose and freeze that point.
+  :func:`fixed_threshold` and :func:`constrained_scorer` choose and freeze that point;
+- :mod:`~featcache.probe.prior_shift`: :class:`PriorShiftClassifier`, the operating point of a
+  target class prevalence ("balanced" or a known one), computed from the labels given to fit
+  (loaded on first access: it imports scikit-learn).
 
 May import: :mod:`featcache.exceptions`, :mod:`featcache.inputs` and :mod:`featcache.cache`
 (reading rows and labels); numpy at import time, scikit-learn, pandas and matplotlib inside
 the functions. Never torch, never :mod:`featcache.cli`.
 """
+
+from importlib import import_module
 
 from ..exceptions import ProbeError
 from .evaluation import constrained_scorer, evaluate, fixed_threshold, tuned_threshold
@@ -26,4 +31,16 @@ from .report import METRIC_NAMES, PLOTS, Metric, ProbeReport
 
 __all__ = ["linear_probe", "probe_cache", "evaluate", "tuned_threshold", "fixed_threshold",
            "constrained_scorer", "ProbeReport", "Metric", "ProbeError", "make_head", "HEADS",
-           "DEFAULT_CS", "PLOTS", "METRIC_NAMES"]
+           "DEFAULT_CS", "PLOTS", "METRIC_NAMES", "PriorShiftClassifier"]
+
+
+def __getattr__(name):
+    if name == "PriorShiftClassifier":  # a scikit-learn estimator: sklearn loads with it
+        value = getattr(import_module(".prior_shift", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})
