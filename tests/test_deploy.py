@@ -5,6 +5,7 @@ The module, fed ``preprocess(X, estimator)``, gives what the estimator's method 
 a saved TorchScript file in a process without featcache, and takes Grad-CAM.
 """
 
+import pickle
 import subprocess
 import sys
 import warnings
@@ -22,6 +23,7 @@ from sklearn.svm import LinearSVC
 
 import featcache
 from featcache import FrozenBackbone, PartiallyFrozenClassifier, PartiallyFrozenRegressor
+from featcache.exceptions import InvalidModelError
 
 SIZE = 64
 TOL = 1e-4
@@ -319,6 +321,33 @@ def test_a_prefix_whose_weights_changed_since_fit_is_refused(tmp_path):
                              r"\w+\): its weights file .* changed since fit.*Refit before "
                              r"deploying"):
         featcache.to_torch(clf)
+
+
+def test_the_fit_precision_is_recorded_and_used_old_fits_fall_back(tmp_path):
+    """prefix_precision_ (the precision the prefix ran in at fit) is what to_torch checks the
+    prefix under; a fit pickled before it was recorded lacks it and is still deployed (each
+    precision is tried); a value that is no precision is refused before use."""
+    X, y = _partial_toy()
+    clf = PartiallyFrozenClassifier(trainable_blocks=0, image_size=32, max_epochs=1,
+                                    batch_size=16, cache=tmp_path / "c", precision="bf16",
+                                    random_state=0, progress=False).fit(X, y)
+    assert clf.prefix_precision_ == "bf16"  # bf16 autocast runs on a CPU too
+    x, want = featcache.preprocess(X, clf), clf.predict_proba(X)
+    old = pickle.loads(pickle.dumps(clf))
+    del old.__dict__["prefix_precision_"]
+    for est in (clf, old):
+        with pytest.warns(UserWarning, match="computed its features in bf16"):
+            module = featcache.to_torch(est)
+        assert np.abs(_run(module, x) - want).max() < 0.05  # bf16's rounding, not 1e-4
+    forged = pickle.loads(pickle.dumps(clf))
+    forged.prefix_precision_ = "fp32"  # used as recorded: no search finds bf16 instead
+    with pytest.raises(featcache.FeatcacheError,
+                       match=r"the frozen prefix loaded now differs .*Refit before deploying"):
+        featcache.to_torch(forged)
+    forged.prefix_precision_ = "fp64"
+    with pytest.raises(InvalidModelError, match=r"prefix_precision_='fp64'; expected one of "
+                                                r"\('fp32', 'bf16', 'fp16'\).*trust"):
+        featcache.to_torch(forged)
 
 
 def test_what_cannot_be_deployed_says_so(xray, cache_dir):

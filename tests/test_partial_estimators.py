@@ -38,6 +38,9 @@ def test_fit_predict_and_the_classifier_api(tmp_path, toy):
     assert list(clf.classes_) == ["normal", "pneumonia"]
     assert clf.n_stages_ == 7 and clf.stages_[0] == "blocks.0"
     assert clf.cut_layer_ == "blocks.4" and clf.row_shape_ == (112, 2, 2)
+    (ns,) = [i for i in FeatureCache(tmp_path / "cache").info()
+             if i["fingerprint"] == clf.prefix_fingerprint_]
+    assert clf.prefix_precision_ == ns["config"]["precision"]  # fp32 on a CPU, bf16 on a GPU
     proba = clf.predict_proba(X)
     assert proba.shape == (48, 2) and np.allclose(proba.sum(axis=1), 1)
     assert clf.decision_function(X).shape == (48,)
@@ -383,6 +386,7 @@ def test_mixed_precision_on_a_gpu(tmp_path, toy, precision):
     X, y = toy
     reference = _clf(tmp_path, device="cuda", precision="fp32").fit(X, y)
     mixed = _clf(tmp_path, device="cuda", precision=precision).fit(X, y)
+    assert mixed.prefix_precision_ == precision and reference.prefix_precision_ == "fp32"
     assert np.isfinite(mixed.loss_curve_).all()
     np.testing.assert_allclose(mixed.loss_curve_[0], reference.loss_curve_[0], rtol=0.1)
     proba = mixed.predict_proba(X)

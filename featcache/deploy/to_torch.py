@@ -32,7 +32,8 @@ from ..exceptions import FeatcacheError
 from ..engine.unit_of_work import namespace_configs
 from ..partial import PartiallyFrozenClassifier, PartiallyFrozenRegressor
 from ..partial.activations import memory_budget
-from ..partial.fitted import check_fitted_state, check_tail_state, head_outputs
+from ..partial.fitted import (RESOLVED_PRECISIONS, check_fitted_state, check_tail_state,
+                              head_outputs)
 from ..partial.network import architecture
 from ..partial.tail import build_tail, load_tail_state
 from .modules import (Dense, DeployedModel, ForwardFeatures, Normalize, Output, Pool, Rounding,
@@ -149,15 +150,17 @@ def _check_same_backbone(loaded, config):
 
 def _check_same_prefix(est, loaded) -> str:
     """The frozen prefix loaded now is the fitted one: it gives ``est.prefix_fingerprint_``
-    (weights digest, folding, preprocessing, decoding, storage) under ``est``'s parameters.
+    (weights digest, folding, preprocessing, decoding, storage) under ``est``'s parameters and
+    the precision it ran in at fit, ``est.prefix_precision_``; returns that precision.
 
-    The precision the prefix ran in at fit enters that fingerprint but is not recorded apart
-    (``"auto"`` resolves per device; the deployed module computes in float32 anyway), so each
-    is tried; returns the one that gives the fitted fingerprint.
+    An estimator fitted before ``prefix_precision_`` was recorded (an older pickle or skops
+    file) lacks it: each precision is tried, and the one giving the fitted fingerprint is the
+    fit's.
     """
     options = est._run_options()
+    recorded = est.__dict__.get("prefix_precision_")
     now = None
-    for precision in ("fp32", "bf16", "fp16"):
+    for precision in (recorded,) if recorded else RESOLVED_PRECISIONS:
         configs = namespace_configs(loaded, dataclasses.replace(options, precision=precision),
                                     storage=est.cache_dtype)
         ((config, fp),) = configs.values()

@@ -128,6 +128,7 @@ class PartiallyFrozen(BaseEstimator):
         acts.check_finite(positions, "training")
         self._check_split(len(positions), "readable ")
         self.prefix_fingerprint_ = acts.fingerprints[0]
+        self.prefix_precision_ = options.precision  # in the fingerprint; to_torch reads it
         self.row_shape_ = tuple(acts.row_shape)
         tail = build_tail(network, layout.tail_modules(self.trainable_blocks), layout.pool,
                           self.row_shape_, n_outputs, batchnorm=self.batchnorm, seed=seed)

@@ -117,6 +117,10 @@ class PartiallyFrozenClassifier(ClassifierMixin, PartiallyFrozen):
         Shape of one cached activation.
     prefix_fingerprint_ : str
         Fingerprint of the cached activations.
+    prefix_precision_ : {"fp32", "bf16", "fp16"}
+        The precision the frozen prefix ran in at fit (``precision`` resolved on the fit's
+        device: ``"auto"`` is fp32 on a CPU, bf16 or fp16 on a GPU); it enters
+        ``prefix_fingerprint_``, and :func:`featcache.to_torch` checks the prefix under it.
     tail_state_ : dict of ndarray
         The trained weights of the tail and head (plain arrays: pickles carry no torch module).
     loss_curve_ : list of float

@@ -18,10 +18,14 @@ from numbers import Integral
 import numpy as np
 
 from ..exceptions import InvalidModelError, LayerError
+from ..options import PRECISIONS
 
 __all__ = ["check_fitted_state", "check_tail_state", "expected_row_shape", "head_outputs"]
 
 _FIX = "load only files you trust, or refit the estimator"
+
+#: What ``prefix_precision_`` may hold: a precision as the fit resolved it (never ``"auto"``).
+RESOLVED_PRECISIONS = tuple(p for p in PRECISIONS if p != "auto")
 
 
 def _refuse(message: str) -> InvalidModelError:
@@ -54,7 +58,8 @@ def check_fitted_state(est, spec, network, layout, budget: int) -> tuple:
     ------
     InvalidModelError
         A parameter the fit could not have used, a cut layer, pooling or row shape other
-        than the architecture's, or a batch beyond ``budget``.
+        than the architecture's, a ``prefix_precision_`` that is no resolved precision, or a
+        batch beyond ``budget``.
     """
     k = est.trainable_blocks
     try:
@@ -66,6 +71,10 @@ def check_fitted_state(est, spec, network, layout, budget: int) -> tuple:
         if found != expected:
             raise _refuse(f"{name}={found!r} but {spec.name} with trainable_blocks={k} has "
                           f"{name}={expected!r}; expected {expected!r}")
+    precision = est.__dict__.get("prefix_precision_", "fp32")  # absent before it was recorded
+    if precision not in RESOLVED_PRECISIONS:
+        raise _refuse(f"prefix_precision_={precision!r}; expected one of "
+                      f"{RESOLVED_PRECISIONS} (the precision the prefix ran in at fit)")
     side = int(est.image_size or spec.preprocessing.image_size)
     batch = int(est.batch_size)
     if batch * 3 * side * side * 4 > budget:
