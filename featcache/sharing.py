@@ -6,7 +6,9 @@ else: it rebuilds only types you trust. A fitted :class:`~featcache.FrozenBackbo
 scikit-learn pipeline) needs exactly the types in :data:`TRUSTED_TYPES`: the estimator holds
 parameters and plain fitted values, never the torch network, which is rebuilt from the
 weights on first use; a fitted :class:`~featcache.PartiallyFrozenClassifier` (or
-``PartiallyFrozenRegressor``) holds its trained weights as numpy arrays. Install skops with ``pip install featcache[share]``::
+``PartiallyFrozenRegressor``) holds its trained weights as numpy arrays; a
+:class:`~featcache.probe.PriorShiftClassifier` around either holds its priors as numpy arrays.
+Install skops with ``pip install featcache[share]``::
 
     import skops.io as sio
     from featcache.sharing import TRUSTED_TYPES
@@ -39,6 +41,7 @@ def _type_name(cls) -> str:
 TRUSTED_TYPES = ["featcache.frozen_backbone.FrozenBackbone",
                  "featcache.partial.estimators.PartiallyFrozenClassifier",
                  "featcache.partial.estimators.PartiallyFrozenRegressor",
+                 "featcache.probe.prior_shift.PriorShiftClassifier",
                  _type_name(pathlib.PosixPath), _type_name(pathlib.WindowsPath)]
 
 

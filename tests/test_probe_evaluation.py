@@ -19,7 +19,8 @@ from sklearn.pipeline import Pipeline
 
 import featcache
 from featcache import FrozenBackbone, PartiallyFrozenClassifier
-from featcache.probe import ProbeError, evaluate, fixed_threshold, tuned_threshold
+from featcache.probe import (PriorShiftClassifier, ProbeError, evaluate, fixed_threshold,
+                             tuned_threshold)
 from featcache.probe.evaluation import constrained_score, constrained_scorer
 from featcache.probe.metrics import _resample, binary_values, reliability
 from featcache.probe.report import EVALUATION_PLOTS, HELD_OUT
@@ -213,6 +214,41 @@ def test_a_tuned_threshold_reaches_its_target_and_freezes_for_sharing(linear, tm
     assert balanced.scoring == "balanced_accuracy"
     spec = tuned_threshold(LogisticRegression(), specificity=0.98).fit(Xt, yt)
     assert recall_score(yt, spec.predict(Xt), pos_label=0) >= 0.95
+
+
+def test_a_prior_shift_reports_its_operating_point_and_predicts_exactly():
+    X, y = make_classification(400, 6, weights=[0.3], flip_y=0.05, random_state=4)
+    model = PriorShiftClassifier(LogisticRegression()).fit(X[:250], y[:250])
+    t = y[:250].mean()
+    report = evaluate(model, X[250:], y[250:], n_bootstrap=0)
+    assert report.operating_point == {
+        "threshold": 0.5, "response": "adjusted probability", "wrapped_threshold": t,
+        "positive_class": 1,
+        "source": f"PriorShiftClassifier, training prior {t:.3f} -> target prior 0.500: the "
+                  f"wrapped model's probability >= {t:.3f}"}
+    assert report.head == "PriorShiftClassifier(LogisticRegression)"
+    pred, truth = model.predict(X[250:]), y[250:]
+    np.testing.assert_array_equal(report.y_pred, pred)
+    assert (pred != model.estimator_.predict(X[250:])).any()     # not the model at 0.5
+    m = report.metrics
+    assert m["sensitivity"].value == ((pred == 1) & (truth == 1)).sum() / (truth == 1).sum()
+    assert m["specificity"].value == ((pred == 0) & (truth == 0)).sum() / (truth == 0).sum()
+    np.testing.assert_array_equal(report.y_score, model.predict_proba(X[250:]))
+    assert m["brier"].value == pytest.approx(brier_score_loss(truth, report.y_score[:, 1]))
+    assert (f"operating point: 1 when the adjusted probability >= 0.5 (PriorShiftClassifier, "
+            f"training prior {t:.3f} -> target prior 0.500") in str(report)
+    # class 0 as the positive class: its own priors, the same predictions
+    flipped = evaluate(model, X[250:], y[250:], pos_label=0, n_bootstrap=0)
+    assert flipped.operating_point["wrapped_threshold"] == pytest.approx(1 - t)
+    assert flipped.operating_point["source"].startswith(
+        f"PriorShiftClassifier, training prior {1 - t:.3f} -> target prior 0.500")
+    np.testing.assert_array_equal(flipped.y_pred, pred)
+    three = np.array([0, 1, 2] * 40)
+    multi = PriorShiftClassifier(LogisticRegression(), target_prior=[0.5, 0.3, 0.2]).fit(
+        X[:120] + three[:, None], three)
+    r = evaluate(multi, X[:120] + three[:, None], three, n_bootstrap=0)
+    assert r.operating_point == {}
+    np.testing.assert_array_equal(r.y_pred, multi.predict(X[:120] + three[:, None]))
 
 
 def test_constrained_score_prefers_every_feasible_point():

@@ -42,6 +42,29 @@ def test_a_fitted_pipeline_round_trips_with_only_the_trusted_types(cache_type, x
         assert backbone.get_params() == pipe.named_steps["backbone"].get_params()
 
 
+def test_a_prior_shift_around_a_frozen_pipeline_round_trips(xray, tmp_path):
+    from sklearn.frozen import FrozenEstimator
+
+    from featcache.probe import PriorShiftClassifier
+
+    images, labels = xray
+    pipe = _pipeline(str(tmp_path / "cache")).fit(images[::2], labels[::2])
+    model = PriorShiftClassifier(FrozenEstimator(pipe), target_prior=0.3)
+    model.fit(images[::2], labels[::2])
+    path = tmp_path / "shifted.skops"
+    sharing.dump(model, path)
+    assert "featcache.probe.prior_shift.PriorShiftClassifier" in \
+        sio.get_untrusted_types(file=path)
+    assert set(sio.get_untrusted_types(file=path)) <= set(sharing.TRUSTED_TYPES)
+    restored = sharing.load(path)
+    assert type(restored) is PriorShiftClassifier and restored.target_prior == 0.3
+    assert restored.threshold_ == model.threshold_
+    np.testing.assert_array_equal(restored.weights_, model.weights_)
+    np.testing.assert_array_equal(restored.predict_proba(images[1::2]),
+                                  model.predict_proba(images[1::2]))
+    np.testing.assert_array_equal(restored.predict(images[1::2]), model.predict(images[1::2]))
+
+
 def test_a_new_process_loads_and_predicts_identically(xray, tmp_path):
     images, labels = xray
     pipe = _pipeline(str(tmp_path / "cache")).fit(images, labels)

@@ -2,8 +2,9 @@
 
 :func:`evaluate` scores any fitted scikit-learn classifier (a ``Pipeline`` with
 :class:`~featcache.FrozenBackbone`, a :class:`~featcache.PartiallyFrozenClassifier`, a
-``FixedThresholdClassifier`` or ``TunedThresholdClassifierCV`` around either, anything with
-``predict_proba`` or ``decision_function``) on labelled data and returns the probe's
+``FixedThresholdClassifier``, ``TunedThresholdClassifierCV`` or
+:class:`~featcache.probe.PriorShiftClassifier` around either, anything with ``predict_proba``
+or ``decision_function``) on labelled data and returns the probe's
 :class:`~featcache.probe.report.ProbeReport`: ROC AUC, accuracy, balanced accuracy, macro F1,
 and for two classes sensitivity, specificity, Brier score and expected calibration error, each
 with a 95% bootstrap interval (resampling whole groups when groups are given), the
@@ -38,6 +39,8 @@ __all__ = ["evaluate", "tuned_threshold", "fixed_threshold", "constrained_scorer
 #: How :func:`evaluate` turns a group's image scores into the group's score.
 AGGREGATES = ("mean", "max", "median")
 _THRESHOLD_CLASSES = ("FixedThresholdClassifier", "TunedThresholdClassifierCV")
+#: Wrappers whose operating point :func:`evaluate` reports (and names in the report's head).
+_WRAPPERS = (*_THRESHOLD_CLASSES, "PriorShiftClassifier")
 
 
 # ----------------------------------------------------------------------------- operating point
@@ -128,10 +131,28 @@ def _objective(estimator) -> str:
     return str(scoring)
 
 
+def _prior_shift_point(estimator, classes) -> dict:
+    """The operating point of a fitted two-class ``PriorShiftClassifier``.
+
+    Its ``predict`` is the adjusted probability of the positive class at least 0.5, which is
+    the wrapped estimator's probability at least ``threshold_`` (``wrapped_threshold``); the
+    source names the positive class's training and target priors.
+    """
+    i = 1 if classes[1] == estimator.classes_[1] else 0
+    wrapped = float(estimator.threshold_) if i else 1.0 - float(estimator.threshold_)
+    source = (f"PriorShiftClassifier, training prior {estimator.train_prior_[i]:.3f} -> target "
+              f"prior {estimator.target_prior_[i]:.3f}: the wrapped model's probability >= "
+              f"{wrapped:.3f}")
+    return {"threshold": 0.5, "source": source, "response": "adjusted probability",
+            "wrapped_threshold": wrapped, "predict": True}
+
+
 def _operating_point(estimator, threshold, classes, proba) -> dict:
     """``{"threshold", "source", "response", "predict"}`` or ``{}`` (class of highest score)."""
     name = type(estimator).__name__
     response = "probability" if proba else "decision value"
+    if threshold is None and name == "PriorShiftClassifier" and len(classes) == 2:
+        return _prior_shift_point(estimator, classes)
     if threshold is None and name in _THRESHOLD_CLASSES:
         if name == "TunedThresholdClassifierCV":
             value = float(estimator.best_threshold_)
@@ -284,7 +305,7 @@ def _describe(estimator) -> str:
     if steps:
         return f"Pipeline({', '.join(type(s).__name__ for _, s in steps)})"
     inner = getattr(estimator, "estimator", None)
-    if type(estimator).__name__ in _THRESHOLD_CLASSES and inner is not None:
+    if type(estimator).__name__ in _WRAPPERS and inner is not None:
         return f"{type(estimator).__name__}({_describe(inner)})"
     return type(estimator).__name__
 
@@ -301,7 +322,10 @@ def evaluate(estimator, X, y, *, groups=None, aggregate=None, threshold=None, po
         Anything with ``classes_`` and ``predict_proba`` (or ``decision_function``): a
         ``Pipeline`` with :class:`~featcache.FrozenBackbone`, a
         :class:`~featcache.PartiallyFrozenClassifier`, a ``FixedThresholdClassifier`` or
-        ``TunedThresholdClassifierCV`` (its threshold is the operating point) ...
+        ``TunedThresholdClassifierCV`` (its threshold is the operating point), a two-class
+        :class:`~featcache.probe.PriorShiftClassifier` (its probabilities are the adjusted
+        ones and its operating point is 0.5 on them, with ``wrapped_threshold``, its
+        ``threshold_`` on the wrapped model's probability) ...
     X : images or features
         What ``estimator`` predicts from (paths, arrays, ...); a featcache estimator reads its
         cached rows.
@@ -339,7 +363,9 @@ def evaluate(estimator, X, y, *, groups=None, aggregate=None, threshold=None, po
     ProbeReport
         ``metrics``: ``roc_auc``, ``accuracy``, ``balanced_accuracy``, ``f1_macro``, and for
         two classes ``sensitivity``, ``specificity``, ``brier``, ``ece`` (Brier and ECE need
-        probabilities); ``calibration``, ``operating_point``, ``metrics_source``; ``samples``
+        probabilities); ``calibration``, ``operating_point`` (``threshold``, ``source``,
+        ``response``, ``positive_class``; ``wrapped_threshold`` for a PriorShiftClassifier),
+        ``metrics_source``; ``samples``
         ``key``/``source``/``group`` per input (``group``/``n_images`` with ``aggregate``).
     """
     classes = _classes(estimator)
