@@ -68,7 +68,8 @@ def _code_cells(path):
 def test_the_notebooks_are_there():
     names = {p.name for p in NOTEBOOKS}
     assert {"01_quickstart.ipynb", "02_pneumonia_xray.ipynb", "03_dicom_and_16bit.ipynb",
-            "04_batch_jobs.ipynb", "05_which_layers_to_freeze.ipynb"} <= names, names
+            "04_batch_jobs.ipynb", "05_which_layers_to_freeze.ipynb",
+            "06_from_fit_to_deployment.ipynb"} <= names, names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
