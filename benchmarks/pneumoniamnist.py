@@ -57,12 +57,13 @@ CONFIGS = ("28:final,64:final,128:final,224:final,"
 #: selection (2026-12-02)"): the row with the highest validation AUC (to 3 decimals), ties
 #: broken by validation balanced accuracy (before 2026-12-02: by accuracy, which depends on
 #: the validation prevalence). ``kind`` is "probe" (a frozen backbone + logistic regression),
-#: "partial" (PartiallyFrozenClassifier) or "vote" (a soft vote of several); a "threshold"
-#: wraps it (see best_pipeline). The threshold 0.741 is the training prevalence of pneumonia
-#: (train 3,477 / 4,690; train + val 3,866 / 5,214): the prior shift from the training
-#: classes' balance to a balanced one, chosen from train alone.
+#: "partial" (PartiallyFrozenClassifier) or "vote" (a soft vote of several); a "prior_shift"
+#: or a "threshold" wraps it (see best_pipeline). The winner is the prior shift from the
+#: training classes' balance to a balanced one: PriorShiftClassifier computes it from the
+#: labels given to fit, and it predicts as a threshold at the training prevalence of
+#: pneumonia would (train 3,477 / 4,690 = 0.741, the measured row; train + val 3,866 / 5,214).
 BEST = {"kind": "partial", "model": "efficientnet_lite0", "trainable_blocks": 3, "image_size": 64,
-        "max_epochs": 8, "augment_views": 2, "threshold": 0.741}
+        "max_epochs": 8, "augment_views": 2, "prior_shift": "balanced"}
 #: The partial-freezing winner of 2026-11-26 (the prevalence study's starting point).
 BEST_PARTIAL = {"model": "efficientnet_lite0", "trainable_blocks": 3, "image_size": 64,
                 "max_epochs": 8, "augment_views": 2}
@@ -78,14 +79,17 @@ def best_pipeline(cache="auto"):
     ``BEST``: "probe", a Pipeline (frozen backbone, standardisation, L2-regularised logistic
     regression with the ``C`` chosen on the validation split); "partial", a
     :class:`~featcache.PartiallyFrozenClassifier` with the parameters chosen on it; "vote", a
-    soft ``VotingClassifier`` of such classifiers (``members``). A "threshold" in ``BEST``
-    wraps it: a number in ``FixedThresholdClassifier`` (pneumonia when its probability is at
-    least that), ``"tuned"`` in ``TunedThresholdClassifierCV`` choosing the threshold of best
-    balanced accuracy on a stratified 20% of the training data, then refitting on all of it
-    (:func:`featcache.probe.tuned_threshold`). ``predict_proba`` is the wrapped model's either
-    way.
+    soft ``VotingClassifier`` of such classifiers (``members``). A "prior_shift" in ``BEST``
+    wraps it in :class:`featcache.probe.PriorShiftClassifier` with that ``target_prior``
+    (``"balanced"``: pneumonia when the model's probability is at least the pneumonia
+    prevalence of the labels given to fit; ``predict_proba`` is the adjusted probability). A
+    "threshold" wraps it instead: a number in ``FixedThresholdClassifier`` (pneumonia when its
+    probability is at least that), ``"tuned"`` in ``TunedThresholdClassifierCV`` choosing the
+    threshold of best balanced accuracy on a stratified 20% of the training data, then
+    refitting on all of it (:func:`featcache.probe.tuned_threshold`); ``predict_proba`` is the
+    wrapped model's either way.
     """
-    threshold = BEST.get("threshold")
+    threshold, shift = BEST.get("threshold"), BEST.get("prior_shift")
     if BEST["kind"] == "probe":
         return _probe_pipeline(BEST, cache)
     if BEST["kind"] == "vote":
@@ -95,6 +99,10 @@ def best_pipeline(cache="auto"):
                                   for name, params in BEST["members"]], voting="soft")
     else:
         model = _partial(BEST, cache)
+    if shift is not None:
+        from featcache.probe import PriorShiftClassifier
+
+        return PriorShiftClassifier(model, target_prior=shift)
     if threshold is None:
         return model
     if threshold == "tuned":
@@ -109,7 +117,8 @@ def best_pipeline(cache="auto"):
 def _partial(params, cache):
     from featcache import PartiallyFrozenClassifier
 
-    chosen = {k: v for k, v in params.items() if k not in ("kind", "model", "threshold")}
+    chosen = {k: v for k, v in params.items()
+              if k not in ("kind", "model", "threshold", "prior_shift")}
     return PartiallyFrozenClassifier(params["model"], cache=cache,
                                      **{"random_state": 0, **chosen})
 

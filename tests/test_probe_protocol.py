@@ -223,19 +223,28 @@ def _benchmark_module():
 
 def test_best_pipeline_is_the_unfitted_winner_and_fits_the_28px_arrays(xray, tmp_path):
     """Whatever kind wins (a probe Pipeline or a PartiallyFrozenClassifier), best_pipeline()
-    returns it unfitted, and it fits and predicts the bundled 28x28 arrays (at a small size)."""
+    returns it unfitted, and it fits and predicts the bundled 28x28 arrays (at a small size).
+    A prior shift to balanced classes predicts exactly as a fixed threshold at the training
+    prevalence of the labels given to fit (its probabilities are adjusted, their ranking not)."""
     from sklearn.exceptions import NotFittedError
+    from sklearn.frozen import FrozenEstimator
+    from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import FixedThresholdClassifier
 
     from featcache import PartiallyFrozenClassifier
+    from featcache.probe import PriorShiftClassifier
 
     module = _benchmark_module()
     pipe = module.best_pipeline()
     images, labels = xray
-    images, labels = images[10:50], labels[10:50]
+    images, labels = images[5:50], labels[5:50]      # 25 normal, 20 pneumonia
     if module.BEST["kind"] == "partial":
         model, prefix = pipe, ""
-        if "threshold" in module.BEST:  # the winner at a fixed decision threshold
+        if "prior_shift" in module.BEST:  # the winner at the prior shift computed at fit
+            assert isinstance(pipe, PriorShiftClassifier)
+            assert pipe.target_prior == module.BEST["prior_shift"] == "balanced"
+            model, prefix = pipe.estimator, "estimator__"
+        elif "threshold" in module.BEST:  # the winner at a fixed decision threshold
             assert isinstance(pipe, FixedThresholdClassifier)
             assert pipe.threshold == module.BEST["threshold"]
             model, prefix = pipe.estimator, "estimator__"
@@ -251,7 +260,15 @@ def test_best_pipeline_is_the_unfitted_winner_and_fits_the_28px_arrays(xray, tmp
         pipe.set_params(backbone__image_size=32, backbone__cache=tmp_path,
                         backbone__progress=False)
     proba = pipe.fit(images, labels).predict_proba(images)
-    assert proba.shape == (40, 2) and np.allclose(proba.sum(axis=1), 1)
+    assert proba.shape == (45, 2) and np.allclose(proba.sum(axis=1), 1)
+    if isinstance(pipe, PriorShiftClassifier):
+        assert pipe.threshold_ == labels.mean() == 20 / 45
+        fixed = FixedThresholdClassifier(FrozenEstimator(pipe.estimator_),
+                                         threshold=labels.mean()).fit(images, labels)
+        np.testing.assert_array_equal(pipe.predict(images), fixed.predict(images))
+        raw = fixed.predict_proba(images)
+        assert not np.allclose(proba, raw)
+        assert roc_auc_score(labels, proba[:, 1]) == roc_auc_score(labels, raw[:, 1])
 
 # ----------------------------------------------------------------------------- honest numbers
 def test_nested_cross_validation_scores_on_rows_that_chose_nothing():
