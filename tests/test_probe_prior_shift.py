@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import FixedThresholdClassifier, GridSearchCV, cross_validate
 from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import featcache
 from featcache import FrozenBackbone
@@ -162,6 +163,11 @@ def test_bad_estimators_and_labels_raise_clear_errors(skewed, three):
         PriorShiftClassifier(LogisticRegression()).fit(X[y == 1], y[y == 1])
     with pytest.raises(ProbeError, match=r"at least two classes, got continuous"):
         PriorShiftClassifier(LogisticRegression()).fit(X, y + 0.5)
+    with pytest.raises(ProbeError, match=r"requires y to be passed, but the target y is None"):
+        PriorShiftClassifier(LogisticRegression()).fit(X, None)
+    with pytest.raises(ProbeError, match=r"class\(es\) \[0\] of the estimator have no sample in "
+                                         r"y with a positive sample_weight"):
+        PriorShiftClassifier(LogisticRegression()).fit(X, y, sample_weight=(y == 1) * 1.0)
     Xm, ym, _, _ = three
     with pytest.raises(ProbeError, match=r"a float, the positive class's prevalence\) needs two "
                                          r"classes, the estimator has 3"):
@@ -202,6 +208,11 @@ def test_clone_params_pickle_and_model_selection(skewed):
     scores = cross_validate(PriorShiftClassifier(LogisticRegression()), X, y, cv=3,
                             scoring=["roc_auc", "balanced_accuracy"])
     assert np.all(scores["test_roc_auc"] > 0.5)
+
+
+@parametrize_with_checks([PriorShiftClassifier(LogisticRegression())])
+def test_scikit_learn_estimator_checks(estimator, check):
+    check(estimator)
 
 
 def test_exported_from_the_package_and_the_probe():

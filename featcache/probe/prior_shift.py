@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, clone
 from sklearn.utils import get_tags
 from sklearn.utils.multiclass import type_of_target
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from ..exceptions import ProbeError
 
@@ -139,6 +139,7 @@ class PriorShiftClassifier(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
                 "sklearn.calibration.CalibratedClassifierCV to get probabilities")
         y = self._check_y(y)
         weight = fit_params.get("sample_weight")
+        _train_prior(y, np.unique(y), weight)        # bad weights fail before a long fit
         self.estimator_ = clone(self.estimator).fit(X, y, **fit_params)
         classes = getattr(self.estimator_, "classes_", None)
         if classes is None:
@@ -160,10 +161,14 @@ class PriorShiftClassifier(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
 
     @staticmethod
     def _check_y(y):
+        if y is None:
+            raise ProbeError("PriorShiftClassifier requires y to be passed, but the target y is "
+                             "None; pass the training labels (their class frequencies are the "
+                             "training prior)")
         y = np.asarray(y)
         if y.ndim == 2 and y.shape[1] == 1:
-            y = y.ravel()
-        kind = type_of_target(y, input_name="y")
+            y = column_or_1d(y, warn=True)
+        kind = type_of_target(y, input_name="y", raise_unknown=True)
         if kind not in ("binary", "multiclass") or len(np.unique(y)) < 2:
             raise ProbeError(
                 f"PriorShiftClassifier needs y of one class label per sample with at least two "
@@ -252,9 +257,10 @@ def _train_prior(y, classes, weight):
     mass = _class_mass(y, classes, weight)
     missing = [c for c, m in zip(np.asarray(classes).tolist(), mass) if m <= 0]
     if missing:
-        raise ProbeError(f"class(es) {missing} of the estimator have no (weighted) sample in y, "
-                         "so their training prior is 0 and cannot be shifted; fit on labels "
-                         "that hold every class")
+        which = "sample in y" if weight is None else "sample in y with a positive sample_weight"
+        raise ProbeError(f"class(es) {missing} of the estimator have no {which}, so their "
+                         "training prior is 0 and cannot be shifted; fit on labels (and "
+                         "weights) that hold every class")
     return mass / mass.sum()
 
 
