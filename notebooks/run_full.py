@@ -57,6 +57,13 @@ FULL_SIZE = {
     "03_dicom_and_16bit.ipynb": {
         "FEATCACHE_NB_IMAGE_SIZE": "224",
     },
+    # 04: PNG files of all the 4690 bundled training images (CI writes 120), embedded by the
+    # sharded jobs at 64 px and by the interrupted-then-resumed job at 128 px (as in CI).
+    "04_batch_jobs.ipynb": {
+        "FEATCACHE_NB_N_IMAGES": "4690",
+        "FEATCACHE_NB_IMAGE_SIZE": "64",
+        "FEATCACHE_NB_RESUME_IMAGE_SIZE": "128",
+    },
     "05_which_layers_to_freeze.ipynb": {
         "FEATCACHE_NB_N_TRAIN": "4690",
         "FEATCACHE_NB_N_VAL": "524",
