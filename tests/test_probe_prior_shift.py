@@ -237,3 +237,6 @@ def test_a_frozen_backbone_pipeline_reuses_its_cache(xray, tmp_path, forbid_netw
     np.testing.assert_array_equal(shifted.predict(images), fixed.predict(images))
     frozen = PriorShiftClassifier(FrozenEstimator(pipe)).fit(images[::3], labels[::3])
     assert frozen.estimator_.estimator is pipe
+    scores = cross_validate(PriorShiftClassifier(pipe), images, labels, cv=3,
+                            scoring="balanced_accuracy", error_score="raise")
+    assert len(scores["test_score"]) == 3      # three refits, every row read from the cache
