@@ -17,6 +17,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier, SGDClassifier
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.ensemble import RandomForestClassifier
+from sklearn.frozen import FrozenEstimator
+from sklearn.model_selection import FixedThresholdClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
@@ -24,6 +26,7 @@ from sklearn.svm import LinearSVC
 import featcache
 from featcache import FrozenBackbone, PartiallyFrozenClassifier, PartiallyFrozenRegressor
 from featcache.exceptions import InvalidModelError
+from featcache.probe import PriorShiftClassifier, fixed_threshold, tuned_threshold
 
 SIZE = 64
 TOL = 1e-4
@@ -91,6 +94,12 @@ def test_pipeline_module_equals_the_estimator(name, xray, cache_dir):
     assert np.abs(got - want).max() < TOL
     if method != "predict":
         assert list(module.classes_) == list(pipe.classes_)
+        # predict: int64 indices into classes_, the class scikit-learn's predict gives
+        labels = featcache.to_torch(pipe, method="predict")
+        assert labels.method == "predict"
+        index = _run(labels, featcache.preprocess(images, pipe))
+        assert index.dtype == np.int64 and index.shape == (len(images),)
+        np.testing.assert_array_equal(labels.classes_[index], pipe.predict(images))
 
 
 def test_paths_end_to_end_with_torchscript(xray_pngs, tmp_path):
@@ -159,15 +168,126 @@ def logistic_pipeline(xray, cache_dir):
     return pipe, featcache.preprocess(images, pipe), pipe.predict_proba(images)
 
 
-def test_torch_export(logistic_pipeline):
+def _wrappers(pipe, images, labels):
+    """Thresholded classifiers around the fitted pipeline, each at a point that moves some
+    predictions (a quantile of its own scores), and a TunedThresholdClassifierCV."""
+    p = pipe.predict_proba(images)
+    d = pipe.decision_function(images)
+    yield "fixed, probability", FixedThresholdClassifier(pipe,
+                                                         threshold=np.quantile(p[:, 1], 0.3))
+    yield "fixed, pos_label=classes_[0]", FixedThresholdClassifier(
+        pipe, threshold=np.quantile(p[:, 0], 0.6), pos_label=pipe.classes_[0])
+    yield "fixed, decision", FixedThresholdClassifier(
+        pipe, threshold=np.quantile(d, 0.7), response_method="decision_function")
+    yield "fixed, decision, pos_label=classes_[0]", FixedThresholdClassifier(
+        pipe, threshold=np.quantile(-d, 0.4), response_method="decision_function",
+        pos_label=pipe.classes_[0])
+    tuned = tuned_threshold(pipe, sensitivity=0.95, cv=3).fit(images, labels)
+    yield "tuned", tuned
+    yield "fixed_threshold(tuned)", fixed_threshold(tuned)
+
+
+def test_a_thresholded_classifier_deploys_its_operating_point(xray, cache_dir):
+    """predict of FixedThresholdClassifier / TunedThresholdClassifierCV (response_method,
+    pos_label, threshold) is the module's: classes_[module(x)] == predict(X); its
+    probabilities and decision function are the wrapped model's."""
+    images, labels = xray
+    names = np.where(labels == 1, "pneumonia", "normal")  # labels as strings: indices out
+    pipe = make_pipeline(_backbone(cache_dir), StandardScaler(),
+                         LogisticRegression(max_iter=300, C=0.05)).fit(images, names)
+    x = featcache.preprocess(images, pipe)
+    plain = pipe.predict(images)
+    for name, wrapper in _wrappers(pipe, images, names):
+        want = wrapper.predict(images)
+        assert (want != plain).any(), name  # the threshold matters here
+        assert np.array_equal(featcache.preprocess(images, wrapper), x)
+        module = featcache.to_torch(wrapper, method="predict")
+        got = module.classes_[_run(module, x)]
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    proba = featcache.to_torch(wrapper)  # "auto": the wrapped model's probabilities
+    assert proba.method == "predict_proba"
+    assert np.abs(_run(proba, x) - wrapper.predict_proba(images)).max() < TOL
+    scores = featcache.to_torch(wrapper, method="decision_function")
+    assert np.abs(_run(scores, x) - wrapper.decision_function(images)).max() < TOL
+    scripted, traced = torch.jit.script(module), torch.jit.trace(module, x[:4])
+    for compiled in (scripted, traced):
+        np.testing.assert_array_equal(module.classes_[_run(compiled, x)], want)
+
+
+def test_a_thresholded_ridge_classifier_thresholds_its_decision(xray, cache_dir):
+    """response_method="auto" around a model without predict_proba is its decision function,
+    threshold="auto" 0 there; asking for probabilities it lacks is refused."""
+    images, labels = xray
+    ridge = make_pipeline(_backbone(cache_dir), RidgeClassifier()).fit(images, labels)
+    threshold = np.quantile(ridge.decision_function(images), 0.25)
+    for wrapper in (FixedThresholdClassifier(ridge),
+                    FixedThresholdClassifier(ridge, threshold=threshold)):
+        module = featcache.to_torch(wrapper, method="predict")
+        got = module.classes_[_run(module, featcache.preprocess(images, ridge))]
+        np.testing.assert_array_equal(got, wrapper.predict(images))
+    assert (got != ridge.predict(images)).any()
+    with pytest.raises(ValueError, match=r"FixedThresholdClassifier\(response_method="
+                                         r"'predict_proba'\) needs predict_proba of its "
+                                         r"estimator.*set response_method"):
+        featcache.to_torch(FixedThresholdClassifier(ridge, response_method="predict_proba"),
+                           method="predict")
+    with pytest.raises(ValueError, match=r"pos_label=7, which is not one of its estimator's "
+                                         r"classes \[0, 1\]"):
+        featcache.to_torch(FixedThresholdClassifier(ridge, pos_label=7), method="predict")
+    sgd = make_pipeline(_backbone(cache_dir), SGDClassifier(loss="log_loss", random_state=0))
+    with pytest.raises(ValueError, match=r"thresholds predict_proba of its estimator, which "
+                                         r"featcache cannot deploy.*response_method"):
+        featcache.to_torch(FixedThresholdClassifier(sgd.fit(images, labels)), method="predict")
+    with pytest.raises(NotFittedError):
+        featcache.to_torch(FixedThresholdClassifier(make_pipeline(_backbone(cache_dir),
+                                                                  RidgeClassifier())))
+
+
+@pytest.mark.parametrize("target_prior, multiclass", [(0.1, False), (0.95, False),
+                                                      ([0.02, 0.02, 0.96], True)])
+def test_a_prior_shift_classifier_deploys_its_reweighting(target_prior, multiclass, xray,
+                                                          cache_dir):
+    """PriorShiftClassifier: the module reweights the wrapped probabilities and renormalises
+    them (== predict_proba within 1e-4); predict exactly (binary: threshold_ on the wrapped
+    probability)."""
+    images, labels = xray
+    y = _three_classes(labels) if multiclass else labels
+    pipe = make_pipeline(_backbone(cache_dir), StandardScaler(),
+                         LogisticRegression(max_iter=300, C=0.05)).fit(images, y)
+    shifted = PriorShiftClassifier(FrozenEstimator(pipe), target_prior=target_prior)
+    shifted.fit(images, y)
+    x = featcache.preprocess(images, shifted)
+    want = shifted.predict_proba(images)
+    assert np.abs(want - pipe.predict_proba(images)).max() > 0.05  # the shift matters here
+    module = featcache.to_torch(shifted)
+    assert module.method == "predict_proba" and list(module.classes_) == list(shifted.classes_)
+    assert np.abs(_run(module, x) - want).max() < TOL
+    labels_module = featcache.to_torch(shifted, method="predict")
+    predicted = shifted.predict(images)
+    assert (predicted != pipe.predict(images)).any()
+    np.testing.assert_array_equal(labels_module.classes_[_run(labels_module, x)], predicted)
+    if multiclass:
+        scripted = torch.jit.script(module)
+        assert np.abs(_run(scripted, x) - want).max() < TOL
+        with pytest.raises(ValueError, match=r"method='decision_function' is not available "
+                                             r"for a PriorShiftClassifier"):
+            featcache.to_torch(shifted, method="decision_function")
+
+
+def test_torch_export(logistic_pipeline, xray):
     pipe, x, want = logistic_pipeline
     module = featcache.to_torch(pipe)
     batch = torch.export.Dim("batch", min=1, max=1024)
     exported = torch.export.export(module, (x[:4],), dynamic_shapes=({0: batch},))
     assert np.abs(_run(exported.module(), x) - want).max() < TOL
+    point = FixedThresholdClassifier(pipe, threshold=np.quantile(want[:, 1], 0.4))
+    labels = featcache.to_torch(point, method="predict")
+    exported = torch.export.export(labels, (x[:4],), dynamic_shapes=({0: batch},))
+    np.testing.assert_array_equal(labels.classes_[_run(exported.module(), x)],
+                                  point.predict(xray[0]))
 
 
-def test_onnx_export_runs_in_onnxruntime(logistic_pipeline, tmp_path):
+def test_onnx_export_runs_in_onnxruntime(logistic_pipeline, xray, tmp_path):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     pipe, x, want = logistic_pipeline
@@ -182,6 +302,16 @@ def test_onnx_export_runs_in_onnxruntime(logistic_pipeline, tmp_path):
     (got,) = session.run(None, {"images": x.numpy()})
     assert got.shape == want.shape
     assert np.abs(got - want).max() < TOL
+    point = FixedThresholdClassifier(pipe, threshold=np.quantile(want[:, 1], 0.4))
+    labels = featcache.to_torch(point, method="predict")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(labels, (x[:2],), str(tmp_path / "labels.onnx"), dynamo=False,
+                          input_names=["images"], dynamic_axes={"images": {0: "batch"}})
+    session = ort.InferenceSession(str(tmp_path / "labels.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    (index,) = session.run(None, {"images": x.numpy()})
+    np.testing.assert_array_equal(labels.classes_[index], point.predict(xray[0]))
 
 
 def test_saved_torchscript_runs_without_featcache(logistic_pipeline, tmp_path):
@@ -248,6 +378,18 @@ def test_partially_frozen_classifier(trainable_blocks, cache_dtype, tmp_path):
     assert module.cam_layer() is (module.head.stages[-1] if trainable_blocks else module.backbone)
     traced = torch.jit.trace(module, x[:2])
     assert np.abs(_run(traced, x) - clf.predict_proba(X)).max() < TOL
+    if not trainable_blocks:
+        return
+    # the benchmark's recipe: an operating point around a PartiallyFrozenClassifier
+    labels = featcache.to_torch(clf, method="predict")
+    np.testing.assert_array_equal(labels.classes_[_run(labels, x)], clf.predict(X))
+    point = FixedThresholdClassifier(clf, threshold=np.median(clf.predict_proba(X)[:, 1]))
+    labels = featcache.to_torch(point, method="predict")
+    np.testing.assert_array_equal(labels.classes_[_run(labels, x)], point.predict(X))
+    shifted = PriorShiftClassifier(FrozenEstimator(clf), target_prior=0.8).fit(X, y)
+    assert np.abs(_run(featcache.to_torch(shifted), x) - shifted.predict_proba(X)).max() < TOL
+    labels = featcache.to_torch(shifted, method="predict")
+    np.testing.assert_array_equal(labels.classes_[_run(labels, x)], shifted.predict(X))
 
 
 @pytest.mark.slow

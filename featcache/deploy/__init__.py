@@ -4,15 +4,19 @@
   featcache's engine feeds the network (decoded, resized, centre-cropped, in [0, 1]);
 - :mod:`~featcache.deploy.modules`: the small TorchScript-, ``torch.export``- and
   ONNX-friendly modules a deployed model is made of;
+- :mod:`~featcache.deploy.operating_point`: the wrappers that set a classifier's operating
+  point (``FixedThresholdClassifier``, ``TunedThresholdClassifierCV``,
+  :class:`~featcache.probe.PriorShiftClassifier`), read as their ``predict`` applies them;
 - :mod:`~featcache.deploy.to_torch`: :func:`to_torch` turns a fitted ``Pipeline``
   (``FrozenBackbone`` -> optional ``StandardScaler`` -> linear head or MLP) or a
   ``PartiallyFrozenClassifier``/``Regressor`` into one :class:`DeployedModel`.
 
 Sits above the estimators (may import :mod:`featcache.frozen_backbone`,
-:mod:`featcache.partial`, :mod:`featcache.backbones`, :mod:`featcache.engine`,
-:mod:`featcache.inputs` and the leaf modules); nothing in featcache imports it. Importing
-this package imports torch and scikit-learn; ``featcache.to_torch`` and
-``featcache.preprocess`` are loaded on first use, so ``import featcache`` stays light.
+:mod:`featcache.partial`, :mod:`featcache.probe`, :mod:`featcache.backbones`,
+:mod:`featcache.engine`, :mod:`featcache.inputs` and the leaf modules); nothing in
+featcache imports it. Importing this package imports torch and scikit-learn;
+``featcache.to_torch`` and ``featcache.preprocess`` are loaded on first use, so
+``import featcache`` stays light.
 """
 
 from .preprocess import preprocess

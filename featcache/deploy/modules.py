@@ -3,7 +3,8 @@
 Every choice (pooling, activation, output) is a string fixed at build time, every constant
 a buffer, and nothing calls back into featcache, so a saved TorchScript file runs where
 featcache is not installed. :class:`DeployedModel` chains them:
-``images in [0, 1] -> Normalize -> backbone -> Pool -> Rounding -> head -> Output``.
+``images in [0, 1] -> Normalize -> backbone -> Pool -> Rounding -> head -> Output``; for
+``predict``, the output ends with a :class:`Label` (the class index).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 __all__ = ["DeployedModel", "Normalize", "ForwardFeatures", "SelectOutput", "Pool", "Rounding",
-           "Standardize", "Dense", "TailHead", "Output"]
+           "Standardize", "Dense", "TailHead", "Output", "PriorShift", "Label"]
 
 
 class Normalize(nn.Module):
@@ -175,12 +176,64 @@ class Output(nn.Module):
         return z
 
 
+class PriorShift(nn.Module):
+    """Probabilities adjusted to another class prior, as
+    :class:`featcache.probe.PriorShiftClassifier` adjusts them: each class's probability times
+    its weight (``target_prior_ / train_prior_``), each row renormalised to sum to 1."""
+
+    def __init__(self, weights):
+        super().__init__()
+        self.register_buffer("weights", torch.tensor(np.asarray(weights, dtype=np.float32)))
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        scaled = p * self.weights
+        return scaled / scaled.sum(dim=1, keepdim=True)
+
+
+class Label(nn.Module):
+    """A classifier's scores -> the predicted class, as its index into ``classes_`` (int64).
+
+    ``kind``: ``argmax`` (the highest of ``(n, n_classes)`` scores: ``predict`` of a
+    multiclass classifier, or from probabilities); ``positive`` (a binary decision function
+    ``(n,)``: ``classes_[1]`` where it is > 0, as scikit-learn's linear classifiers);
+    ``threshold`` (an operating point: the positive class, index ``positive``, where its score
+    is ``>= threshold``, else the other, as scikit-learn's ``FixedThresholdClassifier``; the
+    score is column ``positive`` of ``(n, 2)`` probabilities, or a binary decision function,
+    negated when the positive class is ``classes_[0]``). The comparison is in float64, so
+    the threshold is not rounded to float32.
+    """
+
+    def __init__(self, kind: str, threshold: float = 0.0, positive: int = 1):
+        super().__init__()
+        self.kind = kind
+        self.positive = int(positive)
+        self.register_buffer("threshold", torch.tensor(float(threshold), dtype=torch.float64))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.kind == "argmax":
+            return z.argmax(dim=1)
+        if self.kind == "positive":
+            return (z > 0).to(torch.int64)
+        if z.dim() == 2:
+            score = z[:, self.positive]
+        elif self.positive == 1:
+            score = z
+        else:
+            score = -z
+        above = (score.to(torch.float64) >= self.threshold).to(torch.int64)
+        if self.positive == 1:
+            return above
+        return 1 - above
+
+
 class DeployedModel(nn.Module):
     """A fitted featcache model as one module: preprocessed images in, the estimator's output out.
 
     ``forward(images)``: ``images`` is ``featcache.preprocess(X, estimator)``, float32
     ``(n, 3, image_size, image_size)`` in [0, 1]; the output is what ``method`` of the
-    estimator returns (``predict_proba``: ``(n, n_classes)`` in ``classes_`` order).
+    estimator returns (``predict_proba``: ``(n, n_classes)`` in ``classes_`` order), except
+    that a classifier's ``predict`` gives int64 ``(n,)`` indices into ``classes_`` (labels may
+    be strings, which no tensor holds): ``classes_[output]`` are the labels.
 
     Attributes (Python only; a saved TorchScript file keeps the module, not these)
     ----------

@@ -25,6 +25,7 @@ from ..inputs import DecodePolicy, as_items, decode
 from ..engine.run_options import resolve_run_options
 from ..options import OPTIONS
 from ..partial import PartiallyFrozenClassifier, PartiallyFrozenRegressor
+from .operating_point import wrapped_estimator
 
 __all__ = ["preprocess", "InputSpec", "input_spec", "decode_policy"]
 
@@ -75,7 +76,9 @@ def _frozen_step(estimator):
 
 def input_spec(estimator) -> InputSpec:
     """The :class:`InputSpec` of a fitted ``Pipeline`` starting with ``FrozenBackbone``, a
-    ``FrozenBackbone``, or a fitted ``PartiallyFrozenClassifier``/``Regressor``.
+    ``FrozenBackbone``, or a fitted ``PartiallyFrozenClassifier``/``Regressor``, or of a
+    ``FixedThresholdClassifier``/``TunedThresholdClassifierCV``/``PriorShiftClassifier``/
+    ``FrozenEstimator`` around one of those.
 
     Raises
     ------
@@ -86,6 +89,9 @@ def input_spec(estimator) -> InputSpec:
     FeatcacheError
         When the estimator's decoding policy cannot be reproduced (a policy changed since fit).
     """
+    inner = wrapped_estimator(estimator)
+    if inner is not None:  # a wrapper sees images as the model it wraps
+        return input_spec(inner)
     backbone = _frozen_step(estimator)
     if backbone is not None:
         check_is_fitted(backbone, "config_")
@@ -108,7 +114,9 @@ def input_spec(estimator) -> InputSpec:
     raise TypeError(
         f"featcache cannot deploy a {type(estimator).__name__}: expected a fitted Pipeline whose "
         "first step is a FrozenBackbone, a FrozenBackbone, or a fitted "
-        "PartiallyFrozenClassifier/PartiallyFrozenRegressor.")
+        "PartiallyFrozenClassifier/PartiallyFrozenRegressor (alone or in a "
+        "FixedThresholdClassifier, TunedThresholdClassifierCV, PriorShiftClassifier or "
+        "FrozenEstimator).")
 
 
 def preprocess(images, estimator):
@@ -128,7 +136,9 @@ def preprocess(images, estimator):
         an ``(n, C, H, W)`` tensor, ...; see :func:`featcache.inputs.as_items`).
     estimator : fitted estimator
         A ``Pipeline`` starting with a ``FrozenBackbone``, a ``FrozenBackbone``, or a
-        ``PartiallyFrozenClassifier``/``PartiallyFrozenRegressor``.
+        ``PartiallyFrozenClassifier``/``PartiallyFrozenRegressor``, or a
+        ``FixedThresholdClassifier``/``TunedThresholdClassifierCV``/``PriorShiftClassifier``/
+        ``FrozenEstimator`` around one of those.
 
     Returns
     -------

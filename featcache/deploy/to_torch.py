@@ -5,7 +5,9 @@ loads it (the same BatchNorm-folded network, its weights' digest checked against
 configuration), cut at the fitted layer by ``torch.fx`` (or timm's ``forward_features`` for the
 default layer), pooled as :func:`~featcache.backbones.capture.pool_features` pools, then the
 scikit-learn head's fitted arrays as torch layers, or a partially frozen estimator's trained
-tail (:func:`featcache.partial.tail.build_tail` with torch's own convolutions). No hooks, no
+tail (:func:`featcache.partial.tail.build_tail` with torch's own convolutions); an operating
+point around either (:mod:`.operating_point`: a threshold, a prior shift) adds its class
+decision or reweighting. No hooks, no
 thread-local state, no featcache code at run time: the module traces and scripts with
 TorchScript, exports with ``torch.export`` and to ONNX.
 """
@@ -36,8 +38,10 @@ from ..partial.fitted import (RESOLVED_PRECISIONS, check_fitted_state, check_tai
                               head_outputs)
 from ..partial.network import architecture
 from ..partial.tail import build_tail, load_tail_state
-from .modules import (Dense, DeployedModel, ForwardFeatures, Normalize, Output, Pool, Rounding,
-                      SelectOutput, Standardize, TailHead)
+from ..probe.prior_shift import PriorShiftClassifier
+from .modules import (Dense, DeployedModel, ForwardFeatures, Label, Normalize, Output, Pool,
+                      PriorShift, Rounding, SelectOutput, Standardize, TailHead)
+from .operating_point import THRESHOLDED, operating_point, wrapped_estimator
 from .preprocess import _frozen_step, input_spec
 
 __all__ = ["to_torch", "METHODS"]
@@ -58,14 +62,24 @@ def to_torch(estimator, *, method="auto"):
           linear regressor (``Ridge``, ``LinearRegression``, ...) or ``MLPRegressor``;
         - a :class:`~featcache.PartiallyFrozenClassifier` or
           :class:`~featcache.PartiallyFrozenRegressor`;
-        - a :class:`~featcache.FrozenBackbone` alone (the module gives its embeddings).
+        - a :class:`~featcache.FrozenBackbone` alone (the module gives its embeddings);
+        - a ``FixedThresholdClassifier`` or a fitted ``TunedThresholdClassifierCV`` around a
+          binary classifier above (an operating point: only its ``predict`` differs);
+        - a fitted :class:`~featcache.probe.PriorShiftClassifier` around a classifier above
+          with ``predict_proba`` (the module reweights its probabilities to the target
+          prior); a ``FrozenEstimator`` around any of these.
     method : {"auto", "predict_proba", "decision_function", "predict", "transform"}
         The estimator's method the module reproduces. ``"auto"``: ``predict_proba`` for a
         classifier that has it (``LogisticRegression``, ``MLPClassifier``,
         ``PartiallyFrozenClassifier``), ``decision_function`` for a linear classifier without
         it (``RidgeClassifier``, ``LinearSVC``, ``SGDClassifier(loss="hinge")``: scikit-learn
         gives them no probabilities, and neither does featcache), ``predict`` for a regressor,
-        ``transform`` for a ``FrozenBackbone``.
+        ``transform`` for a ``FrozenBackbone``; for a thresholded classifier, its
+        estimator's (the threshold changes no probability, as in scikit-learn); for a
+        ``PriorShiftClassifier``, its adjusted ``predict_proba``.
+        ``"predict"`` of a classifier: the predicted class (of a thresholded one, at its
+        operating point: ``response_method``, ``threshold`` or ``best_threshold_``,
+        ``pos_label``, as its ``predict``).
 
     Returns
     -------
@@ -74,6 +88,9 @@ def to_torch(estimator, *, method="auto"):
         ``featcache.preprocess(X, estimator)`` and returns what ``estimator.<method>(X)``
         returns (the same shape: ``(n,)`` for a binary ``decision_function`` and a
         single-target regressor), to float32 rounding. ``module.classes_`` orders the columns.
+        A classifier's ``predict`` gives int64 indices into ``module.classes_`` (``(n,)``):
+        ``module.classes_[output]`` equals ``estimator.predict(X)``, except for a score within
+        float32 rounding of the threshold (or of a tie).
 
     Raises
     ------
@@ -82,21 +99,84 @@ def to_torch(estimator, *, method="auto"):
     ValueError
         A ``method`` the estimator does not have, or whose output featcache does not reproduce
         (``predict_proba`` of ``SGDClassifier``), or a partially frozen estimator with
-        ``tta_views > 0`` (test-time augmentation is not exported).
+        ``tta_views > 0`` (test-time augmentation is not exported), or a thresholded
+        classifier whose ``response_method`` or ``pos_label`` its estimator cannot serve.
     FeatcacheError
         The backbone loaded now is not the one fitted (its weights changed).
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r}; expected one of {METHODS}")
+    return _build(estimator, method).eval().requires_grad_(False)
 
+
+def _build(estimator, method):
+    inner = wrapped_estimator(estimator)
+    if isinstance(estimator, PriorShiftClassifier):
+        return _from_prior_shift(estimator, inner, method)
+    if isinstance(estimator, THRESHOLDED) and method == "predict":
+        return _from_threshold(estimator, inner)
+    if inner is not None:  # a threshold changes no score; a FrozenEstimator changes nothing
+        return _build(inner, method)
+    if method == "predict" and is_classifier(estimator):
+        return _predicted_class(estimator)
     if isinstance(estimator, (PartiallyFrozenClassifier, PartiallyFrozenRegressor)):
-        module = _from_partial(estimator, method)
-    elif _frozen_step(estimator) is not None:
-        module = _from_pipeline(estimator, method)
-    else:
-        input_spec(estimator)  # raises its TypeError
-        raise AssertionError("unreachable")
-    return module.eval().requires_grad_(False)
+        return _from_partial(estimator, method)
+    if _frozen_step(estimator) is not None:
+        return _from_pipeline(estimator, method)
+    input_spec(estimator)  # raises its TypeError
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------- predict: the class
+def _with_label(module, label):
+    """``module`` (scores) followed by ``label``: its ``predict``, class indices."""
+    module.output = nn.Sequential(module.output, label)
+    module.method = "predict"
+    return module
+
+
+def _predicted_class(estimator):
+    """``predict`` of a classifier: the class of its highest decision value (binary: > 0), or
+    of its highest probability where it has no decision function (``MLPClassifier``), as
+    scikit-learn's ``predict`` chooses."""
+    response = "decision_function" if hasattr(estimator, "decision_function") else \
+        "predict_proba"
+    module = _build(estimator, response)
+    binary = module.classes_ is not None and len(module.classes_) == 2
+    one_column = response == "decision_function" and binary
+    if isinstance(module.output, Output) and module.output.kind == "sigmoid":
+        raise ValueError("featcache does not deploy predict of a multilabel MLPClassifier; "
+                         "deploy method='predict_proba' and threshold each label at 0.5.")
+    return _with_label(module, Label("positive" if one_column else "argmax"))
+
+
+def _from_threshold(estimator, inner):
+    """``predict`` of a ``FixedThresholdClassifier``/``TunedThresholdClassifierCV``: the
+    wrapped model's score, then its operating point."""
+    point = operating_point(estimator, inner)
+    try:
+        module = _build(inner, point.response)
+    except ValueError as exc:
+        raise ValueError(f"{type(estimator).__name__} thresholds {point.response} of its "
+                         f"estimator, which featcache cannot deploy: {exc} Set the wrapper's "
+                         "response_method (and a threshold on that scale) to what can be "
+                         "deployed.") from exc
+    return _with_label(module, Label("threshold", point.threshold, point.positive))
+
+
+def _from_prior_shift(estimator, inner, method):
+    """A :class:`~featcache.probe.PriorShiftClassifier`: the wrapped model's probabilities,
+    reweighted to the target prior (:class:`PriorShift`); ``predict`` as its own: for two
+    classes the wrapped probability of ``classes_[1]`` against ``threshold_``, else the class
+    of the highest adjusted probability."""
+    _check_method(method, ("auto", "predict_proba", "predict"), "a PriorShiftClassifier "
+                  "(it adjusts probabilities and has no decision_function)")
+    module = _build(inner, "predict_proba")
+    if method == "predict" and len(estimator.classes_) == 2:
+        return _with_label(module, Label("threshold", estimator.threshold_, 1))
+    module.output = nn.Sequential(module.output, PriorShift(estimator.weights_))
+    module.method = "predict_proba"
+    return _with_label(module, Label("argmax")) if method == "predict" else module
 
 
 # ---------------------------------------------------------------- the backbone
