@@ -160,6 +160,64 @@ def test_a_torchvision_backbone_default_layer(xray, tmp_path):
     assert np.abs(got - pipe.predict_proba(images[::3])).max() < TOL
 
 
+def _transformer_pipeline(model, xray, tmp_path, **params):
+    """A LogisticRegression on a random-weights transformer's features of 8 x-rays."""
+    images, labels = xray
+    picked = np.r_[0:4, -4:0]  # both classes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # random weights
+        pipe = make_pipeline(FrozenBackbone(model, weights=None, cache=tmp_path / "c",
+                                            progress=False, **params),
+                             LogisticRegression(max_iter=300)).fit(images[picked],
+                                                                   labels[picked])
+        module = featcache.to_torch(pipe)
+    x = featcache.preprocess(images[picked], pipe)
+    return module, x, pipe.predict_proba(images[picked])
+
+
+# A trace of a transformer keeps its input size (ViT's size check, Swin's padding) as
+# constants: the module only ever takes image_size, so the trace holds for every batch.
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("layer, pooling", [(None, "cls"), ("blocks.5", "avg")])
+def test_a_timm_vit(layer, pooling, xray, tmp_path):
+    """timm's ViT-Tiny (its patch embedding takes its 224 px only): the class token of the
+    final norm (default layer) and the mean of a block's tokens (a torch.fx cut); traced
+    and scripted."""
+    module, x, want = _transformer_pipeline("timm:vit_tiny_patch16_224", xray, tmp_path,
+                                            layer=layer, pooling=pooling)
+    assert x.shape[-1] == 224
+    assert np.abs(_run(module, x) - want).max() < TOL
+    # check_trace=False: the outputs are compared below (timm's check re-traces: +6 s)
+    for compiled in (torch.jit.trace(module, x[:2], check_trace=False),
+                     torch.jit.script(module)):
+        assert np.abs(_run(compiled, x) - want).max() < TOL
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_a_torchvision_swin(xray, tmp_path):
+    """torchvision's Swin-T at 64 px (its windows pad a small map): the default layer is the
+    input of its global pooling, an NCHW map after its final norm and permute; traced,
+    scripted, torch.export and ONNX Runtime (25-50 s)."""
+    ort = pytest.importorskip("onnxruntime")
+    module, x, want = _transformer_pipeline("torchvision:swin_t", xray, tmp_path,
+                                            image_size=SIZE)
+    assert np.abs(_run(module, x) - want).max() < TOL
+    for compiled in (torch.jit.trace(module, x[:2], check_trace=False),
+                     torch.jit.script(module)):
+        assert np.abs(_run(compiled, x) - want).max() < TOL
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    exported = torch.export.export(module, (x[:4],), dynamic_shapes=({0: batch},))
+    assert np.abs(_run(exported.module(), x) - want).max() < TOL
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x[:2],), str(tmp_path / "swin.onnx"), dynamo=False,
+                          input_names=["images"], dynamic_axes={"images": {0: "batch"}})
+    session = ort.InferenceSession(str(tmp_path / "swin.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    assert np.abs(session.run(None, {"images": x.numpy()})[0] - want).max() < TOL
+
+
 @pytest.fixture(scope="module")
 def logistic_pipeline(xray, cache_dir):
     images, labels = xray
