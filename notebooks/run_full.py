@@ -87,6 +87,13 @@ FULL_SIZE = {
         "FEATCACHE_NB_AUGMENT_VIEWS": "2",
         "FEATCACHE_NB_N_BOOTSTRAP": "1000",
     },
+    # 06: all the bundled data at 128 px (its defaults), 1000 bootstrap resamples.
+    "06_from_fit_to_deployment.ipynb": {
+        "FEATCACHE_NB_N_TRAIN": "4690",
+        "FEATCACHE_NB_N_VAL": "524",
+        "FEATCACHE_NB_IMAGE_SIZE": "128",
+        "FEATCACHE_NB_N_BOOTSTRAP": "1000",
+    },
 }
 #: The notebook metadata key of the run record.
 METADATA_KEY = "featcache"
