@@ -150,6 +150,16 @@ def test_transformers_pool_tokens():
     assert tv_vit.dims == {"encoder": 768}
 
 
+def test_a_size_the_network_cannot_take_is_a_named_error():
+    from featcache.exceptions import InvalidOptionError
+
+    with pytest.raises(InvalidOptionError,
+                       match=r"timm:vit_tiny_patch16_224 cannot take 64 px inputs: a forward pass "
+                             r"of one 64x64 image fails \(AssertionError: .*224.*\)\. Use "
+                             r"image_size=224 \(its own input size\)"):
+        _random("timm:vit_tiny_patch16_224", image_size=64)
+
+
 def test_timm_models_load_and_expose_feature_info_layers():
     loaded = _random("timm:resnet18", layers=(None, "layer2"), image_size=64)
     assert loaded.dims == {"default": 512, "layer2": 128}

@@ -15,6 +15,7 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from ..exceptions import FeatcacheError, InvalidOptionError
 from ..formats import FORMAT_VERSION
 from ..log import get_logger, status
 from .registry import BackboneSpec, Preprocessing, get_backbone, seeded, warn_random
@@ -241,9 +242,19 @@ def _load(spec, weights, wkey, layers, pooling, image_size, progress=None) -> Lo
     device = next(network.parameters()).device  # an earlier GPU run may have moved it there
     extractor.to(device)
     zeros = torch.zeros(1, 3, pre.image_size, pre.image_size, device=device)
-    with torch.inference_mode():
-        probe = extractor(zeros)
-        shapes = extractor.row_shapes(zeros) if pooling == "none" else {}
+    try:
+        with torch.inference_mode():
+            probe = extractor(zeros)
+            shapes = extractor.row_shapes(zeros) if pooling == "none" else {}
+    except FeatcacheError:  # a named error already (a layer, a pooling)
+        raise
+    except (RuntimeError, AssertionError, ValueError) as exc:  # e.g. a ViT's fixed input size
+        native = spec.preprocessing.image_size
+        raise InvalidOptionError(
+            f"{spec.name} cannot take {pre.image_size} px inputs: a forward pass of one "
+            f"{pre.image_size}x{pre.image_size} image fails ({type(exc).__name__}: {exc}). "
+            f"Use image_size={native} (its own input size) or a size the network accepts "
+            f"(transformers with fixed position embeddings take only theirs).") from exc
     dims = {name: int(t.shape[1]) for name, t in probe.items()}
     config = {
         "format_version": FORMAT_VERSION,
