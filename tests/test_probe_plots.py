@@ -28,3 +28,17 @@ def test_plots_are_written_as_png(tmp_path):
         assert path.read_bytes()[:8] == PNG, name
     roc_lines = figures["roc3.png"].axes[0].get_lines()
     assert len(roc_lines) == 4                       # one per class + the chance diagonal
+
+
+def test_a_long_title_is_wrapped_inside_the_figure(tmp_path):
+    # a report's title holds the estimator's name: 90 characters were cut off at both sides
+    title = ("ROC (FixedThresholdClassifier(estimator=Pipeline(FrozenBackbone, StandardScaler, "
+             "LogisticRegression)))")
+    rng = np.random.default_rng(0)
+    fig = plot_roc(rng.integers(0, 2, 40) == 1, rng.random((40, 2)), [False, True], title=title)
+    save_figure(fig, tmp_path / "roc.png")  # draws it
+    shown = fig.axes[0].title
+    assert "".join(shown.get_text().split()) == "".join(title.split())  # all of it, wrapped
+    assert "\n" in shown.get_text()
+    box, frame = shown.get_window_extent(), fig.bbox
+    assert box.x0 >= frame.x0 and box.x1 <= frame.x1, (box, frame)

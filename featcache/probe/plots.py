@@ -9,6 +9,7 @@ notebooks, on headless servers and in threads).
 from __future__ import annotations
 
 import pathlib
+import textwrap
 
 import numpy as np
 
@@ -21,6 +22,17 @@ def _figure(size=(4.8, 4.2)):
 
     fig = Figure(figsize=size, layout="constrained")
     return fig, fig.add_subplot()
+
+
+#: Characters of a title per inch of figure width (a 12 pt title font, centred on the axes).
+TITLE_CHARS_PER_INCH = 9
+
+
+def _wrapped(title: str, fig) -> str:
+    """``title`` broken into lines that fit ``fig``'s width (a long estimator name in a
+    report's title was cut off at both sides); the constrained layout makes room for them."""
+    width = max(20, int(fig.get_figwidth() * TITLE_CHARS_PER_INCH))
+    return textwrap.fill(str(title), width=width)
 
 
 def save_figure(fig, path) -> pathlib.Path:
@@ -62,7 +74,7 @@ def plot_roc(y_true, y_score, classes, *, title="ROC"):
         ax.plot(fpr, tpr, lw=1.6, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
     ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate",
-           ylabel="true positive rate", title=title)
+           ylabel="true positive rate", title=_wrapped(title, fig))
     ax.legend(loc="lower right", fontsize="small")
     return fig
 
@@ -86,7 +98,7 @@ def plot_pr(y_true, y_score, classes, *, title="Precision-recall"):
                    label=f"prevalence {positive.mean():.2f}")
         ax.legend(loc="lower left", fontsize="small")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall (sensitivity)",
-           ylabel="precision (positive predictive value)", title=title)
+           ylabel="precision (positive predictive value)", title=_wrapped(title, fig))
     return fig
 
 
@@ -105,7 +117,7 @@ def plot_reliability(calibration, *, title="Reliability"):
     ax.scatter(pred, true, s=12 + 120 * count / max(count.max(), 1), color="C0", zorder=3,
                label=f"{calibration['n_bins']} bins, ECE {calibration['ece']:.3f}")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="mean predicted probability",
-           ylabel="observed frequency of the positive class", title=title)
+           ylabel="observed frequency of the positive class", title=_wrapped(title, fig))
     ax.legend(loc="upper left", fontsize="small")
     return fig
 
@@ -126,7 +138,7 @@ def plot_confusion_matrix(y_true, y_pred, classes, *, title="Confusion matrix"):
     names = [str(c) for c in classes]
     ax.set_xticks(ticks, names)
     ax.set_yticks(ticks, names)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.set(xlabel="predicted", ylabel="true", title=_wrapped(title, fig))
     return fig
 
 
@@ -167,5 +179,5 @@ def plot_sweep(sweep, *, scoring="score", chosen=None, title="Hyper-parameter sw
         ax.set_xticks(x, labels, rotation=30, ha="right", fontsize="x-small")
         if chosen is not None and chosen in params:
             ax.axvline(params.index(chosen), ls="--", color="grey", lw=0.9)
-    ax.set(ylabel=scoring, title=title)
+    ax.set(ylabel=scoring, title=_wrapped(title, fig))
     return fig
