@@ -27,6 +27,7 @@ def test_cpu_decode_benchmark_times_both_decode_scales():
     out = _run("cpu_decode.py", "--n", "2", "--repeats", "1", "--kinds", "jpeg,png16,dicom")
     assert "| jpeg 2048x1536 |" in out and "| png 16-bit 2048x2048 |" in out
     assert "| dicom RLE Lossless 2048x2048 |" in out and "min cosine" in out
+    assert "network alone / extraction full" in out
 
 
 @pytest.mark.slow
