@@ -139,20 +139,21 @@ class PriorShiftClassifier(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
                 "sklearn.calibration.CalibratedClassifierCV to get probabilities")
         y = self._check_y(y)
         weight = fit_params.get("sample_weight")
-        _train_prior(y, np.unique(y), weight)        # bad weights fail before a long fit
+        _class_mass_of_each(y, np.unique(y), weight)  # bad weights fail before a long fit
         self.estimator_ = clone(self.estimator).fit(X, y, **fit_params)
         classes = getattr(self.estimator_, "classes_", None)
         if classes is None:
             raise ProbeError(f"the fitted {type(self.estimator_).__name__} has no classes_; "
                              "PriorShiftClassifier needs a classifier")
         self.classes_ = np.asarray(classes)
-        self.train_prior_ = _train_prior(y, self.classes_, weight)
+        mass = _class_mass_of_each(y, self.classes_, weight)
+        self.train_prior_ = mass / mass.sum()
         self.target_prior_ = _target_prior(self.target_prior, self.classes_)
         self.weights_ = self.target_prior_ / self.train_prior_
         if len(self.classes_) == 2:
             # counts (or weight sums) ratio: with equal target priors this is c1 / n exactly,
             # the float y.mean() a FixedThresholdClassifier would be given
-            (t0, t1), (n0, n1) = self.target_prior_, _class_mass(y, self.classes_, weight)
+            (t0, t1), (n0, n1) = self.target_prior_, mass
             self.threshold_ = float(n1 * t0 / (n1 * t0 + n0 * t1))
         for name in ("n_features_in_", "feature_names_in_"):
             if hasattr(self.estimator_, name):
@@ -253,7 +254,8 @@ def _class_mass(y, classes, weight):
     return np.array([weight[y == c].sum() for c in classes])
 
 
-def _train_prior(y, classes, weight):
+def _class_mass_of_each(y, classes, weight):
+    """:func:`_class_mass`, refusing a class of ``classes`` with none (no prior to shift)."""
     mass = _class_mass(y, classes, weight)
     missing = [c for c, m in zip(np.asarray(classes).tolist(), mass) if m <= 0]
     if missing:
@@ -261,7 +263,7 @@ def _train_prior(y, classes, weight):
         raise ProbeError(f"class(es) {missing} of the estimator have no {which}, so their "
                          "training prior is 0 and cannot be shifted; fit on labels (and "
                          "weights) that hold every class")
-    return mass / mass.sum()
+    return mass
 
 
 def _target_prior(target, classes):
