@@ -294,6 +294,83 @@ def test_device_decoded_batches_keep_the_planned_order_and_augment(tmp_path):
     np.testing.assert_allclose(got["device"], got["pillow"], atol=1e-5)
 
 
+def test_the_device_decodes_the_next_batches_in_a_thread_while_the_network_runs(
+        tmp_path, monkeypatch):
+    import threading
+
+    from featcache.engine import batches
+    from featcache.inputs import DecodePolicy
+
+    items = _mixed_files(tmp_path)
+    loaded = load_backbone(image_size=32)
+    decoding_threads, forward_threads = set(), set()
+    real_decode, real_forward = batches.decode_jpegs, batches._forward
+
+    def decode(datas, device):
+        decoding_threads.add(threading.current_thread().name)
+        return real_decode(datas, device)
+
+    def forward(*args):
+        forward_threads.add(threading.current_thread().name)
+        return real_forward(*args)
+
+    monkeypatch.setattr(batches, "decode_jpegs", decode)
+    monkeypatch.setattr(batches, "_forward", forward)
+    rows, failures = _rows(loaded, items, DecodePolicy(decoder="device"))
+    assert decoding_threads == {"featcache-prefetch"}
+    assert forward_threads == {threading.current_thread().name}
+    assert sorted(rows) == [0, 1, 2, 3, 5, 6, 7] and list(failures) == [4]
+    assert not [t for t in threading.enumerate() if t.name == "featcache-prefetch"]
+
+
+def test_a_failure_of_the_device_decoder_reaches_the_caller_and_stops_the_workers(
+        tmp_path, monkeypatch):
+    import multiprocessing
+    import threading
+
+    from featcache.engine import batches
+    from featcache.inputs import DecodePolicy
+
+    items = _mixed_files(tmp_path)
+    loaded = load_backbone(image_size=32)
+    calls = []
+
+    def out_of_memory(datas, device):  # the second device batch fails as a whole
+        calls.append(len(datas))
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return batches.decode_jpegs.__wrapped__(datas, device)
+
+    out_of_memory.__wrapped__ = batches.decode_jpegs
+    monkeypatch.setattr(batches, "decode_jpegs", out_of_memory)
+    loop = run_batches(loaded.extractor, items, range(len(items)), image_size=32,
+                       policy=DecodePolicy(decoder="device"), batch_size=4, num_workers=2,
+                       on_error="skip", progress=False, device="cpu")
+    first = next(loop)
+    assert first.positions.tolist() == [0, 1, 2, 3]
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        next(loop)
+    assert not [t for t in threading.enumerate() if t.name == "featcache-prefetch"]
+    assert not multiprocessing.active_children()  # the decode workers were shut down
+
+
+def test_leaving_a_device_decoded_loop_early_stops_the_thread_and_the_workers(tmp_path):
+    import multiprocessing
+    import threading
+
+    from featcache.inputs import DecodePolicy
+
+    items = _mixed_files(tmp_path) * 4
+    loaded = load_backbone(image_size=32)
+    loop = run_batches(loaded.extractor, items, range(len(items)), image_size=32,
+                       policy=DecodePolicy(decoder="device"), batch_size=4, num_workers=2,
+                       on_error="skip", progress=False, device="cpu")
+    assert len(next(loop).positions) == 4
+    loop.close()  # a caller's break, a deferred signal raised between batches
+    assert not [t for t in threading.enumerate() if t.name == "featcache-prefetch"]
+    assert not multiprocessing.active_children()
+
+
 def test_a_device_without_a_jpeg_decoder_stops_before_decoding(tmp_path, monkeypatch):
     from featcache.engine import device_decode
     from featcache.exceptions import DecoderUnavailableError

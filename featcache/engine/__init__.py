@@ -10,6 +10,8 @@
   model -> pooled features), imports torch;
 - :mod:`~featcache.engine.device_decode`: ``decoder="device"``'s batched JPEG decoding on
   the run device (torchvision's ``decode_jpeg``), and its clear error where there is none;
+- :mod:`~featcache.engine.prefetch`: the next batches prepared (device-decoded) in a thread
+  while the network runs;
 - :mod:`~featcache.engine.allocator`: glibc malloc tuning while a CPU extracts;
 - :mod:`~featcache.engine.interrupts`: SIGINT/SIGTERM deferred to batch boundaries;
 - :mod:`~featcache.engine.progress`: the progress bar (terminal, Jupyter widget or text), or

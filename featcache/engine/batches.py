@@ -3,8 +3,9 @@
 :func:`run_batches` takes the items to compute (the cache's misses), decodes and resizes them
 (in DataLoader workers sized to the usable cores on GPU, and on CPU for large jobs of files;
 else in the main process; with ``decoder="device"`` the workers read JPEG files and the run
-device decodes and resizes them in batches, :mod:`featcache.engine.device_decode`), runs the
-frozen extractor under
+device decodes and resizes them in batches, :mod:`featcache.engine.device_decode`, in a
+thread that prepares the next batches while the network runs, :mod:`featcache.engine.prefetch`),
+runs the frozen extractor under
 ``torch.inference_mode`` in channels-last layout with optional bf16/fp16 autocast, and
 yields one :class:`Batch` of features per step, so a caller can commit each batch to the
 cache as soon as it exists.
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .allocator import reuse_freed_memory
 from .device_decode import check_device_decoder, decode_jpegs
+from .prefetch import prefetched
 from ..exceptions import InputChangedError, InputError
 from ..inputs import DecodePolicy, decode, describe
 from ..inputs.keys import forget
@@ -218,7 +220,7 @@ def decode_batch_size(batch_size: int, workers: int) -> int:
 
 
 def _full_batches(loader, batch_size: int, device):
-    """Consecutive decode batches of ``loader`` joined into ``(positions, images, errors,
+    """Consecutive decode batches of ``loader`` (or an iterator of them) joined into ``(positions, images, errors,
     jpegs)`` batches of about ``batch_size`` inputs, in order; images move to ``device`` as
     they come (non-blocking from pinned memory), and a batch that mixes 8-bit and float images
     is float.
@@ -245,6 +247,27 @@ def _join(parts, device):
         images = [to_unit_float(im) for im in images]
     jpegs = [j for _, _, _, js in parts for j in js]
     return positions, (torch.cat(images) if images else None), errors, jpegs
+
+
+def _prepared(loader_batches, dataset: _DecodeDataset, batch_size: int, device):
+    """``(positions, images, errors)`` batches of about ``batch_size`` inputs, ready for the
+    network on ``device``: the decode workers' batches joined (:func:`_full_batches`), their
+    JPEG bytes decoded on the device (:func:`_on_device`).
+
+    Only the joining generator holds the loader's iterator, and it is closed when this one
+    ends, however it ends: the DataLoader then shuts its decode workers down at once, even
+    while an exception's traceback keeps this generator's frame alive.
+    """
+    joined_batches = _full_batches(loader_batches, batch_size, device)
+    del loader_batches
+    try:
+        done = 0  # inputs the loader has handed over
+        for joined in joined_batches:
+            size = len(joined[0]) + len(joined[2]) + len(joined[3])
+            yield _on_device(joined, dataset, device, dataset.positions[done:done + size])
+            done += size
+    finally:
+        joined_batches.close()
 
 
 def _on_device(batch, dataset: _DecodeDataset, device, planned):
@@ -427,14 +450,14 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
         restore_denormals = torch.set_flush_denormal(True)
     # On a CPU, freed activation buffers are reused instead of page-faulted back in per chunk.
     allocator = reuse_freed_memory() if device.type == "cpu" else contextlib.nullcontext()
+    # Workers fork here, in this thread; with decoder="device" the next batches are decoded
+    # on the device in a thread while the network runs (featcache.engine.prefetch).
+    batches = _prepared(iter(loader), dataset, batch_size, device)
+    if policy.decoder == "device":
+        batches = prefetched(batches, device=device)
     try:
         with allocator:
-            done = 0  # inputs the loader has handed over
-            for joined in _full_batches(loader, batch_size, device):
-                size = len(joined[0]) + len(joined[2]) + len(joined[3])
-                batch_positions, images, errors = _on_device(
-                    joined, dataset, device, dataset.positions[done:done + size])
-                done += size
+            for batch_positions, images, errors in batches:
                 for pos, error in errors:
                     if isinstance(error, InputChangedError):  # a memoised key proved wrong:
                         forget(items[pos])  # the file is hashed again next time, not refused
@@ -452,6 +475,7 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
                 bar.update(len(batch_positions) + len(failures))
                 yield Batch(batch_positions, features, failures, transient)
     finally:
+        batches.close()  # stops the prefetch thread, shuts the decode workers down
         bar.close()
         if restore_denormals:
             torch.set_flush_denormal(False)

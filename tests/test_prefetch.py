@@ -1,0 +1,73 @@
+"""Tests for featcache.engine.prefetch: items prepared in a thread, in order, stopped cleanly."""
+
+import threading
+
+import pytest
+
+from featcache.engine.prefetch import prefetched
+
+
+class Source:
+    """A generator of ``n`` items that records what it produced, in which thread, and whether
+    it was closed; ``fail_at`` raises instead of producing that item."""
+
+    def __init__(self, n, fail_at=None):
+        self.n, self.fail_at = n, fail_at
+        self.produced, self.threads, self.closed = 0, set(), threading.Event()
+
+    def __iter__(self):
+        try:
+            for i in range(self.n):
+                self.threads.add(threading.get_ident())
+                if i == self.fail_at:
+                    raise ZeroDivisionError(f"item {i} cannot be made")
+                self.produced += 1
+                yield i
+        finally:
+            self.closed.set()
+
+
+def _prefetch_threads():
+    return [t for t in threading.enumerate() if t.name == "featcache-prefetch"]
+
+
+def test_items_come_in_order_from_another_thread_and_the_thread_ends():
+    source = Source(25)
+    assert list(prefetched(iter(source), depth=3)) == list(range(25))
+    assert source.threads and threading.get_ident() not in source.threads
+    assert source.closed.is_set() and not _prefetch_threads()
+
+
+def test_an_exception_comes_after_the_items_before_it_with_its_own_type():
+    source = Source(10, fail_at=4)
+    got = []
+    with pytest.raises(ZeroDivisionError, match="item 4 cannot be made"):
+        for item in prefetched(iter(source)):
+            got.append(item)
+    assert got == [0, 1, 2, 3]
+    assert source.closed.is_set() and not _prefetch_threads()
+
+
+def test_leaving_the_loop_stops_the_thread_and_closes_the_source_within_depth():
+    source = Source(1000)
+    items = prefetched(iter(source), depth=2)
+    assert next(items) == 0
+    items.close()  # what an exception or a `break` in the caller's loop does
+    assert source.closed.is_set() and not _prefetch_threads()
+    # At most the item taken, `depth` waiting and one held by the blocked thread.
+    assert source.produced <= 1 + 2 + 1
+
+
+def test_an_exception_in_the_callers_loop_stops_the_thread():
+    source = Source(1000)
+    with pytest.raises(RuntimeError, match="the caller failed"):
+        for item in prefetched(iter(source)):
+            if item == 3:
+                raise RuntimeError("the caller failed")
+    assert source.closed.is_set() and not _prefetch_threads()
+
+
+def test_an_empty_source_and_a_bad_depth():
+    assert list(prefetched(iter(Source(0)))) == []
+    with pytest.raises(ValueError, match="depth must be a positive integer, got 0"):
+        next(prefetched(iter(Source(3)), depth=0))
