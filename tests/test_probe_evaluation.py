@@ -191,6 +191,121 @@ def test_threshold_is_read_from_threshold_classifiers_and_numbers(linear):
     assert "operating point: 1 when the probability >= 0.2 (given)" in str(given)
 
 
+def _pairs(y):
+    """Groups of two images of the same label (a patient's two views)."""
+    groups = np.empty(len(y), dtype=object)
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
+        groups[rows] = [f"{c}-{k // 2}" for k in range(len(rows))]
+    return groups
+
+
+def _group_classes(report, groups, response, threshold, positive, negative):
+    """Each group's class at the point: its mean response against the threshold."""
+    means = np.array([response[groups == g].mean() for g in report.samples["group"]])
+    return np.where(means >= threshold, positive, negative), means
+
+
+def test_a_decision_function_threshold_is_on_the_decision_scale(linear):
+    """FixedThresholdClassifier(response_method="decision_function"): the report says
+    "decision value", and each image's and each group's class is the one its decision value
+    gives, as its own predict, never its probability against that number."""
+    clf, X, y, Xt, yt = linear
+    fixed = FixedThresholdClassifier(clf, response_method="decision_function", threshold=0.3)
+    decision, proba = clf.decision_function(X), clf.predict_proba(X)[:, 1]
+    assert ((decision >= 0.3) != (proba >= 0.3)).any()  # the two scales disagree here
+    report = evaluate(fixed, X, y, n_bootstrap=0)
+    assert report.operating_point == {"threshold": 0.3, "source": "FixedThresholdClassifier",
+                                      "response": "decision value", "positive_class": 1}
+    assert "operating point: 1 when the decision value >= 0.3 (FixedThresholdClassifier)" \
+        in str(report)
+    np.testing.assert_array_equal(report.y_pred, fixed.predict(X))
+    np.testing.assert_array_equal(report.y_score, clf.predict_proba(X))  # AUC, Brier: probs
+    given = evaluate(clf, X, y, threshold=fixed, n_bootstrap=0)
+    assert given.operating_point["response"] == "decision value"
+    np.testing.assert_array_equal(given.y_pred, fixed.predict(X))
+    groups = _pairs(y)
+    for model, threshold in ((fixed, None), (clf, fixed)):
+        grouped = evaluate(model, X, y, groups=groups, aggregate="mean", threshold=threshold,
+                           n_bootstrap=0)
+        want, _ = _group_classes(grouped, groups, decision, 0.3, 1, 0)
+        on_proba, _ = _group_classes(grouped, groups, proba, 0.3, 1, 0)
+        assert (want != on_proba).any()
+        np.testing.assert_array_equal(grouped.y_pred, want)
+        np.testing.assert_allclose(grouped.y_score[:, 1], _group_classes(
+            grouped, groups, proba, 0.3, 1, 0)[1])  # the group's score: its mean probability
+    tuned = TunedThresholdClassifierCV(LogisticRegression(), response_method="decision_function",
+                                       cv=3).fit(Xt, yt)
+    op = evaluate(tuned, X, y, n_bootstrap=0).operating_point
+    assert op["response"] == "decision value"
+    assert op["threshold"] == pytest.approx(tuned.best_threshold_)
+
+
+def test_the_first_class_as_a_wrappers_positive_class(linear):
+    """pos_label=classes_[0] on a FixedThresholdClassifier, or on the scorer of a tuned one:
+    the report's positive class, its sensitivity, and every image's and group's class are
+    that class's, given as the estimator or as threshold=."""
+    clf, X, y, Xt, yt = linear
+    first = FixedThresholdClassifier(clf, threshold=0.3, pos_label=0)
+    p0 = clf.predict_proba(X)[:, 0]
+    for model, threshold in ((first, None), (clf, first)):
+        report = evaluate(model, X, y, threshold=threshold, n_bootstrap=0)
+        assert report.operating_point["positive_class"] == 0
+        assert "operating point: 0 when the probability >= 0.3" in str(report)
+        np.testing.assert_array_equal(report.y_pred, first.predict(X))
+        assert report.metrics["sensitivity"].value == pytest.approx(
+            recall_score(y, first.predict(X), pos_label=0))
+    with pytest.raises(ProbeError, match=r"pos_label=1, but FixedThresholdClassifier predicts "
+                                         r"0 where the probability of 0 is >= 0.3.*pass "
+                                         r"pos_label=0 or none"):
+        evaluate(clf, X, y, threshold=first, pos_label=1, n_bootstrap=0)
+    tuned = tuned_threshold(LogisticRegression(), sensitivity=0.9, pos_label=0, cv=3)
+    tuned.fit(Xt, yt)
+    assert (tuned.predict(X) != (clf.predict_proba(X)[:, 1] >= tuned.best_threshold_)).any()
+    report = evaluate(tuned, X, y, n_bootstrap=0)
+    assert report.operating_point["positive_class"] == 0
+    assert report.metrics["sensitivity"].value == pytest.approx(
+        recall_score(y, tuned.predict(X), pos_label=0))
+    groups = _pairs(y)
+    grouped = evaluate(tuned, X, y, groups=groups, aggregate="mean", n_bootstrap=0)
+    t = tuned.best_threshold_
+    want, _ = _group_classes(grouped, groups, tuned.estimator_.predict_proba(X)[:, 0], t, 0, 1)
+    np.testing.assert_array_equal(grouped.y_pred, want)
+    frozen = fixed_threshold(tuned)
+    assert frozen.pos_label == 0
+    np.testing.assert_array_equal(frozen.predict(X), tuned.predict(X))
+    grouped = evaluate(first, X, y, groups=groups, aggregate="mean", n_bootstrap=0)
+    np.testing.assert_array_equal(grouped.y_pred,
+                                  _group_classes(grouped, groups, p0, 0.3, 0, 1)[0])
+
+
+def test_a_frozen_threshold_classifier_keeps_its_operating_point(linear):
+    from sklearn.frozen import FrozenEstimator
+
+    clf, X, y, _, _ = linear
+    fixed = FixedThresholdClassifier(clf, response_method="decision_function", threshold=0.3)
+    report = evaluate(FrozenEstimator(fixed), X, y, n_bootstrap=0)
+    assert report.head == "FrozenEstimator(FixedThresholdClassifier(LogisticRegression))"
+    assert report.operating_point["response"] == "decision value"
+    np.testing.assert_array_equal(report.y_pred, fixed.predict(X))
+    given = evaluate(clf, X, y, threshold=FrozenEstimator(fixed), n_bootstrap=0)
+    np.testing.assert_array_equal(given.y_pred, fixed.predict(X))
+
+
+def test_a_threshold_on_a_response_the_model_lacks_is_refused(linear):
+    clf, X, y, _, _ = linear
+    fixed = FixedThresholdClassifier(clf, response_method="decision_function", threshold=0.3)
+    only_proba = Fixed().fit(X, y)
+    probabilities = np.clip(clf.predict_proba(X)[:, 1:], 0, 1)
+    with pytest.raises(ProbeError, match=r"thresholds decision_function of the model, and "
+                                         r"Fixed has none; pass threshold= as a number on the "
+                                         r"scale of its probabilities"):
+        evaluate(only_proba, probabilities, y, threshold=fixed, n_bootstrap=0)
+    three = LogisticRegression().fit(X, np.arange(len(X)) % 3)
+    with pytest.raises(ProbeError, match="threshold= needs two classes"):
+        evaluate(three, X, np.arange(len(X)) % 3, threshold=fixed, n_bootstrap=0)
+
+
 def test_a_tuned_threshold_reaches_its_target_and_freezes_for_sharing(linear, tmp_path):
     import skops.io as sio
 

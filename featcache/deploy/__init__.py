@@ -4,12 +4,11 @@
   featcache's engine feeds the network (decoded, resized, centre-cropped, in [0, 1]);
 - :mod:`~featcache.deploy.modules`: the small TorchScript-, ``torch.export``- and
   ONNX-friendly modules a deployed model is made of;
-- :mod:`~featcache.deploy.operating_point`: the wrappers that set a classifier's operating
-  point (``FixedThresholdClassifier``, ``TunedThresholdClassifierCV``,
-  :class:`~featcache.probe.PriorShiftClassifier`), read as their ``predict`` applies them;
 - :mod:`~featcache.deploy.to_torch`: :func:`to_torch` turns a fitted ``Pipeline``
   (``FrozenBackbone`` -> optional ``StandardScaler`` -> linear head or MLP) or a
-  ``PartiallyFrozenClassifier``/``Regressor`` into one :class:`DeployedModel`.
+  ``PartiallyFrozenClassifier``/``Regressor`` into one :class:`DeployedModel`; a threshold
+  or prior shift around either (read by :mod:`featcache.probe.operating_point`) becomes its
+  class decision.
 
 Sits above the estimators (may import :mod:`featcache.frozen_backbone`,
 :mod:`featcache.partial`, :mod:`featcache.probe`, :mod:`featcache.backbones`,

@@ -25,7 +25,7 @@ from ..inputs import DecodePolicy, as_items, decode
 from ..engine.run_options import resolve_run_options
 from ..options import OPTIONS
 from ..partial import PartiallyFrozenClassifier, PartiallyFrozenRegressor
-from .operating_point import wrapped_estimator
+from ..probe.operating_point import wrapped_estimator
 
 __all__ = ["preprocess", "InputSpec", "input_spec", "decode_policy"]
 

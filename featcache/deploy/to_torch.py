@@ -6,8 +6,8 @@ configuration), cut at the fitted layer by ``torch.fx`` (or timm's ``forward_fea
 default layer), pooled as :func:`~featcache.backbones.capture.pool_features` pools, then the
 scikit-learn head's fitted arrays as torch layers, or a partially frozen estimator's trained
 tail (:func:`featcache.partial.tail.build_tail` with torch's own convolutions); an operating
-point around either (:mod:`.operating_point`: a threshold, a prior shift) adds its class
-decision or reweighting. No hooks, no
+point around either (:mod:`featcache.probe.operating_point`: a threshold, a prior shift)
+adds its class decision or reweighting. No hooks, no
 thread-local state, no featcache code at run time: the module traces and scripts with
 TorchScript, exports with ``torch.export`` and to ONNX.
 """
@@ -38,10 +38,10 @@ from ..partial.fitted import (RESOLVED_PRECISIONS, check_fitted_state, check_tai
                               head_outputs)
 from ..partial.network import architecture
 from ..partial.tail import build_tail, load_tail_state
+from ..probe.operating_point import THRESHOLDED, operating_point, wrapped_estimator
 from ..probe.prior_shift import PriorShiftClassifier
 from .modules import (Dense, DeployedModel, ForwardFeatures, Label, Normalize, Output, Pool,
                       PriorShift, Rounding, SelectOutput, Standardize, TailHead)
-from .operating_point import THRESHOLDED, operating_point, wrapped_estimator
 from .preprocess import _frozen_step, input_spec
 
 __all__ = ["to_torch", "METHODS"]
@@ -173,7 +173,8 @@ def _from_prior_shift(estimator, inner, method):
                   "(it adjusts probabilities and has no decision_function)")
     module = _build(inner, "predict_proba")
     if method == "predict" and len(estimator.classes_) == 2:
-        return _with_label(module, Label("threshold", estimator.threshold_, 1))
+        point = operating_point(estimator, inner)
+        return _with_label(module, Label("threshold", point.threshold, point.positive))
     module.output = nn.Sequential(module.output, PriorShift(estimator.weights_))
     module.method = "predict_proba"
     return _with_label(module, Label("argmax")) if method == "predict" else module

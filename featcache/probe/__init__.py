@@ -13,7 +13,12 @@
   :func:`fixed_threshold` and :func:`constrained_scorer` choose and freeze that point;
 - :mod:`~featcache.probe.prior_shift`: :class:`PriorShiftClassifier`, the operating point of a
   target class prevalence ("balanced" or a known one), computed from the labels given to fit
-  (loaded on first access: it imports scikit-learn).
+  (loaded on first access: it imports scikit-learn);
+- :mod:`~featcache.probe.operating_point`: the one reading of a wrapper's operating point
+  (``FixedThresholdClassifier``, ``TunedThresholdClassifierCV``, ``PriorShiftClassifier``,
+  through ``FrozenEstimator``): its response method, threshold and positive class, as its
+  ``predict`` applies them; :func:`evaluate` reports and applies it, ``featcache.to_torch``
+  deploys it (imports scikit-learn: loaded inside the functions that need it).
 
 May import: :mod:`featcache.exceptions`, :mod:`featcache.inputs` and :mod:`featcache.cache`
 (reading rows and labels); numpy at import time, scikit-learn, pandas and matplotlib inside

@@ -38,9 +38,11 @@ __all__ = ["evaluate", "tuned_threshold", "fixed_threshold", "constrained_scorer
 
 #: How :func:`evaluate` turns a group's image scores into the group's score.
 AGGREGATES = ("mean", "max", "median")
-_THRESHOLD_CLASSES = ("FixedThresholdClassifier", "TunedThresholdClassifierCV")
-#: Wrappers whose operating point :func:`evaluate` reports (and names in the report's head).
-_WRAPPERS = (*_THRESHOLD_CLASSES, "PriorShiftClassifier")
+#: Wrappers :func:`evaluate` names in the report's head, with the model inside.
+_WRAPPERS = ("FixedThresholdClassifier", "TunedThresholdClassifierCV", "PriorShiftClassifier",
+             "FrozenEstimator")
+#: How the report names a thresholded response method.
+_RESPONSE_NAMES = {"predict_proba": "probability", "decision_function": "decision value"}
 
 
 # ----------------------------------------------------------------------------- operating point
@@ -106,19 +108,24 @@ def fixed_threshold(tuned):
     """The operating point of a fitted ``TunedThresholdClassifierCV``, frozen for sharing.
 
     Returns ``FixedThresholdClassifier(tuned.estimator_, threshold=tuned.best_threshold_)``
-    (same response method and positive class): it predicts exactly as ``tuned`` does, needs
-    no refit (the wrapped estimator is already fitted), and holds only types that
+    with the response method and positive class ``tuned.predict`` uses (its scorer's
+    ``pos_label``; None for ``classes_[1]``), read by
+    :func:`featcache.probe.operating_point.operating_point`: it predicts exactly as ``tuned``
+    does, needs no refit (the wrapped estimator is already fitted), and holds only types that
     :func:`featcache.sharing.load` trusts, where the tuned object also holds its scorer.
     """
-    from sklearn.model_selection import FixedThresholdClassifier
+    from sklearn.model_selection import FixedThresholdClassifier, TunedThresholdClassifierCV
 
-    if type(tuned).__name__ != "TunedThresholdClassifierCV" or \
+    from .operating_point import operating_point  # imports scikit-learn
+
+    if not isinstance(tuned, TunedThresholdClassifierCV) or \
             not hasattr(tuned, "best_threshold_"):
         raise ProbeError(f"fixed_threshold needs a fitted TunedThresholdClassifierCV, got "
                          f"{type(tuned).__name__}; fit it first")
-    pos_label = (getattr(tuned.scoring, "_kwargs", None) or {}).get("pos_label")
-    return FixedThresholdClassifier(tuned.estimator_, threshold=float(tuned.best_threshold_),
-                                    response_method=tuned.response_method, pos_label=pos_label)
+    point = operating_point(tuned)
+    pos_label = None if point.positive == 1 else np.asarray(tuned.classes_)[0].tolist()
+    return FixedThresholdClassifier(tuned.estimator_, threshold=point.threshold,
+                                    response_method=point.response, pos_label=pos_label)
 
 
 def _objective(estimator) -> str:
@@ -131,49 +138,93 @@ def _objective(estimator) -> str:
     return str(scoring)
 
 
-def _prior_shift_point(estimator, classes) -> dict:
-    """The operating point of a fitted two-class ``PriorShiftClassifier``.
+def _operating_point(estimator, threshold, classes, pos_label, proba) -> dict:
+    """The operating point :func:`evaluate` reports and predicts at; ``{}``: the class of
+    highest score.
 
-    Its ``predict`` is the adjusted probability of the positive class at least 0.5, which is
-    the wrapped estimator's probability at least ``threshold_`` (``wrapped_threshold``); the
-    source names the positive class's training and target priors.
+    ``pos_label``: the one given to :func:`evaluate` (a wrapper's own positive class must
+    agree with it); for a number or a prior shift, default the estimator's ``pos_label``. The
+    report's ``{"threshold", "source", "response"}``, and how to predict there:
+    ``"positive"`` (the positive class, None for ``classes_[1]``), ``"predict"`` (each
+    input's class is the estimator's own ``predict``), ``"method"`` and ``"model"`` (the
+    response thresholded, of which fitted model; None: the report's score of the positive
+    class). The facts of a wrapper (response method, threshold, positive class) are
+    :func:`featcache.probe.operating_point.operating_point`'s.
     """
-    i = 1 if classes[1] == estimator.classes_[1] else 0
-    wrapped = float(estimator.threshold_) if i else 1.0 - float(estimator.threshold_)
-    source = (f"PriorShiftClassifier, training prior {estimator.train_prior_[i]:.3f} -> target "
-              f"prior {estimator.target_prior_[i]:.3f}: the wrapped model's probability >= "
-              f"{wrapped:.3f}")
-    return {"threshold": 0.5, "source": source, "response": "adjusted probability",
-            "wrapped_threshold": wrapped, "predict": True}
+    from . import operating_point as points  # imports scikit-learn
 
-
-def _operating_point(estimator, threshold, classes, proba) -> dict:
-    """``{"threshold", "source", "response", "predict"}`` or ``{}`` (class of highest score)."""
-    name = type(estimator).__name__
-    response = "probability" if proba else "decision value"
-    if threshold is None and name == "PriorShiftClassifier" and len(classes) == 2:
-        return _prior_shift_point(estimator, classes)
-    if threshold is None and name in _THRESHOLD_CLASSES:
-        if name == "TunedThresholdClassifierCV":
-            value = float(estimator.best_threshold_)
-            source = f"TunedThresholdClassifierCV, {_objective(estimator)}"
-        else:
-            value = estimator.threshold
-            value = (0.5 if proba else 0.0) if value == "auto" else float(value)
-            source = "FixedThresholdClassifier"
-        return {"threshold": value, "source": source, "response": response, "predict": True}
+    default = pos_label if pos_label is not None else getattr(estimator, "pos_label", None)
     if threshold is None:
+        wrapper = points.unfrozen(estimator)
+        if isinstance(wrapper, points.PriorShiftClassifier) and len(classes) == 2:
+            return _prior_shift_point(wrapper, classes, default, points)
+        if isinstance(wrapper, points.THRESHOLDED):
+            return {**_threshold_point(wrapper, pos_label, points), "predict": True}
         return {}
     if len(classes) != 2:
         raise ProbeError(f"threshold= needs two classes, the estimator has {len(classes)}")
     if isinstance(threshold, Real) and not isinstance(threshold, bool):
-        return {"threshold": float(threshold), "source": "given", "response": response,
-                "predict": False}
-    if type(threshold).__name__ in _THRESHOLD_CLASSES:
-        op = _operating_point(threshold, None, classes, proba)
-        return {**op, "predict": False}
-    raise ProbeError(f"threshold must be a number or a fitted FixedThresholdClassifier/"
-                     f"TunedThresholdClassifierCV, got {type(threshold).__name__}")
+        return {"threshold": float(threshold), "source": "given",
+                "response": "probability" if proba else "decision value",
+                "positive": default, "predict": False, "method": None}
+    wrapper = points.unfrozen(threshold)
+    if not isinstance(wrapper, points.THRESHOLDED):
+        raise ProbeError(f"threshold must be a number or a fitted FixedThresholdClassifier/"
+                         f"TunedThresholdClassifierCV, got {type(threshold).__name__}")
+    op = _threshold_point(wrapper, pos_label, points)
+    if op["positive"] not in classes.tolist():
+        raise ProbeError(f"threshold={type(wrapper).__name__} predicts {op['positive']!r} "
+                         f"above its threshold, which is not one of the estimator's classes "
+                         f"{classes.tolist()}; give a threshold classifier around a model "
+                         "with the same classes")
+    return {**op, "predict": False, "model": estimator}
+
+
+def _threshold_point(wrapper, pos_label, points) -> dict:
+    """A ``FixedThresholdClassifier``'s or fitted ``TunedThresholdClassifierCV``'s point."""
+    from sklearn.exceptions import NotFittedError
+
+    name = type(wrapper).__name__
+    try:
+        inner = points.wrapped_estimator(wrapper)
+        point = points.operating_point(wrapper, inner)
+    except NotFittedError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ProbeError(f"evaluate cannot read the operating point of {name}: {exc}") from exc
+    positive = np.asarray(inner.classes_)[point.positive].tolist()  # a Python label
+    response = _RESPONSE_NAMES[point.response]
+    if pos_label is not None and pos_label != positive:
+        raise ProbeError(f"pos_label={pos_label!r}, but {name} predicts {positive!r} where "
+                         f"the {response} of {positive!r} is >= {point.threshold:.4g}; its "
+                         f"operating point is of that class: pass pos_label={positive!r} or "
+                         "none")
+    source = (f"TunedThresholdClassifierCV, {_objective(wrapper)}"
+              if isinstance(wrapper, points.TunedThresholdClassifierCV)
+              else "FixedThresholdClassifier")
+    return {"threshold": point.threshold, "source": source, "response": response,
+            "positive": positive, "method": point.response, "model": inner}
+
+
+def _prior_shift_point(estimator, classes, pos_label, points) -> dict:
+    """The operating point of a fitted two-class ``PriorShiftClassifier``.
+
+    Its ``predict`` is the adjusted probability of the positive class at least 0.5, which is
+    the wrapped estimator's probability at least ``threshold_`` (``wrapped_threshold``, of
+    ``classes_[1]``; ``1 - threshold_`` when ``pos_label`` is ``classes_[0]``); the source
+    names the positive class's training and target priors. Group scores are the adjusted
+    probabilities, thresholded at 0.5.
+    """
+    point = points.operating_point(estimator)
+    positive = classes[1] if pos_label is None else pos_label
+    i = 1 if positive == estimator.classes_[1] else 0
+    wrapped = point.threshold if i else 1.0 - point.threshold
+    source = (f"PriorShiftClassifier, training prior {estimator.train_prior_[i]:.3f} -> target "
+              f"prior {estimator.target_prior_[i]:.3f}: the wrapped model's probability >= "
+              f"{wrapped:.3f}")
+    return {"threshold": 0.5, "source": source, "response": "adjusted probability",
+            "wrapped_threshold": wrapped, "positive": pos_label, "predict": True,
+            "method": None}
 
 
 # ----------------------------------------------------------------------------- scores
@@ -222,23 +273,46 @@ def _check_labels(y, n, classes):
     return y
 
 
-def _predictions(estimator, X, score, classes, op):
-    """Class indices predicted: at the operating point, else the class of highest score."""
+def _response(op, X, score, classes, proba):
+    """The positive class's score the operating point thresholds, per input: the report's
+    (``score[:, 1]``) where that is the response ``predict`` thresholds, else the model's
+    response method (a decision value where the report holds probabilities), for the
+    positive class ``classes[1]`` as scikit-learn's ``predict`` reads it."""
+    method, model = op.get("method"), op.get("model")
+    if method is None or (method == "predict_proba") == proba:
+        return score[:, 1]
+    if not hasattr(model, method):
+        scale = "probabilities" if proba else "decision values"
+        raise ProbeError(f"the operating point ({op['source']}) thresholds {method} of the "
+                         f"model, and {type(model).__name__} has none; pass threshold= as a "
+                         f"number on the scale of its {scale}, or a threshold classifier "
+                         "around it")
+    values = np.asarray(getattr(model, method)(X), dtype=float)
+    own = np.asarray(model.classes_)
+    if values.ndim == 2:
+        return values[:, int(np.flatnonzero(own == classes[1])[0])]
+    return values if classes[1] == own[1] else -values
+
+
+def _predictions(estimator, X, score, classes, op, response):
+    """Class indices predicted: at the operating point (the estimator's own ``predict``, or
+    ``response >= threshold``), else the class of highest score."""
     if op.get("predict"):
         index = {c: i for i, c in enumerate(classes.tolist())}
         return np.array([index[v] for v in np.asarray(estimator.predict(X)).tolist()])
     if op:
-        return (score[:, 1] >= op["threshold"]).astype(int)
+        return (response >= op["threshold"]).astype(int)
     return score.argmax(axis=1)
 
 
 # ----------------------------------------------------------------------------- groups
-def _aggregate(yi, score, groups, how):
-    """One row per group: its label (all its images must agree), score and name."""
+def _aggregate(yi, score, response, groups, how):
+    """One row per group: its label (all its images must agree), score, response (the score
+    the operating point thresholds, None without one) and name."""
     groups = np.asarray(groups)
     names, inverse = np.unique(groups.astype(str), return_inverse=True)
     func = {"mean": np.mean, "max": np.max, "median": np.median}[how]
-    g_y, g_score, g_name, g_n = [], [], [], []
+    g_y, g_score, g_response, g_name, g_n = [], [], [], [], []
     for g in range(len(names)):
         rows = np.flatnonzero(inverse == g)
         labels = np.unique(yi[rows])
@@ -248,9 +322,12 @@ def _aggregate(yi, score, groups, how):
                              "the images)")
         g_y.append(labels[0])
         g_score.append(func(score[rows], axis=0))
+        if response is not None:
+            g_response.append(func(response[rows]))
         g_name.append(groups[rows[0]])
         g_n.append(len(rows))
-    return np.array(g_y), np.vstack(g_score), np.array(g_name, dtype=object), np.array(g_n)
+    return (np.array(g_y), np.vstack(g_score), np.array(g_response) if response is not None
+            else None, np.array(g_name, dtype=object), np.array(g_n))
 
 
 def _check_groups(groups, n, aggregate):
@@ -337,15 +414,24 @@ def evaluate(estimator, X, y, *, groups=None, aggregate=None, threshold=None, po
     aggregate : {"mean", "max", "median"}, optional
         Score each group instead of each image: the group's per-class scores are the
         ``aggregate`` of its images' (all its images must share one label), and the metrics,
-        curves and ``predictions.csv`` are per group.
+        curves and ``predictions.csv`` are per group. At an operating point a group's class
+        is the ``aggregate`` of the response ``predict`` thresholds (the wrapped model's
+        decision value for ``response_method="decision_function"``, of its positive class)
+        against the threshold.
     threshold : float, FixedThresholdClassifier or TunedThresholdClassifierCV, optional
         Two classes: predict the positive class when its score (probability, or decision
-        value without ``predict_proba``) is at least this; a fitted threshold classifier gives
-        its threshold. Default: the estimator's own threshold when it is such a classifier,
-        else the class of highest score.
+        value without ``predict_proba``) is at least this; a fitted threshold classifier (or
+        a ``FrozenEstimator`` around one) gives its operating point, applied to
+        ``estimator``: its response method, threshold and positive class, as its ``predict``
+        applies them (:func:`featcache.probe.operating_point.operating_point`). Default: the
+        estimator's own operating point when it is such a classifier or a two-class
+        :class:`~featcache.probe.PriorShiftClassifier` (through a ``FrozenEstimator`` too;
+        each input's class is its ``predict``), else the class of highest score.
     pos_label : label, optional
         The positive class (two classes); default the estimator's ``pos_label`` if it has
-        one, else ``classes_[1]``.
+        one, else ``classes_[1]``. A threshold classifier's operating point is of its own
+        positive class (its ``pos_label``; a ``TunedThresholdClassifierCV``'s scorer's), which
+        is the default; another ``pos_label`` raises ``ProbeError``.
     held_out : bool, optional
         Whether X took no part in fitting, hyper-parameter selection or threshold tuning;
         recorded in ``report.metrics_source`` and the ``metrics from:`` line.
@@ -372,17 +458,24 @@ def evaluate(estimator, X, y, *, groups=None, aggregate=None, threshold=None, po
     score, proba = _scores(estimator, X, classes)
     y = _check_labels(y, len(score), classes)
     groups = _check_groups(groups, len(score), aggregate)
-    pos_label = pos_label if pos_label is not None else getattr(estimator, "pos_label", None)
-    order, score = _positive_last(classes, score, pos_label)
-    op = _operating_point(estimator, threshold, order, proba)
+    for given in (pos_label, getattr(estimator, "pos_label", None)):
+        if given is not None and given not in classes.tolist():
+            raise ProbeError(f"pos_label={given!r} is not a class of the estimator "
+                             f"({classes.tolist()})")
+    op = _operating_point(estimator, threshold, classes, pos_label, proba)
+    positive = op["positive"] if op else (
+        pos_label if pos_label is not None else getattr(estimator, "pos_label", None))
+    order, score = _positive_last(classes, score, positive)
     index = {c: i for i, c in enumerate(order.tolist())}
     yi = np.array([index[v] for v in y.tolist()])
-    pi = _predictions(estimator, X, score, order, op)
+    response = _response(op, X, score, order, proba) if op and (
+        aggregate is not None or not op["predict"]) else None
+    pi = _predictions(estimator, X, score, order, op, response)
     samples = _samples(X, sources, len(score))
     boot_groups = groups
     if aggregate is not None:
-        yi, score, names, counts = _aggregate(yi, score, groups, aggregate)
-        pi = (score[:, 1] >= op["threshold"]).astype(int) if op else score.argmax(axis=1)
+        yi, score, response, names, counts = _aggregate(yi, score, response, groups, aggregate)
+        pi = (response >= op["threshold"]).astype(int) if op else score.argmax(axis=1)
         samples, boot_groups = {"group": names, "n_images": counts}, None
     elif groups is not None:
         samples["group"] = groups
@@ -408,7 +501,8 @@ def _report(estimator, classes, yi, pi, score, proba, groups, op, samples, held_
     unit = "groups" if aggregate else "images"
     n_groups = None if groups is None else len(set(np.asarray(groups, dtype=str).tolist()))
     what = f"{len(yi)} {unit}" + (f" in {n_groups} groups" if n_groups else "")
-    op = {key: v for key, v in op.items() if key != "predict"}
+    op = {key: v for key, v in op.items() if key not in ("positive", "predict", "method",
+                                                          "model")}
     if op:
         op["positive_class"] = classes[1]
     return ProbeReport(

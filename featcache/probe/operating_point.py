@@ -1,4 +1,4 @@
-"""What a deployed classifier's ``predict`` is: the wrappers that set an operating point.
+"""What a classifier's ``predict`` is: the wrappers that set an operating point.
 
 scikit-learn's ``FixedThresholdClassifier`` and a fitted ``TunedThresholdClassifierCV``
 (featcache's recipe: :func:`featcache.probe.tuned_threshold`, :func:`featcache.probe.
@@ -8,9 +8,11 @@ value, ``response_method``) at or above the threshold gives the positive class
 (``pos_label``), else the other. :class:`~featcache.probe.PriorShiftClassifier` reweights the
 wrapped probabilities to another class prior (its ``weights_``, its ``threshold_`` for two
 classes), and scikit-learn's ``FrozenEstimator`` only keeps a fitted model from refitting.
-:func:`wrapped_estimator` finds the fitted model inside any of them, :func:`operating_point`
-reads a threshold as scikit-learn's ``predict`` applies it. Nothing here imports torch:
-:func:`featcache.to_torch` builds the layers.
+:func:`wrapped_estimator` finds the fitted model inside any of them, :func:`unfrozen` takes the
+``FrozenEstimator`` layers off, :func:`operating_point` reads a threshold as scikit-learn's
+``predict`` applies it. The one reading of these facts: :func:`featcache.evaluate` reports and
+applies them, :func:`featcache.to_torch` builds them as layers. Imports scikit-learn (loaded
+on first use by the probe), never torch.
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ import numpy as np
 from sklearn.model_selection import FixedThresholdClassifier, TunedThresholdClassifierCV
 from sklearn.utils.validation import check_is_fitted
 
-from ..probe.prior_shift import PriorShiftClassifier
+from .prior_shift import PriorShiftClassifier
 
 try:  # scikit-learn >= 1.6
     from sklearn.frozen import FrozenEstimator
 except ImportError:  # pragma: no cover - scikit-learn 1.5
     FrozenEstimator = None
 
-__all__ = ["THRESHOLDED", "OperatingPoint", "wrapped_estimator", "operating_point"]
+__all__ = ["THRESHOLDED", "OperatingPoint", "wrapped_estimator", "unfrozen",
+           "operating_point"]
 
 #: The wrappers whose ``predict`` thresholds the wrapped binary classifier's score.
 THRESHOLDED = (FixedThresholdClassifier, TunedThresholdClassifierCV)
@@ -86,26 +89,55 @@ def wrapped_estimator(estimator):
     return None
 
 
-def operating_point(estimator, inner) -> OperatingPoint:
+def unfrozen(estimator):
+    """``estimator`` without the ``FrozenEstimator`` layers around it (they change no output;
+    whether what is inside is fitted is for its own use to check)."""
+    while FrozenEstimator is not None and isinstance(estimator, FrozenEstimator):
+        estimator = estimator.estimator
+    return estimator
+
+
+def operating_point(estimator, inner=None) -> OperatingPoint:
     """The :class:`OperatingPoint` of a thresholded ``estimator`` around the fitted ``inner``.
 
-    ``response_method="auto"`` is ``predict_proba`` where ``inner`` has it, else
-    ``decision_function``; ``threshold="auto"`` is 0.5 for a probability and 0 for a decision
-    value; ``pos_label=None`` is ``classes_[1]``. A ``TunedThresholdClassifierCV`` takes its
-    ``best_threshold_`` and the positive class of its scorer, as its ``predict`` does.
+    ``estimator``: a ``FixedThresholdClassifier``, a fitted ``TunedThresholdClassifierCV`` or
+    a fitted two-class :class:`~featcache.probe.PriorShiftClassifier`; ``inner``: the fitted
+    estimator it wraps (default: :func:`wrapped_estimator` of it). ``response_method="auto"``
+    is ``predict_proba`` where ``inner`` has it, else ``decision_function``;
+    ``threshold="auto"`` is 0.5 for a probability and 0 for a decision value;
+    ``pos_label=None`` is ``classes_[1]``. A ``TunedThresholdClassifierCV`` takes its
+    ``best_threshold_`` and the positive class of its scorer, as its ``predict`` does. A
+    ``PriorShiftClassifier`` predicts ``classes_[1]`` where the wrapped probability of it is
+    at least its ``threshold_``.
 
     Raises
     ------
     ValueError
         ``inner`` is not a binary classifier, has not the response method asked for, or
         ``pos_label`` is not one of its classes.
+    TypeError
+        ``estimator`` is none of those wrappers.
+    sklearn.exceptions.NotFittedError
+        The wrapper (or, for a ``FixedThresholdClassifier``, the estimator it wraps) is not
+        fitted.
     """
     name = type(estimator).__name__
+    if not isinstance(estimator, (*THRESHOLDED, PriorShiftClassifier)):
+        raise TypeError(f"{name} sets no operating point; expected a FixedThresholdClassifier, "
+                        "a TunedThresholdClassifierCV or a PriorShiftClassifier (take a "
+                        "FrozenEstimator off with featcache.probe.operating_point.unfrozen).")
+    inner = wrapped_estimator(estimator) if inner is None else inner
     classes = np.asarray(getattr(inner, "classes_", []))
+    if isinstance(estimator, PriorShiftClassifier):
+        if len(classes) != 2:
+            raise ValueError(f"PriorShiftClassifier has {len(classes)} classes: its predict "
+                             "is the class of highest adjusted probability, with no threshold; "
+                             "an operating point needs two classes.")
+        return OperatingPoint("predict_proba", float(estimator.threshold_), 1)
     if classes.ndim != 1 or len(classes) != 2:
         raise ValueError(f"{name} thresholds a binary classifier; its estimator has classes "
-                         f"{classes.tolist()}. Deploy a binary classifier, or the estimator "
-                         "itself (featcache.to_torch(estimator.estimator_)).")
+                         f"{classes.tolist()}. Use a binary classifier, or the estimator "
+                         "itself (estimator.estimator_: the class of highest score).")
     wanted = estimator.response_method
     candidates = _RESPONSES if wanted == "auto" else (wanted,)
     found = [m for m in candidates if hasattr(inner, m)]
