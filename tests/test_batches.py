@@ -131,6 +131,41 @@ def test_decode_workers_give_the_same_rows():
     np.testing.assert_allclose(rows[0], rows[1], atol=1e-5)
 
 
+def test_warm_up_runs_the_network_once_on_zeros_of_the_runs_shape_and_layout():
+    from featcache.engine.batches import warm_up
+
+    seen = []
+
+    def extractor(x):
+        seen.append((tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last),
+                     torch.is_inference_mode_enabled(), torch.is_autocast_cpu_enabled(),
+                     float(x.abs().max())))
+        return {"default": x.mean((2, 3))}
+
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    warm_up(extractor, torch.device("cpu"), 5, 32, autocast)
+    assert seen == [((5, 3, 32, 32), torch.float32, True, True, True, 0.0)]
+    warm_up(extractor, torch.device("cpu"), 0, 32, autocast)  # nothing to compute: no pass
+    assert len(seen) == 1
+
+
+@pytest.mark.gpu
+def test_a_gpu_run_with_decode_workers_warms_the_network_up_before_the_first_batch(
+        monkeypatch):
+    from featcache.engine import batches
+
+    calls = []
+    real = batches.warm_up
+    monkeypatch.setattr(batches, "warm_up",
+                        lambda *args: calls.append(args[2:4]) or real(*args))
+    loaded = load_backbone(image_size=64)
+    loop = run_batches(loaded.extractor, _items(6), range(6), image_size=64, device="cuda",
+                       batch_size=4, num_workers=2, progress=False)
+    next(loop)
+    assert calls == [(4, 64)]
+    loop.close()
+
+
 @pytest.mark.gpu
 def test_gpu_loop_with_pinned_memory_and_bf16():
     loaded = load_backbone(image_size=64)

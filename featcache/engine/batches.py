@@ -46,6 +46,7 @@ __all__ = [
     "to_model_input",
     "resize_and_crop",
     "to_unit_float",
+    "warm_up",
     "run_batches",
 ]
 
@@ -350,6 +351,22 @@ def _forward(extractor, images, device) -> dict:
     return {name: torch.cat([p[name] for p in parts]).float().cpu().numpy() for name in parts[0]}
 
 
+def warm_up(extractor, device, batch_size: int, image_size: int, autocast) -> None:
+    """One forward pass of ``extractor`` on a batch of zeros of the run's shape, precision and
+    layout, whose features are dropped.
+
+    :func:`run_batches` calls it on a GPU just after the decode workers start, while they
+    decode the first batch (the GPU would be idle): what a process's first forward pass pays
+    once (CUDA and cuBLAS/cuDNN handles, the kernels loaded lazily for these shapes, the
+    allocator's first blocks) is then paid while the workers decode, not after.
+    """
+    if batch_size < 1:
+        return
+    zeros = torch.zeros(batch_size, 3, image_size, image_size, device=device)
+    with torch.inference_mode(), autocast:
+        extractor(zeros.contiguous(memory_format=torch.channels_last))
+
+
 def _denormals_flushed() -> bool:
     """Whether this thread already flushes denormal floats to zero (torch has no getter)."""
     return float(torch.tensor([1e-40]).mul(1.0)) == 0.0
@@ -432,6 +449,7 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
     extractor.to(device=device, memory_format=torch.channels_last)
     dataset = _DecodeDataset(items, np.asarray(positions, dtype=np.int64), policy, image_size,
                              keys, augment)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     loader = DataLoader(
         dataset,
         batch_size=decode_batch_size(batch_size, workers), shuffle=False, num_workers=workers,
@@ -439,7 +457,6 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
         pin_memory=device.type == "cuda", persistent_workers=False,
         multiprocessing_context=decode_context(workers),
     )
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     _log.info("computing %d inputs on %s in %s, batch size %d, %d decode workers",
               len(positions), device, resolve_precision(precision, device), batch_size, workers)
     bar = progress_bar(len(positions), progress_desc, progress)
@@ -450,12 +467,15 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
         restore_denormals = torch.set_flush_denormal(True)
     # On a CPU, freed activation buffers are reused instead of page-faulted back in per chunk.
     allocator = reuse_freed_memory() if device.type == "cpu" else contextlib.nullcontext()
-    # Workers fork here, in this thread; with decoder="device" the next batches are decoded
-    # on the device in a thread while the network runs (featcache.engine.prefetch).
-    batches = _prepared(iter(loader), dataset, batch_size, device)
-    if policy.decoder == "device":
-        batches = prefetched(batches, device=device)
+    batches = None
     try:
+        # Workers fork here, in this thread; with decoder="device" the next batches are
+        # decoded on the device in a thread while the network runs (featcache.engine.prefetch).
+        batches = _prepared(iter(loader), dataset, batch_size, device)
+        if device.type == "cuda" and workers > 0:  # the GPU waits for the first batch anyway
+            warm_up(extractor, device, min(batch_size, len(dataset)), image_size, autocast)
+        if policy.decoder == "device":
+            batches = prefetched(batches, device=device)
         with allocator:
             for batch_positions, images, errors in batches:
                 for pos, error in errors:
@@ -475,7 +495,8 @@ def run_batches(extractor, items, positions, *, image_size, policy=None, batch_s
                 bar.update(len(batch_positions) + len(failures))
                 yield Batch(batch_positions, features, failures, transient)
     finally:
-        batches.close()  # stops the prefetch thread, shuts the decode workers down
+        if batches is not None:
+            batches.close()  # stops the prefetch thread, shuts the decode workers down
         bar.close()
         if restore_denormals:
             torch.set_flush_denormal(False)
