@@ -463,6 +463,54 @@ def test_export_chooses_a_namespace_by_what_it_is(xray_pngs, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["namespace"] == fingerprints[32]
 
 
+def test_compact_chooses_a_namespace_by_what_it_is(xray_pngs, tmp_path, capsys):
+    """compact takes export's and probe's --model/--layer/--image-size/--namespace: the one
+    namespace they choose is compacted, the other left as it was; none or several matching
+    exit 1 listing the candidates; without them every namespace is compacted."""
+    paths, _ = xray_pngs
+    cache = str(tmp_path / "c")
+    for size in ("32", "48"):  # two real namespaces, two commits (two shards) each
+        for part in (paths[:2], paths[2:4]):
+            assert cli_main(["extract", *part, "--cache", cache, "--image-size", size,
+                             "--quiet"]) == 0
+    fingerprints = {e["config"]["preprocessing"]["image_size"]: e["fingerprint"]
+                    for e in FeatureCache(cache).info()}
+
+    def shards():
+        return {e["config"]["preprocessing"]["image_size"]: e["shards"]
+                for e in FeatureCache(cache).info()}
+
+    assert shards() == {32: 2, 48: 2}
+    capsys.readouterr()
+    assert cli_main(["compact", cache, "--image-size", "48", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert [s["fingerprint"] for s in stats["namespaces"]] == [fingerprints[48]]
+    assert shards() == {32: 2, 48: 1}
+    assert cli_main(["compact", cache, "--model", "efficientnet_lite0", "--layer",
+                     "default"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"featcache compact: error: 2 namespaces of cache {cache} are "
+                          "--model efficientnet_lite0, --layer default: "), err
+    for size in (32, 48):
+        assert f"{fingerprints[size][:8]} (efficientnet_lite0, layer default, {size} px)" in err
+    assert "pass --namespace FINGERPRINT (the short form shown is enough), or choose by what " \
+           "it is with --model NAME, --layer NAME, --image-size PIXELS" in err
+    assert cli_main(["compact", cache, "--image-size", "64"]) == 1
+    assert f"no namespace is --image-size 64 of cache {cache}; it holds: " in \
+        capsys.readouterr().err
+    assert shards() == {32: 2, 48: 1}  # a refused choice compacts nothing
+    assert cli_main(["compact", cache, "--namespace", fingerprints[32][:8]]) == 0
+    assert f"{fingerprints[32]}: 2 -> 1 shard(s), 4 rows" in capsys.readouterr().out
+    assert shards() == {32: 1, 48: 1}
+    for size in ("32", "48"):
+        assert cli_main(["extract", *paths[4:6], "--cache", cache, "--image-size", size,
+                         "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli_main(["compact", cache, "--json"]) == 0  # no choice: every namespace
+    assert len(json.loads(capsys.readouterr().out)["namespaces"]) == 2
+    assert shards() == {32: 1, 48: 1}
+
+
 def test_probe_chooses_a_namespace_by_image_size_and_groups_come_from_the_labels_csv(
         tmp_path, capsys):
     d = _probe_cache(tmp_path)

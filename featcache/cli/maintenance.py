@@ -79,9 +79,11 @@ def add_compact(sub) -> None:
     p = add_command(sub, "compact", help="merge shards, drop duplicates and stale temp files",
                     description="Merge each namespace's shards into one (atomically), "
                                 "remove the merged ones and rebuild index.h5; merge the key "
-                                "memo and drop its entries whose file changed or vanished.")
+                                "memo and drop its entries whose file changed or vanished. "
+                                "With --model, --layer, --image-size or --namespace, only the "
+                                "one namespace they choose (default: all).")
     p.add_argument("dir", metavar="DIR", help="cache directory")
-    p.add_argument("--namespace", metavar="FINGERPRINT", help="only this namespace (default: all)")
+    add_namespace_options(p)
     p.add_argument("--min-shards", type=int, default=2, metavar="K",
                    help="only merge namespaces with at least K shards")
     add_json_option(p)
@@ -89,8 +91,11 @@ def add_compact(sub) -> None:
 
 
 def _run_compact(args) -> int:
-    stats = FeatureCache(args.dir, create=False).compact(args.namespace,
-                                                        min_shards=args.min_shards)
+    cache = FeatureCache(args.dir, create=False)
+    chosen = any(v is not None for v in (args.model, args.layer, args.image_size,
+                                         args.namespace))
+    stats = cache.compact(chosen_namespace(cache, args) if chosen else None,
+                          min_shards=args.min_shards)
     if args.json:
         print_json(stats)
         return 0
