@@ -54,8 +54,9 @@ def check_device_decoder(device: torch.device) -> None:
     if _torchvision_decoder() is None:
         raise DecoderUnavailableError(
             f"decoder='device' needs torchvision.io.decode_jpeg, which torchvision "
-            f"({_torchvision_version()}) does not provide. Install torchvision >= 0.19, or use "
-            "decoder='pillow'.")
+            f"({_torchvision_version()}) does not provide (batched device decoding came in "
+            "0.19; torchvision deprecates its image decoders from 0.29 on). Install a "
+            "torchvision that has it, or use decoder='pillow'.")
     if device.type not in ("cpu", "cuda"):
         raise DecoderUnavailableError(
             f"decoder='device' decodes JPEGs on a CPU or a CUDA GPU, not on {device}: use "
