@@ -92,3 +92,31 @@ def test_sigterm_stops_at_a_batch_boundary_commits_it_and_the_rerun_resumes(tmp_
     rerun = subprocess.run(CLI + args, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert "96 inputs: 64 computed, 32 from cache" in rerun.stdout
+
+
+def test_sigterm_stops_a_device_decoded_job_with_workers_and_its_thread(tmp_path):
+    # decoder="device": decode workers read the JPEGs, a thread decodes the next batches while
+    # the network runs; the signal must still stop the job at a batch boundary, keep what it
+    # computed and leave no thread or worker behind (the process exits).
+    from PIL import Image
+
+    folder = tmp_path / "jpegs"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(96):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
+            folder / f"{i:03d}.jpg", quality=90)
+    args = [str(folder), "--cache", str(tmp_path / "c"), "--image-size", "32",
+            "--batch-size", "8", "--quiet", "--decoder", "device", "--workers", "2",
+            "--commit-seconds", "3600"]
+    marker, go = tmp_path / "marker", tmp_path / "go"
+    job = subprocess.Popen(DRIVER + ["after-batches:3", str(marker), str(go), "--", *args],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = _signal_at_marker(job, marker, go, signal.SIGTERM)
+    assert job.returncode == 130, err
+    store = FeatureCache(tmp_path / "c")
+    assert store.verify().ok
+    assert store.info()[0]["rows"] == 4 * 8  # batch 3, and batch 4 already being computed
+    rerun = subprocess.run(CLI + args, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "96 inputs: 64 computed, 32 from cache" in rerun.stdout
