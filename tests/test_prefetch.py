@@ -1,9 +1,12 @@
 """Tests for featcache.engine.prefetch: items prepared in a thread, in order, stopped cleanly."""
 
+import inspect
 import threading
+import types
 
 import pytest
 
+from featcache.engine import prefetch
 from featcache.engine.prefetch import prefetched
 
 
@@ -71,3 +74,37 @@ def test_an_empty_source_and_a_bad_depth():
     assert list(prefetched(iter(Source(0)))) == []
     with pytest.raises(ValueError, match="depth must be a positive integer, got 0"):
         next(prefetched(iter(Source(3)), depth=0))
+
+
+def _with_thread_class(monkeypatch, thread_class):
+    """prefetch's ``threading`` with ``Thread`` replaced (the real module is left alone)."""
+    monkeypatch.setattr(prefetch, "threading", types.SimpleNamespace(
+        Thread=thread_class, Event=threading.Event, Lock=threading.Lock))
+
+
+def test_a_thread_that_cannot_start_leaves_the_source_closed(monkeypatch):
+    class CannotStart(threading.Thread):
+        def start(self):  # what a process at its thread limit gets
+            raise RuntimeError("can't start new thread")
+
+    _with_thread_class(monkeypatch, CannotStart)
+    source = iter(Source(5))
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        next(prefetched(source))
+    assert inspect.getgeneratorstate(source) == inspect.GEN_CLOSED  # it frees what it holds
+
+
+def test_an_interrupt_while_the_thread_starts_stops_it_and_closes_the_source(monkeypatch):
+    class InterruptedStart(threading.Thread):
+        def start(self):  # Ctrl-C delivered while start() waits for the new thread
+            super().start()
+            raise KeyboardInterrupt
+
+    _with_thread_class(monkeypatch, InterruptedStart)
+    source = iter(Source(1000))
+    with pytest.raises(KeyboardInterrupt):
+        next(prefetched(source, depth=2))
+    for thread in _prefetch_threads():
+        thread.join(timeout=30)  # a bound for a failure, not a wait the test relies on
+    assert not _prefetch_threads()
+    assert inspect.getgeneratorstate(source) == inspect.GEN_CLOSED

@@ -20,7 +20,8 @@ workers are forked while this process has a single thread. The thread stops at t
 the iterator's end, an exception (re-raised to the caller at the batch where it happened), or
 the caller leaving the loop (``close()`` of the generator, an exception, a deferred signal):
 the caller then waits for the thread, which closes the iterator in its own thread (so a
-DataLoader shuts its workers down) before the caller goes on.
+DataLoader shuts its workers down) before the caller goes on. Where the thread never ran (it
+could not start, or the caller left while it started), the caller closes the iterator.
 """
 
 from __future__ import annotations
@@ -69,10 +70,11 @@ def prefetched(iterator, depth: int = PREFETCH_DEPTH, device: torch.device | Non
         raise ValueError(f"depth must be a positive integer, got {depth!r}")
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
-    thread = threading.Thread(target=_produce, args=(iterator, ready, stop, device),
+    claim = threading.Lock()  # taken by the thread once it runs, else by the caller
+    thread = threading.Thread(target=_produce, args=(iterator, ready, stop, device, claim),
                               name="featcache-prefetch", daemon=True)
-    thread.start()
     try:
+        thread.start()  # inside: it may fail, or be interrupted while the thread starts
         while True:
             item = ready.get()
             if item is _END:
@@ -82,10 +84,15 @@ def prefetched(iterator, depth: int = PREFETCH_DEPTH, device: torch.device | Non
             yield item
     finally:
         stop.set()
-        thread.join()
+        if claim.acquire(blocking=False):  # the thread never ran (and never will use it)
+            _close(iterator)
+        else:
+            thread.join()
 
 
-def _produce(iterator, ready: queue.Queue, stop: threading.Event, device) -> None:
+def _produce(iterator, ready: queue.Queue, stop: threading.Event, device, claim) -> None:
+    if not claim.acquire(blocking=False):  # the caller left before this thread ran
+        return
     on_device = (torch.cuda.device(device) if device is not None and device.type == "cuda"
                  else contextlib.nullcontext())
     try:
@@ -97,9 +104,13 @@ def _produce(iterator, ready: queue.Queue, stop: threading.Event, device) -> Non
     except BaseException as exc:  # noqa: BLE001 - every failure is the consumer's to raise
         _hand_over(ready, _Raised(exc), stop)
     finally:
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            close()
+        _close(iterator)
+
+
+def _close(iterator) -> None:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
 
 
 def _hand_over(ready: queue.Queue, item, stop: threading.Event) -> bool:
