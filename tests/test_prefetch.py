@@ -108,3 +108,21 @@ def test_an_interrupt_while_the_thread_starts_stops_it_and_closes_the_source(mon
         thread.join(timeout=30)  # a bound for a failure, not a wait the test relies on
     assert not _prefetch_threads()
     assert inspect.getgeneratorstate(source) == inspect.GEN_CLOSED
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_thread_queues_on_the_callers_device_and_stream():
+    import torch
+
+    device = torch.device("cuda", torch.cuda.device_count() - 1)
+    seen = []
+
+    def source():
+        for i in range(3):
+            seen.append((torch.cuda.current_device(), torch.cuda.current_stream()))
+            yield i
+
+    side = torch.cuda.Stream(device)
+    with torch.cuda.device(device), torch.cuda.stream(side):
+        assert list(prefetched(source(), device=device)) == [0, 1, 2]
+    assert seen == [(device.index, side)] * 3

@@ -9,10 +9,10 @@ the device cannot decode) in a daemon thread, up to ``depth`` batches ahead, whi
 runs the network on the batch it was handed.
 
 On a CUDA device the thread queues its kernels on the same stream as the network (the
-device's current stream; ``torch.cuda.device`` only selects the device), so every batch's
-images are complete before any kernel of the network reads them, and memory freed by one
-thread is reused by the other in stream order: no event or ``record_stream`` bookkeeping can
-be got wrong. What overlaps is the host side: reading and collating the bytes, nvJPEG's host
+stream current in the caller's thread: the default stream, or one the caller chose with
+``torch.cuda.stream``), so every batch's images are complete before any kernel of the
+network reads them, and memory freed by one thread is reused by the other in stream order: no
+event or ``record_stream`` bookkeeping can be got wrong. What overlaps is the host side: reading and collating the bytes, nvJPEG's host
 phase, the kernel launches, the CPU fallback.
 
 The iterator is created by the caller, in its own thread, before the thread starts, so decode
@@ -59,7 +59,9 @@ def prefetched(iterator, depth: int = PREFETCH_DEPTH, device: torch.device | Non
     depth : int
         Items held ready at most (the thread waits while that many wait to be taken).
     device : torch.device, optional
-        The thread makes a CUDA device its current device (per-thread state in torch).
+        A CUDA device: the thread makes it its current device, and the stream current in
+        the caller's thread (when the loop starts) its current stream; both are per-thread
+        state in torch.
 
     Yields
     ------
@@ -71,7 +73,12 @@ def prefetched(iterator, depth: int = PREFETCH_DEPTH, device: torch.device | Non
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     claim = threading.Lock()  # taken by the thread once it runs, else by the caller
-    thread = threading.Thread(target=_produce, args=(iterator, ready, stop, device, claim),
+    # The caller's stream (current stream is per thread in torch): the network's kernels and
+    # the thread's are then queued on one stream, also inside a caller's torch.cuda.stream().
+    stream = (torch.cuda.current_stream(device)
+              if device is not None and device.type == "cuda" else None)
+    thread = threading.Thread(target=_produce,
+                              args=(iterator, ready, stop, device, stream, claim),
                               name="featcache-prefetch", daemon=True)
     try:
         thread.start()  # inside: it may fail, or be interrupted while the thread starts
@@ -86,17 +93,19 @@ def prefetched(iterator, depth: int = PREFETCH_DEPTH, device: torch.device | Non
         stop.set()
         if claim.acquire(blocking=False):  # the thread never ran (and never will use it)
             _close(iterator)
-        else:
-            thread.join()
+        elif thread is not threading.current_thread():  # (a generator finalised by the
+            thread.join()                                  # garbage collector in the thread)
 
 
-def _produce(iterator, ready: queue.Queue, stop: threading.Event, device, claim) -> None:
+def _produce(iterator, ready: queue.Queue, stop: threading.Event, device, stream,
+             claim) -> None:
     if not claim.acquire(blocking=False):  # the caller left before this thread ran
         return
-    on_device = (torch.cuda.device(device) if device is not None and device.type == "cuda"
-                 else contextlib.nullcontext())
     try:
-        with on_device:
+        with contextlib.ExitStack() as on_device:
+            if stream is not None:
+                on_device.enter_context(torch.cuda.device(device))
+                on_device.enter_context(torch.cuda.stream(stream))
             for item in iterator:
                 if not _hand_over(ready, item, stop):
                     return
