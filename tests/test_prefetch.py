@@ -79,7 +79,8 @@ def test_an_empty_source_and_a_bad_depth():
 def _with_thread_class(monkeypatch, thread_class):
     """prefetch's ``threading`` with ``Thread`` replaced (the real module is left alone)."""
     monkeypatch.setattr(prefetch, "threading", types.SimpleNamespace(
-        Thread=thread_class, Event=threading.Event, Lock=threading.Lock))
+        Thread=thread_class, Event=threading.Event, Lock=threading.Lock,
+        current_thread=threading.current_thread))
 
 
 def test_a_thread_that_cannot_start_leaves_the_source_closed(monkeypatch):
