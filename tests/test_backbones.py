@@ -160,6 +160,18 @@ def test_a_size_the_network_cannot_take_is_a_named_error():
         _random("timm:vit_tiny_patch16_224", image_size=64)
 
 
+def test_running_out_of_memory_at_load_is_not_called_a_size_the_network_cannot_take(
+        monkeypatch):
+    from featcache.backbones import capture
+
+    def out_of_memory(self, images):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(capture.FeatureExtractor, "forward", out_of_memory)
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="Tried to allocate 2.00 GiB"):
+        _random("timm:resnet18", image_size=72)
+
+
 def test_timm_models_load_and_expose_feature_info_layers():
     loaded = _random("timm:resnet18", layers=(None, "layer2"), image_size=64)
     assert loaded.dims == {"default": 512, "layer2": 128}

@@ -246,7 +246,7 @@ def _load(spec, weights, wkey, layers, pooling, image_size, progress=None) -> Lo
         with torch.inference_mode():
             probe = extractor(zeros)
             shapes = extractor.row_shapes(zeros) if pooling == "none" else {}
-    except FeatcacheError:  # a named error already (a layer, a pooling)
+    except (FeatcacheError, torch.cuda.OutOfMemoryError):  # named already, or not the size
         raise
     except (RuntimeError, AssertionError, ValueError) as exc:  # e.g. a ViT's fixed input size
         native = spec.preprocessing.image_size

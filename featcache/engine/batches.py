@@ -221,10 +221,10 @@ def decode_batch_size(batch_size: int, workers: int) -> int:
 
 
 def _full_batches(loader, batch_size: int, device):
-    """Consecutive decode batches of ``loader`` (or an iterator of them) joined into ``(positions, images, errors,
-    jpegs)`` batches of about ``batch_size`` inputs, in order; images move to ``device`` as
-    they come (non-blocking from pinned memory), and a batch that mixes 8-bit and float images
-    is float.
+    """Consecutive decode batches of ``loader`` (or an iterator of them) joined into
+    ``(positions, images, errors, jpegs)`` batches of about ``batch_size`` inputs, in order;
+    images move to ``device`` as they come (non-blocking from pinned memory), and a batch that
+    mixes 8-bit and float images is float.
     """
     parts, count = [], 0
     for part in loader:
@@ -358,13 +358,13 @@ def warm_up(extractor, device, batch_size: int, image_size: int, autocast) -> No
     :func:`run_batches` calls it on a GPU just after the decode workers start, while they
     decode the first batch (the GPU would be idle): what a process's first forward pass pays
     once (CUDA and cuBLAS/cuDNN handles, the kernels loaded lazily for these shapes, the
-    allocator's first blocks) is then paid while the workers decode, not after.
+    allocator's first blocks) is then paid while the workers decode, not after. The pass is
+    the loop's own (:func:`_forward`), so the warm-up follows any change of how it runs.
     """
     if batch_size < 1:
         return
-    zeros = torch.zeros(batch_size, 3, image_size, image_size, device=device)
     with torch.inference_mode(), autocast:
-        extractor(zeros.contiguous(memory_format=torch.channels_last))
+        _forward(extractor, torch.zeros(batch_size, 3, image_size, image_size), device)
 
 
 def _denormals_flushed() -> bool:
