@@ -12,8 +12,8 @@
 # `run` installs the wheels into /tmp, then runs, with featcache from this checkout:
 # benchmarks/gpu_throughput.py (every GPU row and target of issue 25 items 1 and 2),
 # benchmarks/decoder_rows.py --device cuda (nvJPEG's rows against Pillow's), and the `gpu`
-# tests of the batch loop and the device decoder. Each log goes to $OUT (it comes back even
-# when the run is stopped at its limit).
+# tests of the batch loop, the device decoder and the prefetch thread. Each log goes to $OUT
+# (it comes back even when the run is stopped at its limit).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,7 +45,7 @@ run)
     timeout 90 python3 benchmarks/decoder_rows.py --device cuda --n 8 2>&1 \
         | tee "$OUT/decoder_rows.log"
     timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_device_decode.py \
-        tests/test_batches.py 2>&1 | tee "$OUT/gpu_tests.log"
+        tests/test_batches.py tests/test_prefetch.py 2>&1 | tee "$OUT/gpu_tests.log"
     ;;
 *)
     echo "usage: bash benchmarks/gpu_session.sh fetch|run" >&2

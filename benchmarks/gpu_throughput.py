@@ -271,14 +271,16 @@ def targets(model, rows) -> list:
     ours = rate(rows, "**featcache extract, decoder='device'")
     out = []
     if model == "efficientnet_lite0":
-        out.append((">= 5,000 images/s end to end", ours, None if ours is None else ours >= 5000))
+        out.append((">= 5,000 images/s end to end", ours, None if ours is None else ours >= 5000,
+                    "images/s"))
         dali = rate(rows, "NVIDIA DALI")
         ratio = None if ours is None or dali is None else ours / dali
-        out.append((">= 0.9x DALI's rate", ratio, None if ratio is None else ratio >= 0.9))
+        out.append((">= 0.9x DALI's rate", ratio, None if ratio is None else ratio >= 0.9, "x"))
     if model == "resnet50":
         model_rate = rate(rows, "model only")
         ratio = None if ours is None or model_rate is None else ours / model_rate
-        out.append((">= 0.5x the model-only rate", ratio, None if ratio is None else ratio >= 0.5))
+        out.append((">= 0.5x the model-only rate", ratio, None if ratio is None else ratio >= 0.5,
+                    "x"))
     return out
 
 
@@ -337,8 +339,9 @@ def main():
         print(f"| efficientnet_lite0 | first job >= 0.9x the later ones (item 2) | "
               f"{ratio:.2f}x | {'yes' if ratio >= 0.9 else 'no'} |")
     for model, rows in per_model.items():
-        for target, value, met in targets(model, rows):
-            shown = "-" if value is None else (f"{value:.0f}" if value > 10 else f"{value:.2f}x")
+        for target, value, met, unit in targets(model, rows):
+            shown = ("-" if value is None else f"{value:.2f}x" if unit == "x"
+                     else f"{value:,.0f} {unit}" if value >= 10 else f"{value:.2f} {unit}")
             print(f"| {model} | {target} | {shown} | "
                   f"{'not measured' if met is None else 'yes' if met else 'no'} |")
     for model, rows in per_model.items():
