@@ -19,8 +19,9 @@ which reads with its own threads.
   (JPEG bytes read in workers, decoded and resized in batches on the device), into a fresh
   cache each.
 
-and, once, decode + resize without a network: featcache's CPU decode in workers, and
-``decode_jpeg`` on the device. Every pipeline first runs two full batches (not timed: CUDA
+and, once, without a network: featcache's CPU decode + resize in workers; the
+``decoder="device"`` feed alone (files read and checked in workers and handed over, nothing
+decoded: ``benchmarks/device_feed.py``); and ``decode_jpeg`` on the device + resize. Every pipeline first runs two full batches (not timed: CUDA
 context, nvJPEG, the kernels for the batch shape). A pipeline that fails prints its error
 in its row, so one run always prints every row. The targets (issue 25 item 1) are checked at
 the end: EfficientNet-Lite0 extract with the device decoder >= 5,000 images/s and >= 0.9x
@@ -50,13 +51,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from featcache.backbones import load_backbone
 from featcache.engine.batches import (_DecodeDataset, _collate, _resized_by_size,
-                                      to_unit_float)
+                                      decode_batch_size, to_unit_float)
 from featcache import extract
-from featcache.inputs import DecodePolicy
+from featcache.inputs import DecodePolicy, as_items
+from featcache.inputs.keys import content_key
 from featcache.inputs.sources import collect_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_cluster import write_jpegs  # noqa: E402  (the same files as gpu_cluster.py)
+from device_feed import feed_rate  # noqa: E402  (before gpu_cluster, which drops this folder
+from gpu_cluster import write_jpegs  # noqa: E402   from sys.path; the same files as it writes)
 
 SIZE = 224
 #: Model -> weights: EfficientNet-Lite0's ship with featcache (offline); ResNet-50 random.
@@ -103,6 +106,16 @@ def cpu_decode_only(paths, batch_size, workers) -> float:
     start = time.perf_counter()
     count = sum(len(positions) for positions, _, _, _ in loader)
     return count / (time.perf_counter() - start)
+
+
+def device_feed_only(paths, batch_size, workers) -> float:
+    """Files/s the decode workers hand over for ``decoder="device"`` (read, key and frame
+    checked, packed per decode batch), with nothing decoded: the feed's own bound."""
+    items = as_items([str(p) for p in paths])
+    keys = [content_key(item, i) for i, item in enumerate(items)]
+    dataset = _DecodeDataset(items, np.arange(len(items)), DecodePolicy(decoder="device"), SIZE,
+                             keys)
+    return feed_rate(dataset, _collate, workers, decode_batch_size(batch_size, workers))
 
 
 class _FileBytes(Dataset):
@@ -306,6 +319,8 @@ def main():
         warm = sorted(write_jpegs(tmp / "warm", args.n, min(args.n, 2 * b)).glob("*.jpg"))
         measured("decode", common, f"featcache CPU decode + resize only ({w} workers)",
                  lambda: (cpu_decode_only(warm, b, w), cpu_decode_only(paths, b, w))[1])
+        measured("decode", common, f"featcache decoder='device' feed only: files read and "
+                 f"checked in {w} workers, no decode", device_feed_only, paths, b, w)
         if device.type == "cuda":
             measured("decode", common, "decode_jpeg on the device + batched resize only",
                      lambda: (decode_only(torchvision_batches, warm, device, b, w),

@@ -296,9 +296,9 @@ def test_the_device_decoder_decodes_jpegs_in_batches_and_falls_back_per_input(tm
 
     monkeypatch.setattr(batches, "decode_jpegs", one_refused)
     device, device_failures = _rows(loaded, items, DecodePolicy(decoder="device"))
-    # Batches of 4 inputs: a, b, c go to the device (d.png and the rest to Pillow), then e
-    # (truncated: the device and Pillow both fail), f, g; h is CMYK (Pillow's).
-    assert sorted(decoded_on_device) == sorted(items[i].stat().st_size for i in (0, 1, 2, 4, 5, 6))
+    # Batches of 4 inputs: a, b, c go to the device (d.png to Pillow), then f, g; e is
+    # truncated (no end-of-image marker: Pillow's, which fails it), h is CMYK (Pillow's).
+    assert sorted(decoded_on_device) == sorted(items[i].stat().st_size for i in (0, 1, 2, 5, 6))
     assert list(device_failures) == [4] and "e.jpg" in device_failures[4]
     assert sorted(device) == [0, 1, 2, 3, 5, 6, 7]
     # Measured: on a CPU, decode_jpeg is libjpeg-turbo, as Pillow; these images are under 4x
@@ -307,6 +307,71 @@ def test_the_device_decoder_decodes_jpegs_in_batches_and_falls_back_per_input(tm
     assert list(pillow_failures) == [4]
     for pos in device:
         np.testing.assert_array_equal(device[pos], pillow[pos], err_msg=str(items[pos]))
+
+
+def test_a_decode_batch_hands_its_jpegs_to_the_device_as_one_tensor(tmp_path):
+    # One shared-memory tensor per decode batch, not one per file: per-file tensors bounded
+    # the feed from the decode workers (benchmarks/device_feed.py).
+    from featcache.engine.batches import _DecodeDataset, _collate, _unpacked
+    from featcache.inputs import DecodePolicy
+
+    items = _mixed_files(tmp_path)
+    dataset = _DecodeDataset(items, np.arange(len(items)), DecodePolicy(decoder="device"), 32)
+    positions, images, errors, packed = _collate([dataset[i] for i in range(len(items))])
+    assert positions.tolist() == [3, 7]  # the PNG and the CMYK JPEG: decoded by Pillow
+    assert images.shape == (2, 3, 32, 32) and [pos for pos, _ in errors] == [4]
+    assert packed.positions.tolist() == [0, 1, 2, 5, 6]  # e.jpg, truncated: Pillow's
+    assert packed.data.dtype == torch.uint8 and packed.data.ndim == 1
+    pairs = _unpacked(packed)
+    assert [pos for pos, _ in pairs] == [0, 1, 2, 5, 6]
+    for pos, data in pairs:  # each file's bytes exactly, a view of the one tensor
+        assert data.numpy().tobytes() == items[pos].read_bytes()
+        assert data.untyped_storage().data_ptr() == packed.data.untyped_storage().data_ptr()
+    assert _collate([dataset[3]])[3] is None and _unpacked(None) == []
+
+
+def test_device_decoded_rows_are_the_same_with_and_without_decode_workers(tmp_path):
+    from featcache.inputs import DecodePolicy
+
+    items = _mixed_files(tmp_path) * 2
+    loaded = load_backbone(image_size=32)
+    alone, alone_failures = _rows(loaded, items, DecodePolicy(decoder="device"), num_workers=0)
+    workers, workers_failures = _rows(loaded, items, DecodePolicy(decoder="device"),
+                                      num_workers=2)
+    assert sorted(workers) == sorted(alone) == [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15]
+    assert sorted(workers_failures) == sorted(alone_failures) == [4, 12]
+    for pos in alone:
+        np.testing.assert_array_equal(workers[pos], alone[pos], err_msg=str(items[pos]))
+
+
+def test_a_jpeg_neither_the_device_nor_pillow_decodes_is_that_inputs_error(tmp_path,
+                                                                           monkeypatch):
+    from PIL import Image
+
+    from featcache.engine import batches
+    from featcache.inputs import DecodePolicy
+
+    good = tmp_path / "good.jpg"
+    Image.fromarray(np.full((40, 50, 3), 120, dtype=np.uint8)).save(good)
+    data = good.read_bytes()
+    # Its quantisation tables removed: the frame (SOF0, 8-bit, 3 components, ends with EOI)
+    # goes to the device, which cannot decode the scan; Pillow cannot either.
+    start = data.index(b"\xff\xdb")
+    end = data.index(b"\xff\xc0")
+    broken = tmp_path / "no_tables.jpg"
+    broken.write_bytes(data[:start] + data[end:])
+    reached, real = [], batches.decode_jpegs
+
+    def recorded(datas, device):
+        out = real(datas, device)
+        reached.extend((len(d), image is None) for d, image in zip(datas, out))
+        return out
+
+    monkeypatch.setattr(batches, "decode_jpegs", recorded)
+    rows, failures = _rows(load_backbone(image_size=32), [good, broken],
+                           DecodePolicy(decoder="device"))
+    assert sorted(reached) == sorted([(len(data), False), (broken.stat().st_size, True)])
+    assert list(rows) == [0] and list(failures) == [1] and "no_tables.jpg" in failures[1]
 
 
 def test_device_decoded_batches_keep_the_planned_order_and_augment(tmp_path):
@@ -419,13 +484,25 @@ def test_a_device_without_a_jpeg_decoder_stops_before_decoding(tmp_path, monkeyp
 
 
 @pytest.mark.gpu
-def test_the_device_decoder_on_the_gpu_gives_rows_close_to_pillows(tmp_path):
+def test_the_device_decoder_on_the_gpu_gives_rows_close_to_pillows(tmp_path, monkeypatch):
+    from featcache.engine import batches
     from featcache.inputs import DecodePolicy
 
     items = _mixed_files(tmp_path)
     loaded = load_backbone(image_size=32)
+    refused, real = [], batches.decode_jpegs
+
+    def recorded(datas, device):  # which bytes nvJPEG refused (Pillow then decodes them)
+        out = real(datas, device)
+        refused.extend(len(d) for d, image in zip(datas, out) if image is None)
+        return out
+
+    monkeypatch.setattr(batches, "decode_jpegs", recorded)
     device, failures = _rows(loaded, items, DecodePolicy(decoder="device"), device="cuda",
-                             precision="fp32")
+                             precision="fp32", num_workers=2)
+    # nvJPEG refused none (the truncated e.jpg never reaches it): the packed bytes' views
+    # decode on the GPU.
+    assert refused == []
     pillow, _ = _rows(loaded, items, DecodePolicy(), device="cuda", precision="fp32")
     assert list(failures) == [4] and sorted(device) == sorted(pillow) == [0, 1, 2, 3, 5, 6, 7]
     for pos in device:  # nvJPEG is not libjpeg-turbo: close, not equal (not measured yet)

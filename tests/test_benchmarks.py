@@ -41,6 +41,16 @@ def test_gpu_throughput_runs_on_a_cpu():
     assert "| efficientnet_lite0 | >= 5,000 images/s end to end |" in out and "its bound" in out
     assert "a fresh process's first job, then its second |" in out
     assert "| efficientnet_lite0 | first job >= 0.9x the later ones (item 2) |" in out
+    assert "| (none) | featcache decoder='device' feed only: files read and checked in 1 " in out
+
+
+def test_device_feed_benchmark_prints_both_hand_overs():
+    # A few seconds: 48 files, one pass, in the main process and with one worker.
+    out = _run("device_feed.py", "--n", "48", "--workers", "1", "--passes", "1",
+               "--batch-size", "16")
+    assert "read + key and frame check alone, one process:" in out
+    assert "| decode workers | per file (before) files/s | packed files/s |" in out
+    assert "| 0 |" in out and "| 1 |" in out
 
 
 @pytest.mark.slow

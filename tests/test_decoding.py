@@ -200,6 +200,11 @@ def test_which_jpeg_frames_the_device_decodes():
     twelve_bit = bytearray(data)
     twelve_bit[sof + 4] = 12
     assert not decoding.device_jpeg_frame(bytes(twelve_bit))
+    # Not ending with the end-of-image marker: truncated (Pillow refuses it), or data after
+    # the image (Pillow decodes it). A GPU decoder is not trusted to refuse a truncated file.
+    assert data.endswith(b"\xff\xd9")
+    for cut in (data[:-1], data[:-2], data[:len(data) // 2], data + b"\x00", data + b"trailer"):
+        assert not decoding.device_jpeg_frame(cut)
 
 
 def test_jpeg_bytes_hands_over_only_the_jpegs_the_device_decodes(tmp_path):

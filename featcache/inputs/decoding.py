@@ -52,13 +52,16 @@ REDUCE_KEEP = 2
 REDUCTION_RULE = f"jpeg-dct-draft+box-reduce/shorter-side>={REDUCE_KEEP}x-input"
 #: What ``decoder="device"`` does, recorded in the decode policy (and so in the fingerprint):
 #: a JPEG file whose frame is baseline, extended or progressive Huffman (SOF0-2), 8 bits, 1 or
-#: 3 components, without an EXIF rotation (:func:`device_jpeg_frame`), is decoded at full
-#: size to RGB by ``torchvision.io.decode_jpeg`` on the run device (nvJPEG on a GPU,
-#: libjpeg-turbo on a CPU); every other input by Pillow, as ``decoder="pillow"`` would. The
-#: choice depends on the file's bytes only, never on the machine. A JPEG the device then
-#: fails to decode is decoded by Pillow at full size: the same libjpeg-turbo pixels that
-#: ``decode_jpeg`` gives on a CPU.
-DEVICE_JPEG_RULE = "decode_jpeg/sof0-2,8-bit,1|3-components,no-exif-rotation,full-size;else-pillow"
+#: 3 components, whose bytes end with the end-of-image marker, without an EXIF rotation
+#: (:func:`device_jpeg_frame`), is decoded at full size to RGB by ``torchvision.io.decode_jpeg``
+#: on the run device (nvJPEG on a GPU, libjpeg-turbo on a CPU); every other input by Pillow,
+#: as ``decoder="pillow"`` would. The choice depends on the file's bytes only, never on the
+#: machine. A truncated file (or one with data after its image) thus goes to Pillow, which
+#: refuses a truncated one as the default path does: a hardware decoder is not trusted to.
+#: A JPEG the device then fails to decode is decoded by Pillow at full size: the same
+#: libjpeg-turbo pixels that ``decode_jpeg`` gives on a CPU.
+DEVICE_JPEG_RULE = ("decode_jpeg/sof0-2,8-bit,1|3-components,ends-with-eoi,no-exif-rotation,"
+                    "full-size;else-pillow")
 _DEVICE_SOF = {0xC0, 0xC1, 0xC2}
 _ANY_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
@@ -284,11 +287,13 @@ def device_jpeg_frame(data: bytes) -> bool:
 
     The first frame header (SOF) must be baseline, extended or progressive Huffman (SOF0,
     SOF1, SOF2: what nvJPEG and libjpeg-turbo both decode), 8 bits per sample, with 1
-    (grayscale) or 3 (YCbCr or RGB) components. Lossless, arithmetic-coded, hierarchical and
-    12-bit frames, CMYK/YCCK, and anything that is not a JPEG are left to Pillow. Reads the
-    marker segments only (no decoding).
+    (grayscale) or 3 (YCbCr or RGB) components, and the bytes must end with the end-of-image
+    marker (EOI): a truncated file is left to Pillow, which refuses it, since GPU decoders
+    have been seen to give a truncated or corrupt file an image without an error. Lossless,
+    arithmetic-coded, hierarchical and 12-bit frames, CMYK/YCCK, and anything that is not a
+    JPEG are left to Pillow too. Reads the marker segments only (no decoding).
     """
-    if data[:2] != b"\xff\xd8":
+    if data[:2] != b"\xff\xd8" or data[-2:] != b"\xff\xd9":
         return False
     i, n = 2, len(data)
     while i + 4 <= n:
