@@ -5,7 +5,8 @@ scikit-learn's two sample photographs, quality 90), then measures, in one run, i
 each pipeline below for each model (EfficientNet-Lite0 with its packaged weights, ResNet-50
 with random weights: the speed does not depend on them), bf16 autocast, channels-last,
 224 px. Files are read by DataLoader workers (``--workers``) in every pipeline but DALI's,
-which reads with its own threads.
+which reads with its own threads; the anchors get each batch's bytes as one tensor, as
+featcache does (so they differ from it in the decoder, not in how the bytes travel).
 
 - model only: pre-decoded, pre-resized uint8 tensors already on the device;
 - NVIDIA DALI: file reader -> ``fn.decoders.image(device="mixed")`` -> GPU resize (shorter
@@ -126,12 +127,22 @@ class _FileBytes(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        return torch.frombuffer(bytearray(Path(self.paths[i]).read_bytes()), dtype=torch.uint8)
+        return Path(self.paths[i]).read_bytes()
+
+
+def _packed_bytes(datas):
+    """A batch of file bytes as one uint8 tensor and the sizes (one shared-memory segment per
+    batch, as featcache hands them over: ``benchmarks/device_feed.py``)."""
+    sizes = [len(d) for d in datas]
+    return torch.frombuffer(bytearray(b"".join(datas)), dtype=torch.uint8), sizes
 
 
 def _file_bytes(paths, batch_size, workers, device):
-    return DataLoader(_FileBytes(paths), batch_size=batch_size, num_workers=workers,
-                      collate_fn=list, pin_memory=device.type == "cuda")
+    """Batches of file bytes read in workers: lists of 1-D uint8 tensors (views of one)."""
+    loader = DataLoader(_FileBytes(paths), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_packed_bytes, pin_memory=device.type == "cuda")
+    for data, sizes in loader:
+        yield list(torch.split(data, sizes))
 
 
 def torchvision_batches(paths, device, batch_size, workers):
