@@ -26,7 +26,7 @@ __all__ = ["POOLINGS", "PRECISIONS", "ON_ERROR", "VERIFY_INPUTS", "DECODE_SCALES
            "Option", "BACKBONE_OPTIONS", "RUN_OPTIONS", "option_constraints",
            "run_constraints",
            "validate_run_options", "validate_window", "resolve_device",
-           "resolve_precision", "cuda_possible",
+           "resolve_precision", "cuda_possible", "usable_cores",
            "is_invalid_parameter"]
 
 #: How a feature map or token sequence becomes one vector.
@@ -307,3 +307,12 @@ def cuda_possible() -> bool:
     if sys.platform.startswith("linux") or sys.platform == "darwin":
         return os.path.exists("/proc/driver/nvidia/version")
     return True
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: ``os.sched_getaffinity`` (a SLURM or ``taskset``
+    allocation, a container's cpuset), else ``os.cpu_count()`` where there is no affinity."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1

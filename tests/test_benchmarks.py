@@ -44,6 +44,13 @@ def test_gpu_throughput_runs_on_a_cpu():
     assert "| (none) | featcache decoder='device' feed only: files read and checked in 1 " in out
 
 
+def test_key_rate_benchmark_times_both_ways():
+    # A few seconds: 2,048 files (the fewest that are hashed in processes), one pass.
+    out = _run("key_rate.py", "--n", "2048", "--passes", "1")
+    assert "| hashed in this process, one file after another (before) |" in out
+    assert "| hashed in 2 processes (now) |" in out or "| hashed in 0 processes" in out
+
+
 def test_device_feed_benchmark_prints_both_hand_overs():
     # A few seconds: 48 files, one pass, in the main process and with one worker.
     out = _run("device_feed.py", "--n", "48", "--workers", "1", "--passes", "1",

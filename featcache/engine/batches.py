@@ -33,7 +33,7 @@ from ..exceptions import InputChangedError, InputError
 from ..inputs import DecodePolicy, decode, describe
 from ..inputs.keys import forget
 from ..log import get_logger
-from ..options import resolve_device, resolve_precision
+from ..options import resolve_device, resolve_precision, usable_cores
 from .progress import progress_bar
 
 _log = get_logger(__name__)
@@ -81,15 +81,6 @@ class Batch:
 #: compute: a worker costs about a second to start, and a small job, or arrays and PIL images
 #: (whose "decoding" is a copy, and which would be pickled to every worker), gain nothing.
 CPU_WORKERS_MIN_FILES = 256
-
-
-def usable_cores() -> int:
-    """The cores this process may run on: ``os.sched_getaffinity`` (a SLURM or ``taskset``
-    allocation, a container's cpuset), else ``os.cpu_count()`` where there is no affinity."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def resolve_num_workers(num_workers, device: torch.device, items=None, positions=None) -> int:

@@ -24,6 +24,9 @@ from ..cache import resolved
 from ..exceptions import FeatcacheError, InputError
 from ..formats import FORMAT_VERSION
 from ..inputs import content_key, describe
+from ..inputs.errors import as_input_error
+from ..inputs.keys import memoised_key, probe_file, remember
+from .key_processes import hashed_files
 from ..log import get_logger
 from .interrupts import deferred_signals, raise_if_interrupted
 
@@ -42,16 +45,34 @@ def content_keys(items, on_error="raise", memo=None, verify="stat"):
     the memos remember (see :func:`featcache.inputs.keys.content_key`).
     Returns ``(keys, failures)`` where failures maps position -> reason.
     """
-    keys, failures = [], {}
+    keys, failures = [None] * len(items), {}
+    unknown = []  # (position, path, probe) of the files no memo knows: hashed below, maybe in
+    # other processes (featcache.engine.key_processes)
+
+    def failed(pos, exc):
+        if on_error == "raise":
+            raise exc
+        failures[pos] = str(exc)
+
     for pos, item in enumerate(items):
         raise_if_interrupted()  # Ctrl-C/SIGTERM while hashing a long input list
         try:
-            keys.append(content_key(item, pos, memo, verify))
+            if isinstance(item, (str, os.PathLike)):
+                with as_input_error(item, pos, "cannot be read"):  # as content_key does
+                    probe = probe_file(item, pos)
+                    keys[pos] = None if verify == "hash" else memoised_key(probe, memo)
+                if keys[pos] is None:
+                    unknown.append((pos, item, probe))
+            else:
+                keys[pos] = content_key(item, pos, memo, verify)
         except InputError as exc:
-            if on_error == "raise":
-                raise
-            keys.append(None)
-            failures[pos] = str(exc)
+            failed(pos, exc)
+    for pos, hashed in hashed_files(unknown, check=raise_if_interrupted):
+        if isinstance(hashed, InputError):
+            failed(pos, hashed)
+        else:
+            remember(hashed, memo, rehash=verify == "hash")
+            keys[pos] = hashed.key
     if memo is not None:
         memo.save()
     return keys, failures

@@ -17,6 +17,7 @@ import stat
 import time
 import weakref
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -25,7 +26,8 @@ from ..cache.identity import identity_of, settled
 from .errors import as_input_error, input_error, pil_errors
 
 __all__ = ["content_key", "array_key", "pil_key", "bytes_key", "stat_file", "forget",
-           "FILE_KEY_MEMO"]
+           "FILE_KEY_MEMO", "FileProbe", "HashedFile", "probe_file", "memoised_key", "hash_file",
+           "remember"]
 
 _CHUNK = 1 << 20
 _MEMO_MAX = 2_000_000
@@ -121,10 +123,6 @@ def stat_file(path, item, index: int) -> os.stat_result:
     return st
 
 
-def _identity(path, st) -> tuple:
-    return identity_of(path.resolve(), st)
-
-
 def forget(item) -> None:
     """Drop a file's content key from every memo of this process and the persistent ones.
 
@@ -145,18 +143,49 @@ def forget(item) -> None:
         memo.save()
 
 
-def _file_key(path, index, persistent=None, rehash=False):
-    now = time.time_ns()  # taken before the stat: an identity is settled when older than it
+class FileProbe(NamedTuple):
+    """A file's identity as a stat saw it, and when: what a memo is keyed by."""
+
+    now: int  # time.time_ns() taken before the stat: the identity is settled if older
+    resolved: str  # os.path.realpath of the path (what Path.resolve gives)
+    identity: tuple
+
+
+class HashedFile(NamedTuple):
+    """A file's key, the identity it was read under, and whether a memo may keep it (the file
+    did not change while it was read, and its identity is settled)."""
+
+    key: bytes
+    identity: tuple
+    memoizable: bool
+
+
+def probe_file(path, index: int) -> FileProbe:
+    """Stat an input file (its :class:`InputError` if it is missing or not a regular file)."""
+    now = time.time_ns()
     st = stat_file(path, path, index)
-    memo = _identity(path, st)
+    resolved = os.path.realpath(path)
+    return FileProbe(now, resolved, identity_of(resolved, st))
+
+
+def memoised_key(probe: FileProbe, persistent=None) -> "bytes | None":
+    """The key a memo (this process's, then ``persistent``) holds for the probed identity."""
     if persistent is not None:
         _PERSISTENT.add(persistent)
-    if not rehash:
-        key = FILE_KEY_MEMO.get(memo)
-        if key is None and persistent is not None:
-            key = persistent.get(memo)
-        if key is not None:
-            return key
+    key = FILE_KEY_MEMO.get(probe.identity)
+    if key is None and persistent is not None:
+        key = persistent.get(probe.identity)
+    return key
+
+
+def hash_file(path, index: int, probe: FileProbe | None = None) -> HashedFile:
+    """Read and hash a file; ``probe`` (:func:`probe_file`, taken just before) spares a stat.
+
+    Touches no memo, so it may run in another process; :func:`remember` then records the
+    result where the memos live.
+    """
+    path = Path(path)
+    probe = probe or probe_file(path, index)
     h = hashlib.blake2b(digest_size=16)
     try:
         with open(path, "rb") as f:
@@ -164,15 +193,34 @@ def _file_key(path, index, persistent=None, rehash=False):
                 h.update(chunk)
     except OSError as exc:
         raise input_error(path, index, f"cannot be read ({exc.strerror or exc}).") from None
-    key = h.digest()
-    # Remembered only when unchanged meanwhile and settled: a file changed within its
+    # Remembered only when unchanged meanwhile (the identity after the read differs in inode
+    # or times if another file took this path) and settled: a file changed within its
     # timestamps' clock tick of being keyed would keep this identity (git's racily clean).
-    if _identity(path, os.stat(path)) == memo and settled(memo, now):
+    unchanged = identity_of(probe.resolved, os.stat(path)) == probe.identity
+    return HashedFile(h.digest(), probe.identity, unchanged and settled(probe.identity, probe.now))
+
+
+def remember(hashed: HashedFile, persistent=None, rehash: bool = False) -> None:
+    """Record a :class:`HashedFile` in this process's memo (and ``persistent``) when it may be
+    kept; after a ``rehash`` that may not, drop what the memo held for that identity."""
+    if persistent is not None:
+        _PERSISTENT.add(persistent)
+    if hashed.memoizable:
         if len(FILE_KEY_MEMO) >= _MEMO_MAX:
             FILE_KEY_MEMO.clear()
-        FILE_KEY_MEMO[memo] = key
+        FILE_KEY_MEMO[hashed.identity] = hashed.key
         if persistent is not None:
-            persistent[memo] = key
+            persistent[hashed.identity] = hashed.key
     elif rehash:
-        FILE_KEY_MEMO.pop(memo, None)
-    return key
+        FILE_KEY_MEMO.pop(hashed.identity, None)
+
+
+def _file_key(path, index, persistent=None, rehash=False):
+    probe = probe_file(path, index)
+    if not rehash:
+        key = memoised_key(probe, persistent)
+        if key is not None:
+            return key
+    hashed = hash_file(path, index, probe)
+    remember(hashed, persistent, rehash)
+    return hashed.key

@@ -1,0 +1,109 @@
+"""Hash the input files no memo knows in several processes: a cold job's content keys.
+
+A job's content keys come before anything else (the plan needs them), one file after
+another: on one core about 5,400 JPEG photos of 640x427 a second (``benchmarks/key_rate.py``),
+under the 5,000 images/s a GPU job is asked for. For many files that no memo knows,
+:func:`hashed_files` reads and hashes them in processes forked from this one, in chunks, and
+gives the results back in order; the caller records them in the memos
+(:func:`featcache.inputs.keys.remember`), which live in this process only.
+
+Processes are used only where they are cheap and safe: this process forks by default (as
+the decode workers do; not under ``spawn`` or ``forkserver``: a Dask worker, macOS,
+Windows, Python 3.14's default), it is not a daemon (which may not have children), more than
+one core is usable, and there are at least :data:`MIN_FILES` files to hash. Anywhere else, and
+if the processes cannot start, the files are hashed here, one after another: the same keys.
+No torch.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from ..exceptions import InputError
+from ..inputs.errors import as_input_error
+from ..inputs.keys import hash_file
+from ..log import get_logger
+from ..options import usable_cores
+
+_log = get_logger(__name__)
+
+__all__ = ["MIN_FILES", "CHUNK_FILES", "key_processes", "hashed_files"]
+
+#: Fewer files than this are hashed in this process (processes cost milliseconds to start).
+MIN_FILES = 2048
+#: Files per task given to a hashing process.
+CHUNK_FILES = 256
+#: At most this many hashing processes.
+MAX_PROCESSES = 32
+
+
+def key_processes(n_files: int) -> int:
+    """How many processes :func:`hashed_files` uses for ``n_files`` files (0: none)."""
+    if n_files < MIN_FILES or multiprocessing.current_process().daemon:
+        return 0
+    if multiprocessing.get_start_method(allow_none=False) != "fork":
+        return 0
+    n = min(usable_cores(), MAX_PROCESSES, -(-n_files // CHUNK_FILES))
+    return n if n >= 2 else 0
+
+
+def _hash_one(index, item, probe):
+    """:func:`hash_file`, or the input's :class:`InputError` (as a value, to travel back)."""
+    try:
+        with as_input_error(item, index, "cannot be read"):
+            return hash_file(item, index, probe)
+    except InputError as exc:
+        return exc
+
+
+def _hash_chunk(chunk):
+    return [_hash_one(*file) for file in chunk]
+
+
+def _ignore_interrupts():
+    # This process decides when to stop (Ctrl-C, SIGTERM at a safe point), then waits for the
+    # running chunks to end; a hashing process never stops half-way on its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def hashed_files(files, *, check=None):
+    """Yield ``(position, HashedFile or InputError)`` for ``files``, ``(position, path,
+    probe)`` triples (``probe``: :func:`featcache.inputs.keys.probe_file`'s, or None), in
+    their order.
+
+    ``check()`` is called between chunks (e.g. to raise on an interrupt); whatever it raises
+    stops the hashing: the running chunks end, the others never start, no process is left.
+    """
+    files = list(files)
+    processes = key_processes(len(files))
+    if processes:
+        try:
+            pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"),
+                                       initializer=_ignore_interrupts)
+        except (OSError, RuntimeError, ValueError) as exc:  # no processes: hash them here
+            _log.info("hashing %d files in this process (%s)", len(files), exc)
+            processes = 0
+    if not processes:
+        for file in files:
+            if check is not None:
+                check()
+            yield file[0], _hash_one(*file)
+        return
+    _log.info("hashing %d files in %d processes", len(files), processes)
+    chunks = [files[i:i + CHUNK_FILES] for i in range(0, len(files), CHUNK_FILES)]
+    try:
+        futures = [pool.submit(_hash_chunk, chunk) for chunk in chunks]
+        for chunk, future in zip(chunks, futures):
+            if check is not None:
+                check()
+            try:
+                results = future.result()
+            except BrokenProcessPool:  # a hashing process died (killed): hash its chunk here
+                results = _hash_chunk(chunk)
+            yield from zip((file[0] for file in chunk), results)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
