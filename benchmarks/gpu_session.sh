@@ -11,8 +11,9 @@
 #
 # `run` installs the wheels into /tmp, then runs, with featcache from this checkout:
 # benchmarks/gpu_throughput.py (every GPU row and target of issue 25 items 1 and 2),
-# benchmarks/decoder_rows.py --device cuda (nvJPEG's rows against Pillow's), and the `gpu`
-# tests of the batch loop, the device decoder and the prefetch thread. Each log goes to $OUT
+# benchmarks/decoder_rows.py --device cuda (nvJPEG's rows against Pillow's), device_feed.py
+# and key_rate.py (the CPU side, on that machine's cores), and the `gpu` tests of the batch
+# loop, the device decoder and the prefetch thread. Each log goes to $OUT
 # (it comes back even when the run is stopped at its limit).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +45,11 @@ run)
     timeout 330 python3 benchmarks/gpu_throughput.py --n 4096 2>&1 | tee "$OUT/gpu_throughput.log"
     timeout 90 python3 benchmarks/decoder_rows.py --device cuda --n 8 2>&1 \
         | tee "$OUT/decoder_rows.log"
+    # The CPU side of a GPU job on this machine's cores: the device decoder's feed and a
+    # cold job's content keys (each about 20 s).
+    timeout 60 python3 benchmarks/device_feed.py --n 4096 --workers 8,16 --passes 2 2>&1 \
+        | tee "$OUT/device_feed.log"
+    timeout 60 python3 benchmarks/key_rate.py --n 8192 --passes 2 2>&1 | tee "$OUT/key_rate.log"
     timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_device_decode.py \
         tests/test_batches.py tests/test_prefetch.py 2>&1 | tee "$OUT/gpu_tests.log"
     ;;
