@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 import featcache.engine.unit_of_work as embedding
-from featcache.engine.unit_of_work import SourcesOf, source_of
+from featcache.engine import key_processes
+from featcache.engine.unit_of_work import SourcesOf, content_keys, source_of
+from featcache.exceptions import InputError
+from featcache.inputs import keys as keys_module
 
 
 def test_sources_are_described_only_when_asked_for(monkeypatch):
@@ -72,3 +75,26 @@ def test_every_position_of_a_failed_input_is_failed(tmp_path, cache, read):
     if read:
         assert np.isnan(again.features[[1, 3, 4]]).all()
         assert np.isfinite(again.features[[0, 2]]).all()
+
+
+def test_content_keys_name_the_first_bad_input_as_one_file_after_another_did(tmp_path,
+                                                                           monkeypatch):
+    # Files are probed (stat) first and hashed afterwards: an unreadable file must still be
+    # reported before a missing one that comes after it, and failures listed in input order.
+    paths = [tmp_path / f"{i}.bin" for i in range(3)]
+    for p in paths:
+        p.write_bytes(p.name.encode())
+    real = keys_module.hash_file
+
+    def unreadable(path, index, probe=None):  # what a file without read permission gives
+        if Path(path).name == "0.bin":
+            raise PermissionError(13, "Permission denied")
+        return real(path, index, probe)
+
+    monkeypatch.setattr(key_processes, "hash_file", unreadable)
+    items = [str(paths[0]), str(tmp_path / "missing.bin"), str(paths[2])]
+    with pytest.raises(InputError, match=r"input 0 .*0\.bin.*Permission denied"):
+        content_keys(items)
+    keys, failures = content_keys(items, on_error="skip")
+    assert list(failures) == [0, 1] and keys[:2] == [None, None] and keys[2] is not None
+    assert "Permission denied" in failures[0] and "not found" in failures[1]

@@ -54,6 +54,7 @@ def content_keys(items, on_error="raise", memo=None, verify="stat"):
             raise exc
         failures[pos] = str(exc)
 
+    first_error = None  # on_error="raise": the first input the probes refuse
     for pos, item in enumerate(items):
         raise_if_interrupted()  # Ctrl-C/SIGTERM while hashing a long input list
         try:
@@ -66,16 +67,21 @@ def content_keys(items, on_error="raise", memo=None, verify="stat"):
             else:
                 keys[pos] = content_key(item, pos, memo, verify)
         except InputError as exc:
-            failed(pos, exc)
+            if on_error == "raise":  # raised once the files before it are hashed: an
+                first_error = exc    # earlier unreadable one is the first bad input
+                break
+            failures[pos] = str(exc)
     for pos, hashed in hashed_files(unknown, check=raise_if_interrupted):
         if isinstance(hashed, InputError):
             failed(pos, hashed)
         else:
             remember(hashed, memo, rehash=verify == "hash")
             keys[pos] = hashed.key
+    if first_error is not None:
+        raise first_error
     if memo is not None:
         memo.save()
-    return keys, failures
+    return keys, dict(sorted(failures.items()))  # in input order, as the reports list them
 
 
 def plan(keys, namespaces, *, retry_failed=False):
