@@ -1,6 +1,7 @@
 """featcache.engine.key_processes: a cold job's files hashed in forked processes give the keys,
 memo entries and errors of hashing them here, in order, and leave no process behind."""
 
+import errno
 import multiprocessing
 import os
 
@@ -148,3 +149,28 @@ def test_processes_that_cannot_start_leave_the_hashing_here(tmp_path, small_pool
     paths = _files(tmp_path, 12)
     keys, _ = content_keys([str(p) for p in paths])
     assert keys == [bytes_key(p.read_bytes()) for p in paths]
+
+
+def test_a_process_that_cannot_be_forked_leaves_the_hashing_here_and_no_process(
+        tmp_path, small_pool, monkeypatch):
+    # The executor forks its processes at the first submit, not when it is made: the second
+    # fork hits the process limit (EAGAIN), after the first process started.
+    real_fork, forks = os.fork, []
+
+    def fork():
+        forks.append(1)
+        if len(forks) > 1:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", fork)
+    paths = _files(tmp_path, 12)
+    try:
+        keys, failures = content_keys([str(p) for p in paths])
+        left = multiprocessing.active_children()
+    finally:  # without the fix, the forked process would wait for work until pytest's exit
+        for process in multiprocessing.active_children():
+            process.kill()
+            process.join()
+    assert len(forks) == 2 and not left
+    assert failures == {} and keys == [bytes_key(p.read_bytes()) for p in paths]

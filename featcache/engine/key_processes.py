@@ -70,6 +70,33 @@ def _ignore_interrupts():
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _hashed_here(files, check=None):
+    """:func:`hashed_files` in this process, one file after another."""
+    for file in files:
+        if check is not None:
+            check()
+        yield file[0], _hash_one(*file)
+
+
+def _submitted(pool, chunks):
+    """The chunks' futures; None, and no process left, when a process cannot be started.
+
+    The executor forks its processes at the first submit: one that fails there (EAGAIN at
+    the process limit, ENOMEM without overcommit; a thread that cannot start) leaves those
+    forked before it waiting for work that never comes, and the interpreter then waits for
+    them forever at exit. They are killed (they hold nothing of this process's).
+    """
+    try:
+        return [pool.submit(_hash_chunk, chunk) for chunk in chunks]
+    except (OSError, RuntimeError) as exc:
+        _log.info("hashing in this process: a hashing process cannot start (%s)", exc)
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.kill()
+            process.join()
+        pool.shutdown(wait=False, cancel_futures=True)
+        return None
+
+
 def hashed_files(files, *, check=None):
     """Yield ``(position, HashedFile or InputError)`` for ``files``, ``(position, path,
     probe)`` triples (``probe``: :func:`featcache.inputs.keys.probe_file`'s, or None), in
@@ -88,15 +115,15 @@ def hashed_files(files, *, check=None):
             _log.info("hashing %d files in this process (%s)", len(files), exc)
             processes = 0
     if not processes:
-        for file in files:
-            if check is not None:
-                check()
-            yield file[0], _hash_one(*file)
+        yield from _hashed_here(files, check)
         return
     _log.info("hashing %d files in %d processes", len(files), processes)
     chunks = [files[i:i + CHUNK_FILES] for i in range(0, len(files), CHUNK_FILES)]
     try:
-        futures = [pool.submit(_hash_chunk, chunk) for chunk in chunks]
+        futures = _submitted(pool, chunks)
+        if futures is None:  # no processes after all: hash them here
+            yield from _hashed_here(files, check)
+            return
         for chunk, future in zip(chunks, futures):
             if check is not None:
                 check()
