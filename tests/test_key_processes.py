@@ -4,6 +4,10 @@ memo entries and errors of hashing them here, in order, and leave no process beh
 import errno
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -174,3 +178,54 @@ def test_a_process_that_cannot_be_forked_leaves_the_hashing_here_and_no_process(
             process.join()
     assert len(forks) == 2 and not left
     assert failures == {} and keys == [bytes_key(p.read_bytes()) for p in paths]
+
+
+_KILLED_JOB = """
+import multiprocessing, os, pathlib, signal, sys
+from featcache.engine import key_processes
+key_processes.MIN_FILES, key_processes.CHUNK_FILES = 8, 4
+key_processes.usable_cores = lambda: 2
+folder = pathlib.Path(sys.argv[1])
+files = [(i, str(folder / f"{i:03d}.bin"), None) for i in range(40)]
+calls = []
+
+def check():
+    calls.append(1)
+    if len(calls) == 2:  # the hashing processes are running: this process is ended
+        (folder / "pids").write_text(" ".join(str(p.pid) for p in multiprocessing.active_children()))
+        os.kill(os.getpid(), signal.SIGTERM)  # not deferred here: the default action
+
+for _ in key_processes.hashed_files(files, check=check):
+    pass
+"""
+
+
+def _running(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc (Linux)")
+def test_hashing_processes_end_with_the_process_that_forked_them(tmp_path):
+    _files(tmp_path, 40)
+    script = tmp_path / "job.py"
+    script.write_text(_KILLED_JOB)
+    with open(tmp_path / "out.txt", "wb") as out:  # a file, not a pipe an orphan would hold
+        done = subprocess.run([sys.executable, str(script), str(tmp_path)], stdout=out,
+                              stderr=subprocess.STDOUT, timeout=300)
+    assert done.returncode == -signal.SIGTERM, (tmp_path / "out.txt").read_text()
+    pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+    assert len(pids) == 2
+    try:
+        for _ in range(600):  # they end as their parent does; an orphan would wait forever
+            if not any(_running(pid) for pid in pids):
+                break
+            time.sleep(0.1)
+        assert not any(_running(pid) for pid in pids)
+    finally:
+        for pid in pids:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -17,8 +17,11 @@ No torch.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
 import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -63,11 +66,24 @@ def _hash_chunk(chunk):
     return [_hash_one(*file) for file in chunk]
 
 
-def _ignore_interrupts():
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _ignore_interrupts(parent: int):
     # This process decides when to stop (Ctrl-C, SIGTERM at a safe point), then waits for the
     # running chunks to end; a hashing process never stops half-way on its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # But it ends with the process that forked it (killed, or ended by SIGTERM without the
+    # deferral): it would otherwise wait for work forever, holding that process's memory and
+    # its stdout (a pipe reading it never ends). Linux; elsewhere processes are not used.
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # it ended before the line above
+        os._exit(1)
 
 
 def _hashed_here(files, check=None):
@@ -110,7 +126,7 @@ def hashed_files(files, *, check=None):
     if processes:
         try:
             pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"),
-                                       initializer=_ignore_interrupts)
+                                       initializer=_ignore_interrupts, initargs=(os.getpid(),))
         except (OSError, RuntimeError, ValueError) as exc:  # no processes: hash them here
             _log.info("hashing %d files in this process (%s)", len(files), exc)
             processes = 0
