@@ -229,3 +229,19 @@ def test_hashing_processes_end_with_the_process_that_forked_them(tmp_path):
         for pid in pids:
             if _running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_killed_hashing_process_leaves_its_chunk_to_this_one(tmp_path, small_pool,
+                                                               monkeypatch):
+    paths = _files(tmp_path, 16)
+    real, parent = keys_module.hash_file, os.getpid()
+
+    def killed_on_005(path, index, probe=None):  # the OOM killer, say, in a hashing process
+        if str(path).endswith("005.bin") and os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(path, index, probe)
+
+    monkeypatch.setattr(key_processes, "hash_file", killed_on_005)
+    keys, failures = content_keys([str(p) for p in paths])
+    assert failures == {} and keys == [bytes_key(p.read_bytes()) for p in paths]
+    assert not multiprocessing.active_children()
