@@ -229,3 +229,20 @@ def test_jpeg_bytes_hands_over_only_the_jpegs_the_device_decodes(tmp_path):
     strip = _file(tmp_path, "strip.jpg", np.zeros((8, 30_000), np.uint8))
     with pytest.raises(InputError, match=r"strip\.jpg.*over the limit"):
         decode(strip, 0, DEVICE, jpeg_bytes=True, image_size=2000)
+
+
+def test_jpegs_not_ending_with_the_end_marker_are_decoded_by_pillow_or_refused(tmp_path):
+    # decoder="device" leaves them to Pillow (DEVICE_JPEG_RULE): data after the image, or a
+    # complete scan without its end marker, still gives the image (Pillow's pixels); a
+    # truncated scan is refused, as decoder="pillow" refuses it.
+    photo = (_photo(60, 80) * 255).astype(np.uint8)
+    data = _file(tmp_path, "a.jpg", photo, quality=90).read_bytes()
+    expected = decode(tmp_path / "a.jpg", 0, DEVICE)
+    for name, variant in (("trailer.jpg", data + b"\x00" * 64 + b"trailer"),
+                          ("no_eoi.jpg", data[:-2])):
+        (tmp_path / name).write_bytes(variant)
+        got = decode(tmp_path / name, 0, DEVICE, jpeg_bytes=True)
+        assert isinstance(got, np.ndarray) and np.array_equal(got, expected), name
+    (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 2])
+    with pytest.raises(InputError, match=r"cut\.jpg.*truncated"):
+        decode(tmp_path / "cut.jpg", 0, DEVICE, jpeg_bytes=True)
