@@ -26,7 +26,7 @@ __all__ = ["POOLINGS", "PRECISIONS", "ON_ERROR", "VERIFY_INPUTS", "DECODE_SCALES
            "Option", "BACKBONE_OPTIONS", "RUN_OPTIONS", "option_constraints",
            "run_constraints",
            "validate_run_options", "validate_window", "resolve_device",
-           "resolve_precision", "cuda_possible", "usable_cores",
+           "resolve_precision", "cuda_possible", "usable_cores", "start_method",
            "is_invalid_parameter"]
 
 #: How a feature map or token sequence becomes one vector.
@@ -316,3 +316,12 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def start_method() -> str:
+    """The start method this process's new processes would get (``multiprocessing``'s), read
+    without fixing it: a caller may still choose another with ``set_start_method``."""
+    import multiprocessing
+
+    return (multiprocessing.get_start_method(allow_none=True)
+            or multiprocessing.get_all_start_methods()[0])

@@ -245,3 +245,19 @@ def test_a_killed_hashing_process_leaves_its_chunk_to_this_one(tmp_path, small_p
     keys, failures = content_keys([str(p) for p in paths])
     assert failures == {} and keys == [bytes_key(p.read_bytes()) for p in paths]
     assert not multiprocessing.active_children()
+
+
+def test_deciding_leaves_the_start_method_to_the_caller():
+    # Reading the start method must not fix it: a caller may still choose another.
+    import subprocess
+    import sys
+
+    code = ("import multiprocessing\n"
+            "from featcache.engine import key_processes\n"
+            "key_processes.key_processes(10**6)\n"
+            "multiprocessing.set_start_method('spawn')\n"
+            "print(multiprocessing.get_start_method())\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "spawn"

@@ -29,7 +29,7 @@ from ..exceptions import InputError
 from ..inputs.errors import as_input_error
 from ..inputs.keys import hash_file
 from ..log import get_logger
-from ..options import usable_cores
+from ..options import start_method, usable_cores
 
 _log = get_logger(__name__)
 
@@ -47,7 +47,7 @@ def key_processes(n_files: int) -> int:
     """How many processes :func:`hashed_files` uses for ``n_files`` files (0: none)."""
     if n_files < MIN_FILES or multiprocessing.current_process().daemon:
         return 0
-    if multiprocessing.get_start_method(allow_none=False) != "fork":
+    if start_method() != "fork":
         return 0
     n = min(usable_cores(), MAX_PROCESSES, -(-n_files // CHUNK_FILES))
     return n if n >= 2 else 0
