@@ -423,6 +423,20 @@ def test_the_device_decodes_the_next_batches_in_a_thread_while_the_network_runs(
     assert not [t for t in threading.enumerate() if t.name == "featcache-prefetch"]
 
 
+def _decode_workers_left():
+    """The decode workers (daemonic children) still alive once each had up to 60 s to end.
+
+    The loop asks them to stop when it ends; each ends when it has seen the request (an
+    event, waited on with a bound), not by a deadline the test assumes.
+    """
+    import multiprocessing
+
+    workers = [p for p in multiprocessing.active_children() if p.daemon]
+    for worker in workers:
+        worker.join(timeout=60)
+    return [p for p in workers if p.is_alive()]
+
+
 def test_a_failure_of_the_device_decoder_reaches_the_caller_and_stops_the_workers(
         tmp_path, monkeypatch):
     import multiprocessing
@@ -451,7 +465,7 @@ def test_a_failure_of_the_device_decoder_reaches_the_caller_and_stops_the_worker
     with pytest.raises(RuntimeError, match="CUDA out of memory"):
         next(loop)
     assert not [t for t in threading.enumerate() if t.name == "featcache-prefetch"]
-    assert not multiprocessing.active_children()  # the decode workers were shut down
+    assert not _decode_workers_left()  # the decode workers were shut down
 
 
 def test_leaving_a_device_decoded_loop_early_stops_the_thread_and_the_workers(tmp_path):
@@ -468,7 +482,7 @@ def test_leaving_a_device_decoded_loop_early_stops_the_thread_and_the_workers(tm
     assert len(next(loop).positions) == 4
     loop.close()  # a caller's break, a deferred signal raised between batches
     assert not [t for t in threading.enumerate() if t.name == "featcache-prefetch"]
-    assert not multiprocessing.active_children()
+    assert not _decode_workers_left()
 
 
 def test_a_device_without_a_jpeg_decoder_stops_before_decoding(tmp_path, monkeypatch):

@@ -29,8 +29,18 @@ def small_pool(monkeypatch):
     monkeypatch.setattr(key_processes, "usable_cores", lambda: 2)
     monkeypatch.setenv("FEATCACHE_RACY_WINDOW", "0")  # every identity settled at once
     FILE_KEY_MEMO.clear()
+    _EARLIER.clear()
+    _EARLIER.update(p.pid for p in multiprocessing.active_children())  # e.g. joblib's workers
     yield
     FILE_KEY_MEMO.clear()
+
+
+_EARLIER: set = set()
+
+
+def _ours():
+    """This process's children started since the fixture (not earlier tests' joblib workers)."""
+    return [p for p in multiprocessing.active_children() if p.pid not in _EARLIER]
 
 
 def _files(folder, n):
@@ -76,7 +86,7 @@ def test_processes_give_the_keys_and_memo_entries_of_hashing_here(tmp_path, smal
     keys, failures = content_keys(items)
     assert failures == {} and keys == [bytes_key(p.read_bytes()) for p in paths]
     hashers = {int(p.name) for p in pids.iterdir()}
-    assert hashers and os.getpid() not in hashers and not multiprocessing.active_children()
+    assert hashers and os.getpid() not in hashers and not _ours()
     # The memo is this process's: it now knows every file, so nothing is hashed again.
     assert all(FILE_KEY_MEMO.get(probe_file(p, i).identity) == k
                for i, (p, k) in enumerate(zip(paths, keys)))
@@ -114,7 +124,7 @@ def test_errors_come_back_in_order_named_after_their_input(tmp_path, small_pool,
     assert keys[:5] + keys[6:12] == [bytes_key(p.read_bytes()) for p in paths[:5] + paths[6:]]
     with pytest.raises(InputError, match=r"005\.bin.*Permission denied"):
         content_keys([str(p) for p in paths])
-    assert not multiprocessing.active_children()
+    assert not _ours()
 
 
 def test_verify_hash_reads_every_file_again(tmp_path, small_pool):
@@ -142,7 +152,7 @@ def test_stopping_between_chunks_leaves_no_process(tmp_path, small_pool):
         for pos, hashed in key_processes.hashed_files(files, check=interrupted):
             got.append(pos)
     assert got == list(range(8))  # two chunks of 4, in order, then the stop
-    assert not multiprocessing.active_children()
+    assert not _ours()
 
 
 def test_processes_that_cannot_start_leave_the_hashing_here(tmp_path, small_pool, monkeypatch):
@@ -171,9 +181,9 @@ def test_a_process_that_cannot_be_forked_leaves_the_hashing_here_and_no_process(
     paths = _files(tmp_path, 12)
     try:
         keys, failures = content_keys([str(p) for p in paths])
-        left = multiprocessing.active_children()
+        left = _ours()
     finally:  # without the fix, the forked process would wait for work until pytest's exit
-        for process in multiprocessing.active_children():
+        for process in _ours():
             process.kill()
             process.join()
     assert len(forks) == 2 and not left
@@ -244,7 +254,7 @@ def test_a_killed_hashing_process_leaves_its_chunk_to_this_one(tmp_path, small_p
     monkeypatch.setattr(key_processes, "hash_file", killed_on_005)
     keys, failures = content_keys([str(p) for p in paths])
     assert failures == {} and keys == [bytes_key(p.read_bytes()) for p in paths]
-    assert not multiprocessing.active_children()
+    assert not _ours()
 
 
 def test_deciding_leaves_the_start_method_to_the_caller():
