@@ -485,6 +485,44 @@ def test_leaving_a_device_decoded_loop_early_stops_the_thread_and_the_workers(tm
     assert not _decode_workers_left()
 
 
+@pytest.mark.parametrize("decoder", ["pillow", "device"])
+def test_a_loop_left_after_a_workers_error_stops_its_workers_where_tracebacks_pickle(
+        tmp_path, decoder):
+    # tblib's pickling support (installed by importing distributed or skops) makes an error
+    # a decode worker sends carry its traceback, rebuilt here on frames that chain into the
+    # loop: the loader's iterator then sat in a reference cycle and its workers outlived the
+    # loop (both tests above failed in CI, where test modules import distributed).
+    pytest.importorskip("tblib")
+    paths = [str(p) for p in _mixed_files(tmp_path)] * 4
+    script = tmp_path / "tracebacks.py"
+    script.write_text(
+        "import multiprocessing, sys\n"
+        "from featcache.backbones import load_backbone\n"
+        "from featcache.engine.batches import run_batches\n"
+        "from featcache.inputs import DecodePolicy\n"
+        "from tblib import pickling_support\n"
+        "pickling_support.install()  # every exception class loaded by now\n"
+        "paths = sys.argv[2:]\n"
+        "loaded = load_backbone(image_size=32)\n"
+        "loop = run_batches(loaded.extractor, paths, range(len(paths)), image_size=32,\n"
+        "                   policy=DecodePolicy(decoder=sys.argv[1]), batch_size=4,\n"
+        "                   num_workers=2, on_error='skip', progress=False, device='cpu')\n"
+        "failures = []\n"
+        "while not failures:  # until a worker's error has crossed over\n"
+        "    failures = next(loop).failures\n"
+        "loop.close()\n"
+        "workers = [p for p in multiprocessing.active_children() if p.daemon]\n"
+        "for worker in workers:\n"
+        "    worker.join(timeout=60)\n"
+        "print(failures)\n"
+        "print('left:', sum(w.is_alive() for w in workers))\n")
+    done = subprocess.run([sys.executable, str(script), decoder, *paths], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "e.jpg" in done.stdout and "truncated" in done.stdout, done.stdout
+    assert done.stdout.strip().endswith("left: 0"), done.stdout
+
+
 def test_a_device_without_a_jpeg_decoder_stops_before_decoding(tmp_path, monkeypatch):
     from featcache.engine import device_decode
     from featcache.exceptions import DecoderUnavailableError
