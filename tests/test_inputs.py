@@ -644,3 +644,30 @@ def test_tensors_without_readable_data_are_named():
     sparse = torch.zeros(2, 3, 8, 8).to_sparse()
     with pytest.raises(InputError, match="sparse"):
         as_items(sparse)
+
+
+def test_an_error_handed_to_another_process_goes_without_its_tracebacks():
+    # A decode worker's or hashing process's error: with tblib's pickling support installed
+    # (by distributed or skops) a traceback would be rebuilt on the receiver's frames, a cycle
+    # that kept a DataLoader's workers alive (tests/test_batches.py covers that end to end).
+    from featcache.inputs.errors import without_tracebacks
+
+    try:
+        try:
+            try:
+                raise OSError("disk")
+            except OSError:
+                raise ValueError("decoding")  # noqa: B904 - its __context__ is the OSError
+        except ValueError as exc:
+            raise InputError("input 3 ('x.png'): cannot be read.") from exc
+    except InputError as caught:
+        error = caught
+    chain = [error, error.__cause__, error.__cause__.__context__]
+    assert all(e.__traceback__ is not None for e in chain)
+    assert without_tracebacks(error) is error
+    assert [e.__traceback__ for e in chain] == [None, None, None]
+    assert str(error) == "input 3 ('x.png'): cannot be read." and str(chain[2]) == "disk"
+    loop = ValueError("a cycle")
+    loop.__context__ = InputError("b")
+    loop.__context__.__context__ = loop  # chained errors may refer back: it still ends
+    assert without_tracebacks(loop) is loop

@@ -31,6 +31,7 @@ from .device_decode import check_device_decoder, decode_jpegs
 from .prefetch import prefetched
 from ..exceptions import InputChangedError, InputError
 from ..inputs import DecodePolicy, decode, describe
+from ..inputs.errors import without_tracebacks
 from ..inputs.keys import forget
 from ..log import get_logger
 from ..options import resolve_device, resolve_precision, usable_cores
@@ -221,36 +222,16 @@ def _unpacked(packed: "_PackedJpegs | None") -> list:
     return list(zip(packed.positions.tolist(), torch.split(packed.data, packed.sizes.tolist())))
 
 
-def _without_tracebacks(error: BaseException) -> BaseException:
-    """``error``, and the errors chained to it, without their tracebacks.
-
-    An error a decode worker hands over then arrives as plain pickling sends it. With
-    ``tblib``'s pickling support installed (importing ``distributed`` or ``skops`` installs
-    it), a traceback would travel too, and be rebuilt in the main process on frames that
-    chain into the loop receiving it; the DataLoader's iterator would then sit in a reference
-    cycle, and its workers outlive the loop until the garbage collector runs.
-    """
-    seen = set()
-    pending = [error]
-    while pending:
-        err = pending.pop()
-        if err is None or id(err) in seen:
-            continue
-        seen.add(id(err))
-        err.__traceback__ = None
-        pending += [err.__cause__, err.__context__]
-    return error
-
-
 def _collate(samples):
     """Samples -> ``(positions, images, errors, jpegs)``: the decoded images stacked, the
     failures, and the JPEGs left to the device (a :class:`_PackedJpegs`, or None). In a
-    decode worker, the failures lose their tracebacks (:func:`_without_tracebacks`)."""
+    decode worker, the failures lose their tracebacks
+    (:func:`~featcache.inputs.errors.without_tracebacks`)."""
     good = [(p, t) for p, t, _ in samples if isinstance(t, torch.Tensor)]
     jpegs = [(p, t) for p, t, _ in samples if isinstance(t, bytes)]
     errors = [(p, error) for p, _, error in samples if error is not None]
     if errors and get_worker_info() is not None:
-        errors = [(p, _without_tracebacks(error)) for p, error in errors]
+        errors = [(p, without_tracebacks(error)) for p, error in errors]
     positions = np.array([p for p, _ in good], dtype=np.int64)
     tensors = [t for _, t in good]
     if any(t.dtype != torch.uint8 for t in tensors):  # a mixed batch travels as float

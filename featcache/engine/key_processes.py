@@ -26,7 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from ..exceptions import InputError
-from ..inputs.errors import as_input_error
+from ..inputs.errors import as_input_error, without_tracebacks
 from ..inputs.keys import hash_file
 from ..log import get_logger
 from ..options import start_method, usable_cores
@@ -54,12 +54,13 @@ def key_processes(n_files: int) -> int:
 
 
 def _hash_one(index, item, probe):
-    """:func:`hash_file`, or the input's :class:`InputError` (as a value, to travel back)."""
+    """:func:`hash_file`, or the input's :class:`InputError` (as a value, to travel back,
+    without its traceback: :func:`~featcache.inputs.errors.without_tracebacks`)."""
     try:
         with as_input_error(item, index, "cannot be read"):
             return hash_file(item, index, probe)
     except InputError as exc:
-        return exc
+        return without_tracebacks(exc)
 
 
 def _hash_chunk(chunk):

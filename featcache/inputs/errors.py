@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..exceptions import InputError
 
-__all__ = ["describe", "input_error", "as_input_error", "pil_errors"]
+__all__ = ["describe", "input_error", "as_input_error", "pil_errors", "without_tracebacks"]
 
 
 def describe(item, index: int) -> str:
@@ -77,3 +77,25 @@ def pil_errors(item, index: int):
         raise input_error(item, index, f"image file is truncated or corrupt "
                           f"({type(exc).__name__}: {exc}).",
                           "Re-export or remove the file.") from exc
+
+
+def without_tracebacks(error: BaseException) -> BaseException:
+    """``error``, and the errors chained to it, without their tracebacks.
+
+    For an error another process hands over (a decode worker's, a hashing process's): it
+    then arrives as plain pickling sends it. With ``tblib``'s pickling support installed
+    (importing ``distributed`` or ``skops`` installs it), a traceback would travel too, and
+    be rebuilt in the receiving process on frames that chain into the code receiving it: a
+    reference cycle, which kept a DataLoader's iterator, and its decode workers, alive after
+    the loop until the garbage collector ran.
+    """
+    seen = set()
+    pending = [error]
+    while pending:
+        err = pending.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        err.__traceback__ = None
+        pending += [err.__cause__, err.__context__]
+    return error
