@@ -423,15 +423,17 @@ def test_the_device_decodes_the_next_batches_in_a_thread_while_the_network_runs(
     assert not [t for t in threading.enumerate() if t.name == "featcache-prefetch"]
 
 
-def _decode_workers_left():
-    """The decode workers (daemonic children) still alive once each had up to 60 s to end.
+def _decode_workers_left(earlier):
+    """The decode workers (daemonic children not among the pids ``earlier``, which an earlier
+    test may have left, e.g. joblib's) still alive once each had up to 60 s to end.
 
     The loop asks them to stop when it ends; each ends when it has seen the request (an
     event, waited on with a bound), not by a deadline the test assumes.
     """
     import multiprocessing
 
-    workers = [p for p in multiprocessing.active_children() if p.daemon]
+    workers = [p for p in multiprocessing.active_children()
+               if p.daemon and p.pid not in earlier]
     for worker in workers:
         worker.join(timeout=60)
     return [p for p in workers if p.is_alive()]
@@ -457,6 +459,7 @@ def test_a_failure_of_the_device_decoder_reaches_the_caller_and_stops_the_worker
 
     out_of_memory.__wrapped__ = batches.decode_jpegs
     monkeypatch.setattr(batches, "decode_jpegs", out_of_memory)
+    earlier = {p.pid for p in multiprocessing.active_children()}
     loop = run_batches(loaded.extractor, items, range(len(items)), image_size=32,
                        policy=DecodePolicy(decoder="device"), batch_size=4, num_workers=2,
                        on_error="skip", progress=False, device="cpu")
@@ -465,7 +468,7 @@ def test_a_failure_of_the_device_decoder_reaches_the_caller_and_stops_the_worker
     with pytest.raises(RuntimeError, match="CUDA out of memory"):
         next(loop)
     assert not [t for t in threading.enumerate() if t.name == "featcache-prefetch"]
-    assert not _decode_workers_left()  # the decode workers were shut down
+    assert not _decode_workers_left(earlier)  # the decode workers were shut down
 
 
 def test_leaving_a_device_decoded_loop_early_stops_the_thread_and_the_workers(tmp_path):
@@ -476,13 +479,14 @@ def test_leaving_a_device_decoded_loop_early_stops_the_thread_and_the_workers(tm
 
     items = _mixed_files(tmp_path) * 4
     loaded = load_backbone(image_size=32)
+    earlier = {p.pid for p in multiprocessing.active_children()}
     loop = run_batches(loaded.extractor, items, range(len(items)), image_size=32,
                        policy=DecodePolicy(decoder="device"), batch_size=4, num_workers=2,
                        on_error="skip", progress=False, device="cpu")
     assert len(next(loop).positions) == 4
     loop.close()  # a caller's break, a deferred signal raised between batches
     assert not [t for t in threading.enumerate() if t.name == "featcache-prefetch"]
-    assert not _decode_workers_left()
+    assert not _decode_workers_left(earlier)
 
 
 @pytest.mark.parametrize("decoder", ["pillow", "device"])
